@@ -1,0 +1,246 @@
+//! The one error type of p2p-core. Every variant names the value that was wrong, so that a log
+//! line explains itself without the call site.
+
+use crate::negotiate::Reason;
+use crate::pci::PciAddr;
+use crate::traits::ExporterId;
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in p2p-core and the backends built on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `addr + len` does not fit in 64 bits.
+    #[error("{kind} range at {addr:#x} of {len:#x} bytes wraps past the end of the address space")]
+    AddressOverflow {
+        /// Address kind.
+        kind: &'static str,
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A range whose end lies before its start.
+    #[error("{kind} range end {end:#x} lies before its start {start:#x}")]
+    InvalidRange {
+        /// Address kind.
+        kind: &'static str,
+        /// Start.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+    /// A range that does not fit inside the range it must lie in.
+    #[error("{kind} range {start:#x}+{len:#x} lies outside {limit_start:#x}+{limit_len:#x}")]
+    OutOfBounds {
+        /// Address kind.
+        kind: &'static str,
+        /// Start of the offending range.
+        start: u64,
+        /// Its length.
+        len: u64,
+        /// Start of the enclosing range.
+        limit_start: u64,
+        /// Length of the enclosing range.
+        limit_len: u64,
+    },
+    /// A value that must be aligned is not.
+    #[error("{what} {value:#x} is not aligned to {align:#x}")]
+    Misaligned {
+        /// What was misaligned ("iova", "length", ...).
+        what: &'static str,
+        /// The value.
+        value: u64,
+        /// The required alignment.
+        align: u64,
+    },
+    /// A zero-length request where bytes are needed.
+    #[error("{what} has zero length")]
+    EmptyRange {
+        /// What was empty.
+        what: &'static str,
+    },
+    /// Text that is not a PCI address in lspci form.
+    #[error("{input:?} is not a PCI address of the form 0000:3b:00.0: {reason}")]
+    InvalidPciAddr {
+        /// What was given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A device the topology does not hold.
+    #[error("device {0} is not in the topology")]
+    UnknownDevice(PciAddr),
+    /// A device that is in the topology but is not an endpoint.
+    #[error("device {0} is a bridge or port, not an endpoint")]
+    NotAnEndpoint(PciAddr),
+    /// A topology that cannot be built as described.
+    #[error("invalid topology: {0}")]
+    InvalidTopology(String),
+    /// A topology file that cannot be read.
+    #[error("topology file {path}: {message}")]
+    TopologyFile {
+        /// The file (or `<input>`).
+        path: String,
+        /// What went wrong, with line and column where known.
+        message: String,
+    },
+    /// A named preset that does not exist.
+    #[error("no topology preset named {name:?} (known: {known})")]
+    UnknownPreset {
+        /// The name given.
+        name: String,
+        /// The names that exist, comma separated.
+        known: String,
+    },
+    /// The negotiator found no acceptable way to map.
+    #[error("no DMA plan for exporter {exporter} and importer {importer}: {refusal}")]
+    Refused {
+        /// The exporter.
+        exporter: ExporterId,
+        /// The importer.
+        importer: PciAddr,
+        /// The first rule that failed.
+        refusal: Reason,
+    },
+    /// The exporter's BAR window (or memory pool) cannot hold the request.
+    #[error(
+        "exporter {exporter}: window full, {requested:#x} bytes requested, {available:#x} free"
+    )]
+    WindowFull {
+        /// The exporter.
+        exporter: ExporterId,
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes still free.
+        available: u64,
+    },
+    /// The exporter revoked its memory: no new grants or mappings.
+    #[error("exporter {0} has revoked its memory")]
+    Revoked(ExporterId),
+    /// A grant that the exporter does not know (released, or from another exporter).
+    #[error("exporter {exporter} holds no grant {grant}")]
+    UnknownGrant {
+        /// The exporter.
+        exporter: ExporterId,
+        /// The grant id.
+        grant: u64,
+    },
+    /// Memory that cannot be pinned was asked to be.
+    #[error("exporter {exporter} cannot pin its memory: {reason}")]
+    NotPinnable {
+        /// The exporter.
+        exporter: ExporterId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A revoke or move of a range that a pinned mapping holds.
+    #[error("exporter {exporter}: range {range} is pinned by importer {importer} and cannot move")]
+    Pinned {
+        /// The exporter.
+        exporter: ExporterId,
+        /// The range asked to move.
+        range: String,
+        /// The importer holding the pin.
+        importer: PciAddr,
+    },
+    /// The IOMMU domain has no free IOVA range of that size under the limit.
+    #[error("no free IOVA range of {len:#x} bytes below {limit:#x}")]
+    IovaExhausted {
+        /// Bytes asked.
+        len: u64,
+        /// The highest usable address.
+        limit: u64,
+    },
+    /// A map over an IOVA that is already mapped.
+    #[error("iova {0:#x} is already mapped")]
+    AlreadyMapped(u64),
+    /// An IOVA that nothing maps.
+    #[error("iova {0:#x} is not mapped")]
+    NotMapped(u64),
+    /// An operation the domain's kind does not allow (map on an identity domain, ...).
+    #[error("{op} is not possible on a {kind} domain")]
+    WrongDomainKind {
+        /// The operation.
+        op: &'static str,
+        /// The domain kind.
+        kind: &'static str,
+    },
+    /// A range that touches a reserved region of the domain.
+    #[error("iova range {start:#x}+{len:#x} touches reserved region {region}")]
+    Reserved {
+        /// Start.
+        start: u64,
+        /// Length.
+        len: u64,
+        /// The region's name.
+        region: String,
+    },
+    /// A DMA address that the device cannot emit.
+    #[error("device {device}: address {addr:#x} is above its DMA mask {mask:#x}")]
+    DmaMaskExceeded {
+        /// The device.
+        device: PciAddr,
+        /// The address.
+        addr: u64,
+        /// Its mask.
+        mask: u64,
+    },
+    /// An importer could not stop using a range it was told to give up.
+    #[error("importer {device} failed to invalidate {range}: {reason}")]
+    InvalidateFailed {
+        /// The importer.
+        device: PciAddr,
+        /// The range.
+        range: String,
+        /// What it reported.
+        reason: String,
+    },
+    /// A mapping whose memory was invalidated (moved or revoked); an ODP importer re-faults.
+    #[error("mapping {0} was invalidated; re-fault to get the memory's new place")]
+    Invalidated(u64),
+    /// A mapping that cannot be re-faulted (its importer lacks ODP or the memory was revoked).
+    #[error("mapping {mapping} cannot be re-faulted: {reason}")]
+    CannotRefault {
+        /// The mapping.
+        mapping: u64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A virtual address with nothing behind it, or a VMA that cannot be faulted (PFNMAP).
+    #[error("virtual address {va:#x}: {reason}")]
+    Fault {
+        /// The address.
+        va: u64,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A virtual page that cannot be pinned for a non-ODP importer.
+    #[error("virtual address {va:#x} cannot be pinned for importer {importer}: {reason}")]
+    CannotPin {
+        /// The address.
+        va: u64,
+        /// The importer.
+        importer: PciAddr,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A plan used for another exporter or importer than it was made for.
+    #[error("plan made for {plan} used for {given}")]
+    PlanMismatch {
+        /// What the plan was for.
+        plan: String,
+        /// What it was given.
+        given: String,
+    },
+    /// A backend failure that carries its own description (an injected fault, an I/O error).
+    #[error("{backend}: {message}")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// What happened.
+        message: String,
+    },
+}

@@ -1,0 +1,66 @@
+//! # p2p-core
+//!
+//! The vocabulary, PCIe topology, traits and mapping negotiator of p2pdma.
+//!
+//! - [`addr`]: address newtypes that never mix ([`PhysAddr`], [`BusAddr`], [`Iova`], [`DmaAddr`],
+//!   [`VirtAddr`], [`Offset`]) and ranges that never wrap.
+//! - [`topology`]: host bridges, root ports, switches and endpoints with ACS bits; the path class
+//!   (`LOC`…`SYS`) and the route Linux's p2pdma would take for any pair.
+//! - [`traits`]: [`MemoryExporter`], [`DmaImporter`], [`IommuDomain`], [`Platform`].
+//! - [`negotiate`]: the plan for an (exporter, importer, policy), mappings with merged scatter
+//!   lists, the registry and the invalidation protocol for movable memory.
+//! - [`testing`]: simple in-memory implementations of the traits.
+//!
+//! ```
+//! use p2p_core::prelude::*;
+//! use p2p_core::testing::*;
+//! use std::sync::Arc;
+//! # fn main() -> p2p_core::Result<()> {
+//! let topo = p2p_core::topology::presets::workstation()?;
+//! let gpu: PciAddr = "0000:03:00.0".parse()?;
+//! let nic: PciAddr = "0000:05:00.0".parse()?;
+//! let exporter: Arc<dyn MemoryExporter> = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, true, true)?);
+//! let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 1 << 16 };
+//! let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic, caps));
+//! let neg = Negotiator::new(Arc::new(TestPlatform::new(topo, DomainKind::Translated)));
+//!
+//! let range = AddrRange::new(Offset(0), 1 << 20)?;
+//! let mapping = neg.map(&exporter, &importer, range, Access::READ | Access::WRITE, &Policy::default())?;
+//! assert_eq!(mapping.strategy()?, Strategy::Direct); // one switch, no ACS: bus addresses
+//! assert_eq!(mapping.segments()?.len(), 16);          // 1 MiB split at 64 KiB
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod access;
+pub mod addr;
+pub mod error;
+mod hex;
+pub mod negotiate;
+pub mod page;
+pub mod pci;
+pub mod testing;
+pub mod topology;
+pub mod traits;
+
+pub use access::{Access, DmaDirection};
+pub use addr::{dma_mask, AddrRange, Address, BusAddr, DmaAddr, Iova, Offset, PhysAddr, VirtAddr};
+pub use error::{Error, Result};
+pub use pci::PciAddr;
+pub use traits::{DmaImporter, IommuDomain, MemoryExporter, Platform};
+
+/// The names most users need, in one `use`.
+pub mod prelude {
+    pub use crate::access::{Access, DmaDirection};
+    pub use crate::addr::{
+        dma_mask, AddrRange, Address, BusAddr, DmaAddr, Iova, Offset, PhysAddr, VirtAddr,
+    };
+    pub use crate::error::{Error, Result};
+    pub use crate::negotiate::{
+        Fallback, Mapping, Negotiator, Plan, Policy, Reason, Segment, Strategy,
+    };
+    pub use crate::pci::PciAddr;
+    pub use crate::topology::{PathClass, Route, Topology, TopologyBuilder};
+    pub use crate::traits::*;
+}

@@ -1,0 +1,194 @@
+//! Turning a plan into resources: grant, IOVA range and page-table entries, scatter list. All or
+//! nothing: every error path gives back what it took.
+
+use super::registry::Resources;
+use super::{merge_segments, Plan, Strategy};
+use crate::access::Access;
+use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
+use crate::error::{Error, Result};
+use crate::traits::{
+    Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MemoryExporter, Platform,
+};
+use std::sync::Arc;
+
+/// Builds the resources of a mapping of `range` under `plan`.
+pub(crate) fn build(
+    platform: &dyn Platform,
+    plan: &Plan,
+    exporter: &Arc<dyn MemoryExporter>,
+    importer: &dyn DmaImporter,
+    range: AddrRange<Offset>,
+) -> Result<Resources> {
+    let domain = platform.domain(importer.device())?;
+    let grant = exporter.export(range, plan.pin)?;
+    let built = with_grant(platform, plan, &**exporter, &grant, importer, &domain);
+    match built {
+        Ok((iova, segments, bounce)) => Ok(Resources {
+            strategy: plan.strategy.clone(),
+            grant,
+            bounce,
+            domain,
+            iova,
+            segments,
+        }),
+        Err(e) => {
+            release_quietly(&**exporter, &grant);
+            Err(e)
+        }
+    }
+}
+
+type Built = (
+    Option<AddrRange<Iova>>,
+    Vec<super::Segment>,
+    Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
+);
+
+fn with_grant(
+    platform: &dyn Platform,
+    plan: &Plan,
+    exporter: &dyn MemoryExporter,
+    grant: &ExportGrant,
+    importer: &dyn DmaImporter,
+    domain: &Arc<dyn IommuDomain>,
+) -> Result<Built> {
+    let caps = importer.caps();
+    let chunks = exporter.chunks(grant)?;
+    let (iova, pieces, bounce) = match &plan.strategy {
+        Strategy::Direct | Strategy::Identity => (None, bus_pieces(&chunks, importer)?, None),
+        Strategy::ViaIommu => {
+            let (iova, pieces) = map_into(&**domain, &chunks, importer, plan.access)?;
+            (Some(iova), pieces, None)
+        }
+        Strategy::Bounce => {
+            let host = platform.host_memory();
+            let bgrant = host.allocate(grant.range.len(), true)?;
+            let staged = host
+                .chunks(&bgrant)
+                .and_then(|hchunks| match domain.kind() {
+                    DomainKind::Translated => map_into(&**domain, &hchunks, importer, plan.access)
+                        .map(|(i, p)| (Some(i), p)),
+                    DomainKind::Identity => bus_pieces(&hchunks, importer).map(|p| (None, p)),
+                    DomainKind::Blocked => Err(Error::WrongDomainKind {
+                        op: "bounce",
+                        kind: "blocked",
+                    }),
+                });
+            match staged {
+                Ok((iova, pieces)) => (iova, pieces, Some((host, bgrant))),
+                Err(e) => {
+                    release_quietly(&*host, &bgrant);
+                    return Err(e);
+                }
+            }
+        }
+        Strategy::Refused(why) => {
+            return Err(Error::Refused {
+                exporter: plan.exporter,
+                importer: plan.importer,
+                refusal: why.clone(),
+            })
+        }
+    };
+    Ok((iova, merge_segments(pieces, caps.max_segment), bounce))
+}
+
+fn release_quietly(exporter: &dyn MemoryExporter, grant: &ExportGrant) {
+    if let Err(err) = exporter.release(grant) {
+        tracing::warn!(%err, "releasing a grant during rollback failed");
+    }
+}
+
+/// Bus addresses of the chunks, each checked against the importer's DMA mask.
+fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Vec<(DmaAddr, u64)>> {
+    let mask = importer.caps().dma_mask;
+    chunks
+        .iter()
+        .map(|c| {
+            let r = AddrRange::new(c.bus, c.len)?;
+            match r.last() {
+                Some(last) if last.0 > mask => Err(Error::DmaMaskExceeded {
+                    device: importer.device(),
+                    addr: last.0,
+                    mask,
+                }),
+                _ => Ok((DmaAddr(c.bus.0), c.len)),
+            }
+        })
+        .collect()
+}
+
+/// Maps the chunks' CPU physical pages into one contiguous IOVA range below the importer's mask.
+fn map_into(
+    domain: &dyn IommuDomain,
+    chunks: &[Chunk],
+    importer: &dyn DmaImporter,
+    access: Access,
+) -> Result<(AddrRange<Iova>, Vec<(DmaAddr, u64)>)> {
+    let page = domain
+        .page_sizes()
+        .min_page()
+        .ok_or(Error::WrongDomainKind {
+            op: "map",
+            kind: "page-size-less",
+        })?;
+    let mut total = 0u64;
+    for c in chunks {
+        if !c.phys.is_aligned(page) {
+            return Err(Error::Misaligned {
+                what: "chunk physical address",
+                value: c.phys.0,
+                align: page,
+            });
+        }
+        if !crate::addr::is_aligned(c.len, page) {
+            return Err(Error::Misaligned {
+                what: "chunk length",
+                value: c.len,
+                align: page,
+            });
+        }
+        total = total.checked_add(c.len).ok_or(Error::AddressOverflow {
+            kind: "iova",
+            addr: 0,
+            len: c.len,
+        })?;
+    }
+    if total == 0 {
+        return Err(Error::EmptyRange { what: "mapping" });
+    }
+    let limit = domain
+        .aperture()
+        .last()
+        .map_or(0, |a| a.0)
+        .min(importer.caps().dma_mask);
+    let iova = domain.alloc_iova(total, limit)?;
+    let range = AddrRange::new(iova, total)?;
+    let mut done = 0u64;
+    for c in chunks {
+        let at = Iova(iova.0 + done);
+        if let Err(e) = domain.map(at, c.phys, c.len, access) {
+            rollback(domain, iova, done, total);
+            return Err(e);
+        }
+        done += c.len;
+    }
+    Ok((range, vec![(DmaAddr(iova.raw()), total)]))
+}
+
+/// Undoes a partial `map_into`: unmaps the `done` bytes mapped, flushes, and frees the whole
+/// allocation of `total` bytes.
+fn rollback(domain: &dyn IommuDomain, iova: Iova, done: u64, total: u64) {
+    let steps = [
+        if done > 0 {
+            domain.unmap(iova, done).map(drop)
+        } else {
+            Ok(())
+        },
+        domain.flush(),
+        domain.free_iova(iova, total),
+    ];
+    for err in steps.into_iter().filter_map(Result::err) {
+        tracing::warn!(%err, "rollback of a partial IOMMU map failed");
+    }
+}

@@ -1,0 +1,25 @@
+//! The mapping negotiator: plans, mappings, the registry and the invalidation protocol.
+//!
+//! [`decide`] is the pure rule set; [`Negotiator`] wraps it with the plan cache, establishes
+//! [`Mapping`]s, indexes them in the [`Registry`] and runs invalidations.
+
+mod address_space;
+mod decide;
+mod establish;
+mod mapping;
+mod negotiator;
+mod plan;
+mod policy;
+mod registry;
+mod seq;
+mod sg;
+
+pub use address_space::{AddressSpace, Backing, Registration};
+pub use decide::{decide, Facts};
+pub use mapping::Mapping;
+pub use negotiator::{CacheStats, InvalidationReport, Negotiator};
+pub use plan::{Plan, Reason, Strategy};
+pub use policy::{Fallback, Policy};
+pub use registry::{MappingInfo, Registry};
+pub use seq::Sequence;
+pub use sg::{merge_segments, Segment};

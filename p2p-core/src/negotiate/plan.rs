@@ -1,0 +1,201 @@
+//! Plans: the strategy the negotiator chose and every reason that led there.
+
+use crate::access::Access;
+use crate::pci::PciAddr;
+use crate::topology::{PathClass, PathInfo, Unsupported};
+use crate::traits::{DomainKind, ExporterId};
+use std::fmt;
+
+/// How the importer will reach the memory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Program bus addresses; the switch routes the TLPs and the IOMMU is not on the path (no
+    /// IOMMU isolation for these requests).
+    Direct,
+    /// Map the memory's CPU physical pages into the importer's IOMMU domain; program IOVAs.
+    ViaIommu,
+    /// The importer's domain is passthrough; program bus addresses, routed through the host
+    /// bridge (or to RAM).
+    Identity,
+    /// Stage through pinned host memory; the caller copies between it and the exporter.
+    Bounce,
+    /// No acceptable way: the first rule that failed.
+    Refused(Reason),
+}
+
+impl Strategy {
+    /// Short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Direct => "direct",
+            Strategy::ViaIommu => "via-iommu",
+            Strategy::Identity => "identity",
+            Strategy::Bounce => "bounce",
+            Strategy::Refused(_) => "refused",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Strategy::Refused(r) => write!(f, "refused: {r}"),
+            s => f.write_str(s.name()),
+        }
+    }
+}
+
+/// One step of the negotiator's reasoning. Each rule of [`decide`](super::decide) adds one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The importer's IOMMU domain blocks all DMA.
+    DomainBlocked,
+    /// Atomics were asked of an importer that cannot issue them.
+    AtomicsUnsupported,
+    /// The memory cannot be pinned (it may move) and the importer cannot take page faults: the
+    /// case the 2016 Linux thread settled by requiring ODP.
+    MovableNeedsOdp,
+    /// The importer lacks ODP, so the grant pins the memory.
+    PinnedForNonOdp,
+    /// The importer has ODP: the grant stays revocable and the mapping is invalidated when the
+    /// memory moves.
+    RevocableForOdp,
+    /// The memory is in host RAM: no peer-to-peer route is involved.
+    HostMemory,
+    /// The importer cannot handle peer memory (dma-buf `allow_peer2peer` false).
+    ImporterNotP2p,
+    /// The path is longer than the policy allows.
+    PathTooLong {
+        /// The path's class.
+        class: PathClass,
+        /// The policy's limit.
+        max: PathClass,
+    },
+    /// The kernel would not route this pair.
+    RouteUnsupported(Unsupported),
+    /// The path needs the host bridge and the policy forbids that.
+    HostBridgeDisallowed,
+    /// ACS on these ports redirects peer requests up to the host bridge.
+    AcsRedirect(Vec<PciAddr>),
+    /// The requests turn around in a switch (p2pdma distance given).
+    SwitchRoutes {
+        /// The p2pdma distance.
+        distance: u32,
+    },
+    /// Direct bus addresses bypass the importer's translated domain: no IOMMU isolation.
+    NoIommuIsolation,
+    /// The host bridge forwards peer requests (allow-listed, or a CPU that routes P2P).
+    ThroughHostBridge,
+    /// The importer's domain is translated: the memory is mapped into it.
+    TranslatedDomain,
+    /// The importer's domain is passthrough: addresses go out untranslated.
+    IdentityDomain,
+    /// The memory's bus addresses reach above the importer's DMA mask.
+    MaskTooSmall {
+        /// The highest bus address of the exporter.
+        top: u64,
+        /// The importer's mask.
+        mask: u64,
+    },
+    /// The policy allows a bounce buffer instead.
+    BounceFallback,
+    /// The policy refuses instead of bouncing.
+    PolicyRefuses,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::DomainBlocked => f.write_str("the importer's IOMMU domain blocks all DMA"),
+            Reason::AtomicsUnsupported => f.write_str("atomics requested but the importer cannot issue PCIe AtomicOps"),
+            Reason::MovableNeedsOdp => f.write_str(
+                "the memory cannot be pinned (it may move) and the importer has no ODP (page-fault) support",
+            ),
+            Reason::PinnedForNonOdp => f.write_str("the importer has no ODP, so the memory is pinned while mapped"),
+            Reason::RevocableForOdp => {
+                f.write_str("the importer has ODP: the mapping is invalidated and re-faulted if the memory moves")
+            }
+            Reason::HostMemory => f.write_str("the memory is in host RAM: no peer-to-peer route"),
+            Reason::ImporterNotP2p => f.write_str("the importer cannot take peer memory (allow_peer2peer is off)"),
+            Reason::PathTooLong { class, max } => write!(f, "path {class} is longer than the policy's limit {max}"),
+            Reason::RouteUnsupported(why) => write!(f, "the kernel would not route it: {why}"),
+            Reason::HostBridgeDisallowed => f.write_str("the path needs the host bridge and the policy forbids that"),
+            Reason::AcsRedirect(ports) => {
+                let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "ACS redirect on {} sends peer requests to the host bridge (pci=disable_acs_redir={} would avoid it)",
+                    list.join(", "),
+                    list.join(";")
+                )
+            }
+            Reason::SwitchRoutes { distance } => {
+                write!(f, "the requests turn around in a PCIe switch (p2pdma distance {distance})")
+            }
+            Reason::NoIommuIsolation => {
+                f.write_str("bus addresses bypass the importer's IOMMU domain: no IOMMU isolation for this traffic")
+            }
+            Reason::ThroughHostBridge => f.write_str("the host bridge forwards peer requests"),
+            Reason::TranslatedDomain => f.write_str("the importer's domain is translated: memory is mapped to IOVAs"),
+            Reason::IdentityDomain => f.write_str("the importer's domain is passthrough: bus addresses go out as they are"),
+            Reason::MaskTooSmall { top, mask } => {
+                write!(f, "bus address {top:#x} is above the importer's DMA mask {mask:#x}")
+            }
+            Reason::BounceFallback => f.write_str("falling back to a bounce buffer in host RAM"),
+            Reason::PolicyRefuses => f.write_str("the policy refuses rather than bounce"),
+        }
+    }
+}
+
+/// The negotiator's answer for one (exporter, importer, access, policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The exporter it was made for.
+    pub exporter: ExporterId,
+    /// The importer it was made for.
+    pub importer: PciAddr,
+    /// The access it was made for.
+    pub access: Access,
+    /// What to do.
+    pub strategy: Strategy,
+    /// Every rule that applied, in order.
+    pub reasons: Vec<Reason>,
+    /// Whether grants under this plan pin the memory.
+    pub pin: bool,
+    /// The importer's domain kind when the plan was made.
+    pub domain: DomainKind,
+    /// The peer-to-peer path, when the memory is in a device.
+    pub path: Option<PathInfo>,
+}
+
+impl Plan {
+    /// Whether the plan can be established.
+    pub fn is_refused(&self) -> bool {
+        matches!(self.strategy, Strategy::Refused(_))
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan: {}", self.strategy)?;
+        if let Some(p) = &self.path {
+            writeln!(
+                f,
+                "path: {} route {} distance {}",
+                p.class, p.route, p.distance
+            )?;
+        }
+        writeln!(f, "importer domain: {}", self.domain)?;
+        writeln!(
+            f,
+            "memory: {}",
+            if self.pin { "pinned" } else { "revocable" }
+        )?;
+        writeln!(f, "because:")?;
+        for (i, r) in self.reasons.iter().enumerate() {
+            writeln!(f, "  {}. {r}", i + 1)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! The mapping registry: every live mapping, indexed by exporter range, and the resources each
+//! holds (grant, IOVA range, bounce buffer).
+
+use super::{Segment, Sequence, Strategy};
+use crate::access::Access;
+use crate::addr::{AddrRange, Iova, Offset};
+use crate::error::Result;
+use crate::pci::PciAddr;
+use crate::traits::{
+    DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, MemoryExporter,
+};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What an established mapping holds; [`Resources::teardown`] gives all of it back.
+#[derive(Debug)]
+pub(crate) struct Resources {
+    pub strategy: Strategy,
+    pub grant: ExportGrant,
+    pub bounce: Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
+    pub domain: Arc<dyn IommuDomain>,
+    pub iova: Option<AddrRange<Iova>>,
+    pub segments: Vec<Segment>,
+}
+
+impl Resources {
+    /// Unmaps, flushes, frees the IOVA range and releases the grants. Every step runs even if
+    /// an earlier one failed; the first error is returned. Returns the bytes unmapped.
+    pub fn teardown(self, exporter: &dyn MemoryExporter) -> Result<u64> {
+        let mut first: Option<crate::Error> = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
+        let mut unmapped = 0;
+        if let Some(iova) = self.iova {
+            keep(unmap_flush_free(&*self.domain, iova).map(|n| unmapped = n));
+        }
+        if let Some((host, g)) = &self.bounce {
+            keep(host.release(g));
+        }
+        keep(exporter.release(&self.grant));
+        first.map_or(Ok(unmapped), Err)
+    }
+}
+
+/// Unmaps an IOVA range, flushes the IOTLB, then frees the range: the order Linux's strict
+/// `__iommu_dma_unmap` keeps, so the IOVA is never reused while a stale translation lives.
+pub(crate) fn unmap_flush_free(domain: &dyn IommuDomain, iova: AddrRange<Iova>) -> Result<u64> {
+    let unmapped = if iova.is_empty() {
+        0
+    } else {
+        domain.unmap(iova.start(), iova.len())?
+    };
+    domain.flush()?;
+    domain.free_iova(iova.start(), iova.len())?;
+    Ok(unmapped)
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    Live(Resources),
+    /// Torn down by an invalidation; an ODP importer may re-fault after a move.
+    Invalidated(InvalidationKind),
+    /// A re-fault is building new resources outside the lock.
+    Refaulting,
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub exporter: Arc<dyn MemoryExporter>,
+    pub importer: Arc<dyn DmaImporter>,
+    pub range: AddrRange<Offset>,
+    pub access: Access,
+    pub pinned: bool,
+    pub seq: Arc<Sequence>,
+    pub state: State,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    next: u64,
+    pub entries: BTreeMap<u64, Entry>,
+    /// (exporter, range start, mapping id): the exporter-range index.
+    index: BTreeSet<(ExporterId, Offset, u64)>,
+}
+
+impl Inner {
+    pub fn insert(&mut self, entry: Entry) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        self.index
+            .insert((entry.exporter.id(), entry.range.start(), id));
+        self.entries.insert(id, entry);
+        id
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.entries.remove(&id)?;
+        self.index.remove(&(e.exporter.id(), e.range.start(), id));
+        Some(e)
+    }
+
+    /// Ids of the mappings of `exporter` that overlap `range`.
+    pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<u64> {
+        self.index
+            .range((exporter, Offset(0), 0)..(exporter, range.end(), 0))
+            .map(|&(_, _, id)| id)
+            .filter(|id| self.entries[id].range.overlaps(range))
+            .collect()
+    }
+}
+
+/// A read-only view of one registered mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// The mapping's id.
+    pub id: u64,
+    /// Its exporter.
+    pub exporter: ExporterId,
+    /// The exporter range it covers.
+    pub range: AddrRange<Offset>,
+    /// Its importer.
+    pub importer: PciAddr,
+    /// Whether its grant pins the memory.
+    pub pinned: bool,
+    /// Whether it is established (not invalidated).
+    pub live: bool,
+}
+
+/// Every mapping the negotiator made and that is not dropped yet.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub(crate) inner: Mutex<Inner>,
+}
+
+impl Registry {
+    /// Number of mappings, live or invalidated.
+    pub fn len(&self) -> usize {
+        self.inner.lock().entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The mappings of `exporter` that overlap `range`, by id.
+    pub fn overlapping(&self, exporter: ExporterId, range: AddrRange<Offset>) -> Vec<MappingInfo> {
+        let inner = self.inner.lock();
+        inner
+            .overlapping(exporter, &range)
+            .into_iter()
+            .map(|id| info(id, &inner.entries[&id]))
+            .collect()
+    }
+
+    /// All mappings, by id.
+    pub fn all(&self) -> Vec<MappingInfo> {
+        let inner = self.inner.lock();
+        inner.entries.iter().map(|(&id, e)| info(id, e)).collect()
+    }
+}
+
+fn info(id: u64, e: &Entry) -> MappingInfo {
+    MappingInfo {
+        id,
+        exporter: e.exporter.id(),
+        range: e.range,
+        importer: e.importer.device(),
+        pinned: e.pinned,
+        live: matches!(e.state, State::Live(_)),
+    }
+}

@@ -1,0 +1,347 @@
+//! Building a [`Topology`] node by node, with every structural rule checked as it is added.
+
+use super::{
+    AcsFlags, Bar, DeviceClass, Endpoint, HostBridge, HostBridgeP2p, Node, NodeId, NodeKind,
+    Topology,
+};
+use crate::addr::AddrRange;
+use crate::error::{Error, Result};
+use crate::pci::PciAddr;
+use std::collections::{HashMap, HashSet};
+
+/// Builds a [`Topology`]. Each call checks that the node may hang where it is put (a root port
+/// under a host bridge, a downstream port under a switch's upstream port, ...) and that PCI
+/// addresses are unique; [`build`](Self::build) checks BARs for overlap.
+///
+/// ```
+/// use p2p_core::topology::{TopologyBuilder, HostBridgeP2p, DeviceClass, Bar, PathClass, Route};
+/// # fn main() -> p2p_core::Result<()> {
+/// let mut b = TopologyBuilder::new();
+/// let hb = b.host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)?;
+/// let rp = b.root_port(hb, "0000:00:01.0".parse()?)?;
+/// let sw = b.switch(rp, "0000:01:00.0".parse()?)?;
+/// let d0 = b.downstream_port(sw, "0000:02:00.0".parse()?)?;
+/// let d1 = b.downstream_port(sw, "0000:02:01.0".parse()?)?;
+/// let gpu = "0000:03:00.0".parse()?;
+/// let nic = "0000:04:00.0".parse()?;
+/// b.endpoint(d0, gpu, DeviceClass::Gpu, vec![Bar::identity(0, 0x4000_0000_00, 1 << 30)])?;
+/// b.endpoint(d1, nic, DeviceClass::Nic, vec![])?;
+/// let topo = b.build()?;
+/// let path = topo.path(gpu, nic)?;
+/// assert_eq!(path.class, PathClass::Pix);
+/// assert_eq!(path.route, Route::BusAddr);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct TopologyBuilder {
+    nodes: Vec<Node>,
+    addrs: HashSet<PciAddr>,
+    cpu_p2p: bool,
+    class_counts: HashMap<DeviceClass, usize>,
+}
+
+impl TopologyBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares that the CPU routes P2P between any host bridges (AMD Zen and later).
+    pub fn cpu_routes_p2p(&mut self, yes: bool) -> &mut Self {
+        self.cpu_p2p = yes;
+        self
+    }
+
+    /// Adds a host bridge (root complex) on a NUMA node and socket.
+    pub fn host_bridge(
+        &mut self,
+        name: &str,
+        segment: u16,
+        bus: u8,
+        numa: u32,
+        socket: u32,
+        p2p: HostBridgeP2p,
+    ) -> Result<NodeId> {
+        if name.is_empty() {
+            return Err(Error::InvalidTopology("a host bridge needs a name".into()));
+        }
+        let dup = self.nodes.iter().any(|n| match &n.kind {
+            NodeKind::HostBridge(h) => h.name == name || (h.segment == segment && h.bus == bus),
+            _ => false,
+        });
+        if dup {
+            return Err(Error::InvalidTopology(format!(
+                "host bridge {name} (segment {segment:04x}, bus {bus:02x}) duplicates another"
+            )));
+        }
+        Ok(self.push(Node {
+            kind: NodeKind::HostBridge(HostBridge {
+                name: name.to_owned(),
+                segment,
+                bus,
+                numa,
+                socket,
+                p2p,
+            }),
+            addr: None,
+            parent: None,
+            acs: AcsFlags::empty(),
+            depth: 0,
+        }))
+    }
+
+    /// Adds a root port below a host bridge.
+    pub fn root_port(&mut self, host_bridge: NodeId, addr: PciAddr) -> Result<NodeId> {
+        self.child(host_bridge, addr, NodeKind::RootPort, |k| {
+            matches!(k, NodeKind::HostBridge(_))
+        })
+    }
+
+    /// Adds a switch below a root port or a downstream port; returns its upstream port.
+    pub fn switch(&mut self, parent: NodeId, upstream: PciAddr) -> Result<NodeId> {
+        self.child(parent, upstream, NodeKind::SwitchUpstream, |k| {
+            matches!(k, NodeKind::RootPort | NodeKind::SwitchDownstream)
+        })
+    }
+
+    /// Adds a downstream port to a switch (named by its upstream port).
+    pub fn downstream_port(&mut self, switch: NodeId, addr: PciAddr) -> Result<NodeId> {
+        self.child(switch, addr, NodeKind::SwitchDownstream, |k| {
+            matches!(k, NodeKind::SwitchUpstream)
+        })
+    }
+
+    /// Adds an endpoint below a root port, a downstream port, or directly on a host bridge (a
+    /// root-complex integrated endpoint).
+    pub fn endpoint(
+        &mut self,
+        parent: NodeId,
+        addr: PciAddr,
+        class: DeviceClass,
+        bars: Vec<Bar>,
+    ) -> Result<NodeId> {
+        let n = self.class_counts.entry(class).or_default();
+        let name = format!("{}{}", class.name().to_uppercase(), n);
+        *n += 1;
+        self.named_endpoint(parent, addr, class, bars, name)
+    }
+
+    /// [`endpoint`](Self::endpoint) with a chosen display name.
+    pub fn named_endpoint(
+        &mut self,
+        parent: NodeId,
+        addr: PciAddr,
+        class: DeviceClass,
+        bars: Vec<Bar>,
+        name: String,
+    ) -> Result<NodeId> {
+        let mut seen = HashSet::new();
+        for bar in &bars {
+            if bar.index > 5 || !seen.insert(bar.index) {
+                return Err(Error::InvalidTopology(format!(
+                    "device {addr}: BAR index {} is above 5 or repeated",
+                    bar.index
+                )));
+            }
+            if bar.size == 0 || !bar.size.is_power_of_two() {
+                return Err(Error::InvalidTopology(format!(
+                    "device {addr}: BAR{} size {:#x} is not a non-zero power of two",
+                    bar.index, bar.size
+                )));
+            }
+            AddrRange::new(bar.cpu, bar.size)?;
+            AddrRange::new(bar.bus, bar.size)?;
+        }
+        self.child(
+            parent,
+            addr,
+            NodeKind::Endpoint(Endpoint { class, bars, name }),
+            |k| {
+                matches!(
+                    k,
+                    NodeKind::RootPort | NodeKind::SwitchDownstream | NodeKind::HostBridge(_)
+                )
+            },
+        )
+    }
+
+    /// Sets the ACS control bits of a port or device.
+    pub fn set_acs(&mut self, node: NodeId, acs: AcsFlags) -> Result<&mut Self> {
+        let n = self
+            .nodes
+            .get_mut(node.index())
+            .ok_or_else(|| Error::InvalidTopology(format!("no node {}", node.0)))?;
+        if matches!(n.kind, NodeKind::HostBridge(_)) {
+            return Err(Error::InvalidTopology(
+                "a host bridge has no ACS capability".into(),
+            ));
+        }
+        n.acs = acs;
+        Ok(self)
+    }
+
+    /// Checks the BARs and freezes the topology.
+    pub fn build(&self) -> Result<Topology> {
+        if !self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::HostBridge(_)))
+        {
+            return Err(Error::InvalidTopology("no host bridge".into()));
+        }
+        // No two BARs may decode the same CPU address.
+        let mut bars: Vec<(u64, u64, PciAddr, u8)> = Vec::new();
+        for n in &self.nodes {
+            if let (NodeKind::Endpoint(e), Some(a)) = (&n.kind, n.addr) {
+                bars.extend(e.bars.iter().map(|b| (b.cpu.0, b.size, a, b.index)));
+            }
+        }
+        bars.sort_unstable();
+        for w in bars.windows(2) {
+            let ((s0, l0, a0, i0), (s1, _, a1, i1)) = (w[0], w[1]);
+            if s0 + l0 > s1 {
+                return Err(Error::InvalidTopology(format!(
+                    "BAR{i0} of {a0} at {s0:#x} overlaps BAR{i1} of {a1} at {s1:#x}"
+                )));
+            }
+        }
+        Ok(Topology::from_nodes(self.nodes.clone(), self.cpu_p2p))
+    }
+
+    fn child(
+        &mut self,
+        parent: NodeId,
+        addr: PciAddr,
+        kind: NodeKind,
+        parent_ok: impl Fn(&NodeKind) -> bool,
+    ) -> Result<NodeId> {
+        let what = kind_name(&kind);
+        let p = self.nodes.get(parent.index()).ok_or_else(|| {
+            Error::InvalidTopology(format!("{what} {addr}: no parent node {}", parent.0))
+        })?;
+        if !parent_ok(&p.kind) {
+            return Err(Error::InvalidTopology(format!(
+                "{what} {addr} cannot hang below a {}",
+                kind_name(&p.kind)
+            )));
+        }
+        if self.addrs.contains(&addr) {
+            return Err(Error::InvalidTopology(format!(
+                "PCI address {addr} is used twice"
+            )));
+        }
+        let depth = p.depth + 1;
+        self.addrs.insert(addr);
+        Ok(self.push(Node {
+            kind,
+            addr: Some(addr),
+            parent: Some(parent),
+            acs: AcsFlags::empty(),
+            depth,
+        }))
+    }
+
+    /// Depth of a node added so far (0 for a host bridge or an unknown id).
+    pub(crate) fn depth_of(&self, id: NodeId) -> u32 {
+        self.nodes.get(id.index()).map_or(0, |n| n.depth)
+    }
+
+    fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        NodeId(self.nodes.len() as u32 - 1)
+    }
+}
+
+/// A human name for a node kind, for messages and files.
+pub(crate) fn kind_name(kind: &NodeKind) -> &'static str {
+    match kind {
+        NodeKind::HostBridge(_) => "host bridge",
+        NodeKind::RootPort => "root port",
+        NodeKind::SwitchUpstream => "switch upstream port",
+        NodeKind::SwitchDownstream => "switch downstream port",
+        NodeKind::Endpoint(_) => "endpoint",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> PciAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn rejects_bad_structure() {
+        let mut b = TopologyBuilder::new();
+        assert!(matches!(b.build(), Err(Error::InvalidTopology(_))));
+        let hb = b
+            .host_bridge("hb0", 0, 0, 0, 0, HostBridgeP2p::None)
+            .unwrap();
+        assert!(b
+            .host_bridge("hb0", 0, 1, 0, 0, HostBridgeP2p::None)
+            .is_err());
+        assert!(
+            b.downstream_port(hb, a("00:01.0")).is_err(),
+            "downstream port on a host bridge"
+        );
+        let rp = b.root_port(hb, a("00:01.0")).unwrap();
+        assert!(b.root_port(hb, a("00:01.0")).is_err(), "duplicate address");
+        assert!(
+            b.root_port(rp, a("00:02.0")).is_err(),
+            "root port below a root port"
+        );
+        let ep = b
+            .endpoint(rp, a("01:00.0"), DeviceClass::Gpu, vec![])
+            .unwrap();
+        assert!(
+            b.switch(ep, a("02:00.0")).is_err(),
+            "switch below an endpoint"
+        );
+        assert!(b.set_acs(hb, AcsFlags::RR).is_err());
+        assert!(b.root_port(NodeId(99), a("00:03.0")).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_bars() {
+        let mut b = TopologyBuilder::new();
+        let hb = b
+            .host_bridge("hb0", 0, 0, 0, 0, HostBridgeP2p::None)
+            .unwrap();
+        let rp = b.root_port(hb, a("00:01.0")).unwrap();
+        let rp2 = b.root_port(hb, a("00:02.0")).unwrap();
+        for bars in [
+            vec![Bar::identity(0, 0x1000, 0x3000)],
+            vec![Bar::identity(6, 0x1000, 0x1000)],
+            vec![
+                Bar::identity(0, 0x1000, 0x1000),
+                Bar::identity(0, 0x4000, 0x1000),
+            ],
+            vec![Bar::identity(0, u64::MAX - 0xfff, 0x2000)],
+        ] {
+            assert!(b
+                .clone()
+                .endpoint(rp, a("01:00.0"), DeviceClass::Gpu, bars)
+                .is_err());
+        }
+        b.endpoint(
+            rp,
+            a("01:00.0"),
+            DeviceClass::Gpu,
+            vec![Bar::identity(0, 0x10000, 0x10000)],
+        )
+        .unwrap();
+        b.endpoint(
+            rp2,
+            a("02:00.0"),
+            DeviceClass::Nic,
+            vec![Bar::identity(0, 0x18000, 0x1000)],
+        )
+        .unwrap();
+        let err = b.build().unwrap_err().to_string();
+        assert!(
+            err.contains("overlaps") && err.contains("0000:02:00.0"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! The project's JSON topology format.
+//!
+//! A file is a tree, exactly as the hardware is: host bridges hold root ports, root ports hold
+//! switches or endpoints, a switch (named by its upstream port) holds downstream ports.
+//!
+//! ```json
+//! {
+//!   "cpu_routes_p2p": false,
+//!   "host_bridges": [{
+//!     "name": "pci0000:00", "segment": 0, "bus": 0, "numa": 0, "socket": 0, "p2p": "none",
+//!     "children": [{
+//!       "kind": "root-port", "addr": "0000:00:01.0",
+//!       "children": [{
+//!         "kind": "switch", "addr": "0000:01:00.0",
+//!         "children": [
+//!           { "kind": "downstream-port", "addr": "0000:02:00.0", "acs": ["RR", "CR"],
+//!             "children": [{ "kind": "endpoint", "addr": "0000:03:00.0", "class": "gpu",
+//!                            "bars": [{ "index": 1, "cpu": "0x6000000000",
+//!                                       "bus": "0x6000000000", "size": "0x800000000" }] }] }
+//!         ]
+//!       }]
+//!     }]
+//!   }]
+//! }
+//! ```
+//!
+//! Fields: `p2p` is `none`, `same-bridge` or `any` (the host bridge's P2P allow-list entry);
+//! `acs` lists ACS Control bits by name (`SV TB RR CR UF EC DT`); `class` is `gpu`, `nic`, `nvme`,
+//! `accelerator` or `other`; `name` on an endpoint is optional; addresses and sizes are `"0x…"`
+//! strings or plain numbers. Unknown fields are errors, so a typo never goes unnoticed.
+
+use super::{
+    AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, NodeKind, Topology, TopologyBuilder,
+};
+use crate::error::{Error, Result};
+use crate::pci::PciAddr;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTopology {
+    #[serde(default)]
+    cpu_routes_p2p: bool,
+    host_bridges: Vec<FileHostBridge>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHostBridge {
+    name: String,
+    #[serde(default)]
+    segment: u16,
+    #[serde(default)]
+    bus: u8,
+    #[serde(default)]
+    numa: u32,
+    #[serde(default)]
+    socket: u32,
+    #[serde(default)]
+    p2p: HostBridgeP2p,
+    #[serde(default)]
+    children: Vec<FileNode>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+enum FileNode {
+    RootPort {
+        addr: PciAddr,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        acs: Vec<String>,
+        #[serde(default)]
+        children: Vec<FileNode>,
+    },
+    Switch {
+        addr: PciAddr,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        acs: Vec<String>,
+        #[serde(default)]
+        children: Vec<FileNode>,
+    },
+    DownstreamPort {
+        addr: PciAddr,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        acs: Vec<String>,
+        #[serde(default)]
+        children: Vec<FileNode>,
+    },
+    Endpoint {
+        addr: PciAddr,
+        class: DeviceClass,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        acs: Vec<String>,
+        #[serde(default)]
+        bars: Vec<Bar>,
+    },
+}
+
+/// Reads a topology from JSON text; `origin` names the file in errors.
+pub fn from_json(text: &str, origin: &str) -> Result<Topology> {
+    let file: FileTopology = serde_json::from_str(text).map_err(|e| Error::TopologyFile {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut b = TopologyBuilder::new();
+    b.cpu_routes_p2p(file.cpu_routes_p2p);
+    for hb in &file.host_bridges {
+        let id = b.host_bridge(&hb.name, hb.segment, hb.bus, hb.numa, hb.socket, hb.p2p)?;
+        for child in &hb.children {
+            add(&mut b, id, child)?;
+        }
+    }
+    b.build().map_err(|e| Error::TopologyFile {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads a topology file.
+pub fn from_path(path: &std::path::Path) -> Result<Topology> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::TopologyFile {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    from_json(&text, &path.display().to_string())
+}
+
+fn parse_acs(addr: PciAddr, names: &[String]) -> Result<AcsFlags> {
+    names.iter().try_fold(AcsFlags::empty(), |acc, n| {
+        AcsFlags::from_name_ci(n).map(|f| acc | f).ok_or_else(|| {
+            Error::InvalidTopology(format!(
+                "{addr}: unknown ACS bit {n:?} (known: SV TB RR CR UF EC DT)"
+            ))
+        })
+    })
+}
+
+fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
+    let (id, acs, children, addr) = match node {
+        FileNode::RootPort {
+            addr,
+            acs,
+            children,
+        } => (b.root_port(parent, *addr)?, acs, children.as_slice(), *addr),
+        FileNode::Switch {
+            addr,
+            acs,
+            children,
+        } => (b.switch(parent, *addr)?, acs, children.as_slice(), *addr),
+        FileNode::DownstreamPort {
+            addr,
+            acs,
+            children,
+        } => (
+            b.downstream_port(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            *addr,
+        ),
+        FileNode::Endpoint {
+            addr,
+            class,
+            name,
+            acs,
+            bars,
+        } => {
+            let id = match name {
+                Some(n) => b.named_endpoint(parent, *addr, *class, bars.clone(), n.clone())?,
+                None => b.endpoint(parent, *addr, *class, bars.clone())?,
+            };
+            (id, acs, &[][..], *addr)
+        }
+    };
+    b.set_acs(id, parse_acs(addr, acs)?)?;
+    for c in children {
+        add(b, id, c)?;
+    }
+    Ok(())
+}
+
+/// Writes a topology in the file format (pretty-printed); [`from_json`] reads it back to an equal
+/// topology.
+pub fn to_json(t: &Topology) -> String {
+    let file = FileTopology {
+        cpu_routes_p2p: t.cpu_routes_p2p(),
+        host_bridges: t
+            .host_bridges()
+            .map(|(id, hb)| FileHostBridge {
+                name: hb.name.clone(),
+                segment: hb.segment,
+                bus: hb.bus,
+                numa: hb.numa,
+                socket: hb.socket,
+                p2p: hb.p2p,
+                children: t.children(id).iter().map(|&c| file_node(t, c)).collect(),
+            })
+            .collect(),
+    };
+    // Serialising plain data with string keys cannot fail.
+    serde_json::to_string_pretty(&file).unwrap_or_default()
+}
+
+fn file_node(t: &Topology, id: NodeId) -> FileNode {
+    let n = t.node(id);
+    let addr = n
+        .addr
+        .unwrap_or_else(|| unreachable!("only host bridges lack an address"));
+    let acs = n.acs.names().into_iter().map(str::to_owned).collect();
+    let children = || t.children(id).iter().map(|&c| file_node(t, c)).collect();
+    match &n.kind {
+        NodeKind::RootPort => FileNode::RootPort {
+            addr,
+            acs,
+            children: children(),
+        },
+        NodeKind::SwitchUpstream => FileNode::Switch {
+            addr,
+            acs,
+            children: children(),
+        },
+        NodeKind::SwitchDownstream => FileNode::DownstreamPort {
+            addr,
+            acs,
+            children: children(),
+        },
+        NodeKind::Endpoint(e) => FileNode::Endpoint {
+            addr,
+            class: e.class,
+            name: Some(e.name.clone()),
+            acs,
+            bars: e.bars.clone(),
+        },
+        NodeKind::HostBridge(_) => unreachable!("host bridges are written by to_json"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::presets;
+    use super::*;
+
+    /// The tree as a set of (node, parent's address, ACS): the file writes depth first, so node
+    /// ids differ from the builder's order, but the machine must be the same.
+    fn canonical(t: &Topology) -> Vec<String> {
+        let mut v: Vec<String> = t
+            .node_ids()
+            .map(|i| {
+                let n = t.node(i);
+                let parent = n.parent.map(|p| match &t.node(p).kind {
+                    NodeKind::HostBridge(h) => h.name.clone(),
+                    _ => format!("{:?}", t.node(p).addr),
+                });
+                format!(
+                    "{:?} {:?} {:?} {:?} {}",
+                    n.kind, n.addr, parent, n.acs, n.depth
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn same(a: &Topology, b: &Topology) {
+        assert_eq!(canonical(a), canonical(b));
+        assert_eq!(a.cpu_routes_p2p(), b.cpu_routes_p2p());
+    }
+
+    #[test]
+    fn round_trips_presets_and_random_machines() {
+        for (name, _) in presets::PRESETS {
+            let t = presets::preset(name).unwrap();
+            same(&t, &from_json(&to_json(&t), name).unwrap());
+        }
+        for seed in 0..40 {
+            let t = presets::random(seed).unwrap();
+            same(&t, &from_json(&to_json(&t), "random").unwrap());
+        }
+    }
+
+    #[test]
+    fn errors_name_the_file_and_place() {
+        let err = from_json("{\"host_bridges\": [ {\"name\": 3} ]}", "t.json").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("t.json") && msg.contains("line 1"), "{msg}");
+        let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"root-port","addr":"0000:00:01.0","acs":["XX"]}]}]}"#, "t.json").unwrap_err();
+        assert!(err.to_string().contains("\"XX\""), "{err}");
+        let err = from_json(r#"{"host_bridges":[{"name":"h","colour":1}]}"#, "t.json").unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"endpoint","addr":"0000:00:20.0","class":"gpu"}]}]}"#, "t.json").unwrap_err();
+        assert!(err.to_string().contains("above 31"), "{err}");
+        let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"downstream-port","addr":"0000:00:01.0"}]}]}"#, "t.json").unwrap_err();
+        assert!(err.to_string().contains("cannot hang below"), "{err}");
+    }
+
+    #[test]
+    fn example_files_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/topologies");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "json") {
+                let t = from_path(&p).unwrap();
+                assert!(t.endpoints().count() > 0, "{}", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "expected example topologies in {}", dir.display());
+    }
+}

@@ -1,0 +1,303 @@
+//! The PCIe topology: a tree per host bridge of root ports, switches and endpoints, with ACS bits
+//! on every port, and the classification of any pair of endpoints ([`Topology::path`]).
+//!
+//! Build one with [`TopologyBuilder`], read one from the JSON format in [`file`], or take a
+//! [`presets`] machine.
+
+mod acs;
+mod builder;
+pub mod file;
+mod path;
+pub mod presets;
+pub mod render;
+
+pub use acs::AcsFlags;
+pub use builder::TopologyBuilder;
+pub use path::{PathClass, PathInfo, Route, Unsupported};
+
+use crate::addr::{BusAddr, PhysAddr};
+use crate::error::{Error, Result};
+use crate::pci::PciAddr;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Index of a node in a [`Topology`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub(crate) u32);
+
+impl NodeId {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What a host bridge allows for peer-to-peer traffic that reaches it (Linux's
+/// `host_bridge_whitelist` entries).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostBridgeP2p {
+    /// Not on the allow-list: P2P through it is not supported.
+    #[default]
+    None,
+    /// Allowed only between two devices below this same host bridge (Intel Xeon E5/E7 v1–v3).
+    SameBridge,
+    /// Allowed, also to devices below other allowed host bridges (Skylake-E, Ice Lake).
+    Any,
+}
+
+/// A host bridge (root complex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBridge {
+    /// A name for messages and output ("pci0000:00").
+    pub name: String,
+    /// PCI segment.
+    pub segment: u16,
+    /// The root bus number.
+    pub bus: u8,
+    /// The NUMA node it belongs to.
+    pub numa: u32,
+    /// The CPU socket it belongs to.
+    pub socket: u32,
+    /// Whether it routes peer-to-peer traffic.
+    pub p2p: HostBridgeP2p,
+}
+
+/// The class of an endpoint, coarse as NCCL and `nvidia-smi` see it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    /// A GPU (display or 3D controller).
+    Gpu,
+    /// A network controller (RDMA NIC).
+    Nic,
+    /// An NVMe controller.
+    Nvme,
+    /// An accelerator (processing accelerator class).
+    Accelerator,
+    /// Anything else.
+    Other,
+}
+
+impl DeviceClass {
+    /// The lowercase name used in files and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceClass::Gpu => "gpu",
+            DeviceClass::Nic => "nic",
+            DeviceClass::Nvme => "nvme",
+            DeviceClass::Accelerator => "accelerator",
+            DeviceClass::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for DeviceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A memory BAR of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bar {
+    /// BAR index (0..=5).
+    pub index: u8,
+    /// CPU physical address of the BAR.
+    pub cpu: PhysAddr,
+    /// PCI bus address of the BAR (equal to `cpu` unless the host bridge window is offset).
+    pub bus: BusAddr,
+    /// Size in bytes.
+    #[serde(with = "crate::hex")]
+    pub size: u64,
+}
+
+impl Bar {
+    /// A BAR whose bus address equals its CPU address.
+    pub fn identity(index: u8, cpu: u64, size: u64) -> Self {
+        Self {
+            index,
+            cpu: PhysAddr(cpu),
+            bus: BusAddr(cpu),
+            size,
+        }
+    }
+
+    /// `bus − cpu` (Linux's `pci_bus_address() − pci_resource_start()`), two's complement.
+    pub fn bus_offset(&self) -> u64 {
+        self.bus.0.wrapping_sub(self.cpu.0)
+    }
+}
+
+/// An endpoint device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its class.
+    pub class: DeviceClass,
+    /// Its memory BARs.
+    pub bars: Vec<Bar>,
+    /// A name for output ("GPU0"); defaults to the class and an index.
+    pub name: String,
+}
+
+/// What a node of the tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// A host bridge: the root of a tree.
+    HostBridge(HostBridge),
+    /// A root port of a host bridge.
+    RootPort,
+    /// The upstream port of a PCIe switch.
+    SwitchUpstream,
+    /// A downstream port of a PCIe switch.
+    SwitchDownstream,
+    /// An endpoint device.
+    Endpoint(Endpoint),
+}
+
+/// One node of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// What it is.
+    pub kind: NodeKind,
+    /// Its PCI address (none for a host bridge).
+    pub addr: Option<PciAddr>,
+    /// The node above it (none for a host bridge).
+    pub parent: Option<NodeId>,
+    /// Its ACS control bits (empty for a device without ACS).
+    pub acs: AcsFlags,
+    /// Distance from its host bridge (the host bridge is 0).
+    pub depth: u32,
+}
+
+/// A PCIe topology. Immutable once built; every built topology has its own
+/// [`generation`](Topology::generation), so caches keyed on it notice any change.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    nodes: Vec<Node>,
+    children: Vec<Vec<NodeId>>,
+    by_addr: HashMap<PciAddr, NodeId>,
+    cpu_p2p: bool,
+    generation: u64,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Topology {
+    pub(crate) fn from_nodes(nodes: Vec<Node>, cpu_p2p: bool) -> Self {
+        let mut children = vec![Vec::new(); nodes.len()];
+        let mut by_addr = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(p) = n.parent {
+                children[p.index()].push(NodeId(i as u32));
+            }
+            if let Some(a) = n.addr {
+                by_addr.insert(a, NodeId(i as u32));
+            }
+        }
+        Self {
+            nodes,
+            children,
+            by_addr,
+            cpu_p2p,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// A number no other topology built in this process has: caches compare it to notice change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the CPU routes peer-to-peer between any host bridges (Linux's
+    /// `cpu_supports_p2pdma()`: AMD Zen and later).
+    pub fn cpu_routes_p2p(&self) -> bool {
+        self.cpu_p2p
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.index()]
+    }
+
+    /// The children of a node, in insertion order.
+    pub fn children(&self, id: NodeId) -> &[NodeId] {
+        &self.children[id.index()]
+    }
+
+    /// All node ids, parents before children.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.nodes.len() as u32).map(NodeId)
+    }
+
+    /// The host bridges, in order.
+    pub fn host_bridges(&self) -> impl Iterator<Item = (NodeId, &HostBridge)> + '_ {
+        self.node_ids().filter_map(|id| match &self.node(id).kind {
+            NodeKind::HostBridge(hb) => Some((id, hb)),
+            _ => None,
+        })
+    }
+
+    /// The endpoints, in order of insertion.
+    pub fn endpoints(&self) -> impl Iterator<Item = (PciAddr, &Endpoint)> + '_ {
+        self.nodes.iter().filter_map(|n| match (&n.kind, n.addr) {
+            (NodeKind::Endpoint(e), Some(a)) => Some((a, e)),
+            _ => None,
+        })
+    }
+
+    /// The node at a PCI address.
+    pub fn lookup(&self, addr: PciAddr) -> Result<NodeId> {
+        self.by_addr
+            .get(&addr)
+            .copied()
+            .ok_or(Error::UnknownDevice(addr))
+    }
+
+    /// The endpoint at a PCI address; an error if there is none or it is a port.
+    pub fn endpoint(&self, addr: PciAddr) -> Result<&Endpoint> {
+        match &self.node(self.lookup(addr)?).kind {
+            NodeKind::Endpoint(e) => Ok(e),
+            _ => Err(Error::NotAnEndpoint(addr)),
+        }
+    }
+
+    /// The host bridge above a node.
+    pub fn host_bridge_of(&self, id: NodeId) -> (NodeId, &HostBridge) {
+        let mut cur = id;
+        while let Some(p) = self.node(cur).parent {
+            cur = p;
+        }
+        match &self.node(cur).kind {
+            NodeKind::HostBridge(hb) => (cur, hb),
+            // The builder only creates trees rooted at host bridges.
+            _ => unreachable!("topology tree not rooted at a host bridge"),
+        }
+    }
+
+    /// The NUMA node of a device.
+    pub fn numa_of(&self, addr: PciAddr) -> Result<u32> {
+        Ok(self.host_bridge_of(self.lookup(addr)?).1.numa)
+    }
+
+    /// The switch a port belongs to, named by its upstream port; `None` for other nodes.
+    pub(crate) fn switch_of(&self, id: NodeId) -> Option<NodeId> {
+        match self.node(id).kind {
+            NodeKind::SwitchUpstream => Some(id),
+            NodeKind::SwitchDownstream => self.node(id).parent,
+            _ => None,
+        }
+    }
+
+    /// A display name for an endpoint (its name, else its address).
+    pub fn display_name(&self, addr: PciAddr) -> String {
+        match self.endpoint(addr) {
+            Ok(e) => e.name.clone(),
+            Err(_) => addr.to_string(),
+        }
+    }
+}

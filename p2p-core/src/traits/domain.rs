@@ -1,0 +1,101 @@
+//! IOMMU domains: the translation a device's requests go through.
+
+use crate::access::Access;
+use crate::addr::{AddrRange, Iova, PhysAddr};
+use crate::error::Result;
+use crate::page::PageSizes;
+use std::fmt;
+
+/// The kind of a domain (Linux: IDENTITY, DMA/UNMANAGED, BLOCKED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DomainKind {
+    /// Passthrough: IOVA = physical; map is not possible.
+    Identity,
+    /// Translated through page tables.
+    Translated,
+    /// Every DMA faults.
+    Blocked,
+}
+
+impl DomainKind {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DomainKind::Identity => "identity",
+            DomainKind::Translated => "translated",
+            DomainKind::Blocked => "blocked",
+        }
+    }
+}
+
+impl fmt::Display for DomainKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a region of IOVA space is off limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservedKind {
+    /// The MSI doorbell window (x86: 0xfee00000–0xfeefffff).
+    Msi,
+    /// A host-bridge window: an IOVA there would be claimed by a switch as a peer's BAR.
+    PciWindow,
+    /// Identity-mapped for firmware (RMRR).
+    Direct,
+    /// Otherwise reserved.
+    Reserved,
+}
+
+/// A reserved region of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedRegion {
+    /// The IOVAs.
+    pub range: AddrRange<Iova>,
+    /// Why.
+    pub kind: ReservedKind,
+}
+
+/// What an IOVA translates to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The physical address.
+    pub phys: PhysAddr,
+    /// What the mapping allows.
+    pub access: Access,
+}
+
+/// An IOMMU domain and its IOVA allocator (which sits beside it, as Linux's dma-iommu layer).
+///
+/// Contract, from Linux's `iommu_map` / `iommu_unmap`:
+/// - [`map`](Self::map) needs a translated domain, `iova`, `phys` and `len` aligned to the
+///   smallest page size, and a range inside the aperture that touches no reserved region. It is
+///   all or nothing: a failure midway undoes what it did; mapping over a live entry fails with
+///   [`Error::AlreadyMapped`](crate::Error::AlreadyMapped).
+/// - [`unmap`](Self::unmap) returns the bytes unmapped, which is less than asked when it reaches
+///   an unmapped IOVA or would have to split a larger page.
+/// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable.
+/// - [`alloc_iova`](Self::alloc_iova) returns a size-aligned free range whose last byte is at most
+///   `limit`, outside reserved regions; [`free_iova`](Self::free_iova) gives it back.
+pub trait IommuDomain: Send + Sync + fmt::Debug {
+    /// Identity, translated or blocked.
+    fn kind(&self) -> DomainKind;
+    /// The IOVAs the hardware can translate.
+    fn aperture(&self) -> AddrRange<Iova>;
+    /// Supported page sizes.
+    fn page_sizes(&self) -> PageSizes;
+    /// Regions no allocation or map may touch.
+    fn reserved_regions(&self) -> Vec<ReservedRegion>;
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)`.
+    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()>;
+    /// Unmaps, returning the bytes unmapped.
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64>;
+    /// Walks the tables for one IOVA.
+    fn translate(&self, iova: Iova) -> Option<Translation>;
+    /// Invalidates the IOTLB.
+    fn flush(&self) -> Result<()>;
+    /// Allocates `len` bytes of IOVA space at or below `limit`.
+    fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova>;
+    /// Frees an allocation.
+    fn free_iova(&self, iova: Iova, len: u64) -> Result<()>;
+}

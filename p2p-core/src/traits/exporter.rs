@@ -1,0 +1,112 @@
+//! Memory exporters: whoever owns the memory a device will DMA to (a GPU's BAR, host RAM).
+
+use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
+use crate::error::Result;
+use crate::pci::PciAddr;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Identifies an exporter for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExporterId(pub u64);
+
+static NEXT_EXPORTER: AtomicU64 = AtomicU64::new(1);
+
+impl ExporterId {
+    /// An id no other call in this process returns: implementations take one at construction.
+    pub fn fresh() -> Self {
+        Self(NEXT_EXPORTER.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl fmt::Display for ExporterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exporter#{}", self.0)
+    }
+}
+
+/// Where an exporter's memory is right now. Device memory can move to host RAM (HMM
+/// migration, TTM eviction); the negotiator plans for where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Residency {
+    /// In a device's BAR (peer-to-peer).
+    Device(PciAddr),
+    /// In host RAM attached to a NUMA node.
+    Host {
+        /// The NUMA node.
+        numa: u32,
+    },
+}
+
+/// What the negotiator needs to know of an exporter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExporterInfo {
+    /// Where the memory is now.
+    pub residency: Residency,
+    /// Bytes in the exporter's memory object (valid offsets are `0..size`).
+    pub size: u64,
+    /// Whether the memory may move (so grants to importers without ODP must pin it).
+    pub movable: bool,
+    /// Whether a grant may pin it (device-private memory never can).
+    pub pinnable: bool,
+    /// The span of bus addresses its chunks can have: a device whose DMA mask does not reach its
+    /// top cannot use bus addresses.
+    pub bus_window: AddrRange<BusAddr>,
+}
+
+/// A grant: the exporter has reserved a window for `range` of its memory. Released with
+/// [`MemoryExporter::release`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExportGrant {
+    /// Who granted it.
+    pub exporter: ExporterId,
+    /// The exporter's handle for it.
+    pub id: u64,
+    /// Which bytes of the memory object.
+    pub range: AddrRange<Offset>,
+    /// Whether the grant pins the memory (it cannot move until released).
+    pub pinned: bool,
+}
+
+/// A physically contiguous piece of a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset in the memory object.
+    pub offset: Offset,
+    /// Bytes.
+    pub len: u64,
+    /// CPU physical address (what an IOMMU maps).
+    pub phys: PhysAddr,
+    /// PCI bus address (what a switch routes).
+    pub bus: BusAddr,
+    /// Whether it is device MMIO (a BAR) rather than RAM.
+    pub mmio: bool,
+}
+
+/// Owns memory that devices DMA to, and hands out grants of it.
+///
+/// Contract:
+/// - [`export`](Self::export) reserves exactly the range asked or fails with no reservation
+///   made (a BAR window can be full: [`Error::WindowFull`](crate::Error::WindowFull)); a pinned
+///   grant of memory that cannot be pinned fails with
+///   [`Error::NotPinnable`](crate::Error::NotPinnable); after a revoke every call fails with
+///   [`Error::Revoked`](crate::Error::Revoked).
+/// - [`chunks`](Self::chunks) reports where a grant's bytes are now, in offset order, covering
+///   the grant exactly.
+/// - Moving or revoking memory is the exporter owner's act, and goes through
+///   [`Negotiator::invalidate`](crate::negotiate::Negotiator::invalidate) first, which tells every
+///   importer and tears their mappings down; pinned grants make that fail.
+pub trait MemoryExporter: Send + Sync + fmt::Debug {
+    /// Its id.
+    fn id(&self) -> ExporterId;
+    /// What it is and where its memory is now.
+    fn info(&self) -> ExporterInfo;
+    /// Reserves a window for `range`, pinned or not.
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant>;
+    /// Reserves `len` fresh bytes anywhere (a bounce buffer, a new GPU allocation).
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant>;
+    /// The physically contiguous pieces of a grant, in offset order.
+    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>>;
+    /// Gives a grant back; an error if it is unknown (released twice).
+    fn release(&self, grant: &ExportGrant) -> Result<()>;
+}

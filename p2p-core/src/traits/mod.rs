@@ -1,0 +1,15 @@
+//! The four traits a backend implements, in one place (as rust-vmm's `vm-memory` keeps its
+//! traits beside each other): [`MemoryExporter`], [`DmaImporter`], [`IommuDomain`], [`Platform`].
+//!
+//! All are object safe and `Send + Sync`: drivers pick a backend at run time and hold
+//! `Arc<dyn …>`.
+
+mod domain;
+mod exporter;
+mod importer;
+mod platform;
+
+pub use domain::{DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation};
+pub use exporter::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+pub use importer::{DmaImporter, ImporterCaps, ImporterFlags, Invalidation, InvalidationKind};
+pub use platform::Platform;

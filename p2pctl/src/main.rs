@@ -1,0 +1,110 @@
+//! `p2pctl`: look at a PCIe topology the way p2pdma sees it.
+//!
+//! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`), `--json` the pairs
+//!   report, `--dot` Graphviz, `--export` the topology file format.
+//! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
+//! - `p2pctl presets` lists the built-in machines.
+#![forbid(unsafe_code)]
+
+mod explain;
+
+use clap::{Args, Parser, Subcommand};
+use p2p_core::topology::{file, presets, render, Topology};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "p2pctl",
+    version,
+    about = "Peer-to-peer DMA topology and planning tool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the topology: path classes and routes for every pair of endpoints.
+    Topo {
+        #[command(flatten)]
+        input: Input,
+        /// Print the pairs report as JSON.
+        #[arg(long, conflicts_with_all = ["dot", "export"])]
+        json: bool,
+        /// Print Graphviz DOT.
+        #[arg(long, conflicts_with = "export")]
+        dot: bool,
+        /// Print the topology in p2pdma's JSON file format.
+        #[arg(long)]
+        export: bool,
+    },
+    /// Explain the plan for IMPORTER doing DMA to memory of EXPORTER.
+    Explain(explain::ExplainArgs),
+    /// List the built-in topologies.
+    Presets,
+}
+
+/// Where the topology comes from.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct Input {
+    /// A topology file in p2pdma's JSON format.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// A built-in topology (see `p2pctl presets`).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+}
+
+impl Input {
+    fn load(&self) -> p2p_core::Result<Topology> {
+        match (&self.file, &self.preset) {
+            (Some(path), _) => file::from_path(path),
+            (None, Some(name)) => presets::preset(name),
+            // clap's group makes one of them required.
+            (None, None) => unreachable!("clap requires --file or --preset"),
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Topo {
+            input,
+            json,
+            dot,
+            export,
+        } => {
+            let t = input.load()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&render::pairs(&t)?)?);
+            } else if dot {
+                print!("{}", render::dot(&t));
+            } else if export {
+                println!("{}", file::to_json(&t));
+            } else {
+                print!("{}", render::matrix(&t)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain(args) => explain::run(&args),
+        Command::Presets => {
+            for (name, what) in presets::PRESETS {
+                println!("{name:<12} {what}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2pctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
