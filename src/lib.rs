@@ -13,3 +13,8 @@ pub use backend_mock as mock;
 pub use backend_passthrough as passthrough;
 pub use p2p_core as core;
 pub use p2p_core::prelude;
+
+/// The README's quickstart, compiled and run as a doc test so that it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

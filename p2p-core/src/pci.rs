@@ -134,14 +134,11 @@ mod tests {
         let b: PciAddr = "3B:1f.7".parse().unwrap();
         assert_eq!(b.to_string(), "0000:3b:1f.7");
         assert_eq!(b.devfn(), 0xff);
-        assert_eq!(
-            "10000:00:00.0"
-                .parse::<PciAddr>()
-                .unwrap_err()
-                .to_string()
-                .contains("segment"),
-            true
-        );
+        assert!("10000:00:00.0"
+            .parse::<PciAddr>()
+            .unwrap_err()
+            .to_string()
+            .contains("segment"));
     }
 
     #[test]

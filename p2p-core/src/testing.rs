@@ -464,7 +464,15 @@ pub struct TestHostMemory {
     id: ExporterId,
     ram: AddrRange<PhysAddr>,
     pool: AddrRange<PhysAddr>,
-    state: Mutex<(u64, HashMap<u64, ExportGrant>, BTreeMap<u64, u64>)>,
+    state: Mutex<HostState>,
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    next_grant: u64,
+    grants: HashMap<u64, ExportGrant>,
+    /// Bounce-pool allocations: start → length.
+    pool: BTreeMap<u64, u64>,
 }
 
 impl TestHostMemory {
@@ -486,21 +494,21 @@ impl TestHostMemory {
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().1.len()
+        self.state.lock().grants.len()
     }
 
     fn insert(&self, range: AddrRange<Offset>, pin: bool, pool_slot: Option<u64>) -> ExportGrant {
         let mut s = self.state.lock();
-        s.0 += 1;
+        s.next_grant += 1;
         let g = ExportGrant {
             exporter: self.id,
-            id: s.0,
+            id: s.next_grant,
             range,
             pinned: pin,
         };
-        s.1.insert(g.id, g.clone());
+        s.grants.insert(g.id, g.clone());
         if let Some(at) = pool_slot {
-            s.2.insert(at, range.len());
+            s.pool.insert(at, range.len());
         }
         g
     }
@@ -538,9 +546,9 @@ impl MemoryExporter for TestHostMemory {
         })?;
         let at = {
             let s = self.state.lock();
-            let used: u64 = s.2.values().sum();
+            let used: u64 = s.pool.values().sum();
             alloc_top_down(
-                &s.2,
+                &s.pool,
                 self.pool.start().0,
                 self.pool.last().map_or(0, |l| l.0),
                 size,
@@ -556,7 +564,7 @@ impl MemoryExporter for TestHostMemory {
     }
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         let s = self.state.lock();
-        let g = s.1.get(&grant.id).ok_or(Error::UnknownGrant {
+        let g = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
             exporter: self.id,
             grant: grant.id,
         })?;
@@ -572,11 +580,11 @@ impl MemoryExporter for TestHostMemory {
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {
         let mut s = self.state.lock();
-        let g = s.1.remove(&grant.id).ok_or(Error::UnknownGrant {
+        let g = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
             exporter: self.id,
             grant: grant.id,
         })?;
-        s.2.remove(&g.range.start().0);
+        s.pool.remove(&g.range.start().0);
         Ok(())
     }
 }

@@ -8,8 +8,8 @@ use crate::pci::PciAddr;
 use crate::topology::{Route, Topology};
 use crate::traits::{DomainKind, ExporterId, ExporterInfo, ImporterCaps, ImporterFlags, Residency};
 
-/// Everything a decision depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything a decision depends on (besides the topology and the policy).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Facts {
     /// The exporter.
     pub exporter: ExporterId,

@@ -38,6 +38,9 @@ pub(crate) fn build(
     }
 }
 
+/// `(DmaAddr, len)` pieces before merging into segments.
+type Pieces = Vec<(DmaAddr, u64)>;
+
 type Built = (
     Option<AddrRange<Iova>>,
     Vec<super::Segment>,
@@ -100,7 +103,7 @@ fn release_quietly(exporter: &dyn MemoryExporter, grant: &ExportGrant) {
 }
 
 /// Bus addresses of the chunks, each checked against the importer's DMA mask.
-fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Vec<(DmaAddr, u64)>> {
+fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Pieces> {
     let mask = importer.caps().dma_mask;
     chunks
         .iter()
@@ -124,7 +127,7 @@ fn map_into(
     chunks: &[Chunk],
     importer: &dyn DmaImporter,
     access: Access,
-) -> Result<(AddrRange<Iova>, Vec<(DmaAddr, u64)>)> {
+) -> Result<(AddrRange<Iova>, Pieces)> {
     let page = domain
         .page_sizes()
         .min_page()

@@ -76,7 +76,7 @@ impl Drop for Mapping {
         let entry = self.registry.inner.lock().remove(self.id);
         if let Some(e) = entry {
             if let State::Live(res) = e.state {
-                if let Err(err) = res.teardown(&*e.exporter) {
+                if let Err(err) = (*res).teardown(&*e.exporter) {
                     tracing::warn!(mapping = self.id, %err, "teardown of a dropped mapping failed");
                 }
             }

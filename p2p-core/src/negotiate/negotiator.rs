@@ -5,30 +5,31 @@ use super::{decide, establish, Facts, Mapping, Plan, Policy, Sequence};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
-use crate::pci::PciAddr;
+use crate::topology::Topology;
 use crate::traits::{
     DmaImporter, ExporterId, ImporterFlags, Invalidation, InvalidationKind, MemoryExporter,
-    Platform, Residency,
+    Platform,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PlanKey {
-    exporter: ExporterId,
-    residency: Residency,
-    importer: PciAddr,
-    access: Access,
-    policy: Policy,
-}
-
 #[derive(Debug, Default)]
 struct PlanCache {
     generation: u64,
-    plans: HashMap<PlanKey, Plan>,
+    /// A plan is a pure function of the facts and the policy (and the topology, whose
+    /// generation guards the whole map), so they are the key.
+    plans: HashMap<(Facts, Policy), Plan>,
     hits: u64,
     misses: u64,
+}
+
+/// A mapping being invalidated, with the odd sequence value it got.
+struct Target {
+    id: u64,
+    importer: Arc<dyn DmaImporter>,
+    seq: Arc<Sequence>,
+    odd: u64,
 }
 
 /// Cache counters.
@@ -53,9 +54,9 @@ pub struct InvalidationReport {
 
 /// Plans, establishes and invalidates mappings on one [`Platform`].
 ///
-/// Plans are cached per (exporter and where its memory is, importer, access, policy) and the
-/// cache is dropped when the platform's topology generation changes. Exporter and importer
-/// capabilities are taken as fixed for their lifetime.
+/// Plans are cached per (facts, policy), where the facts are everything the decision reads of the
+/// exporter (including where its memory is now), the importer and its domain; the cache is
+/// dropped when the platform's topology generation changes.
 #[derive(Debug)]
 pub struct Negotiator {
     platform: Arc<dyn Platform>,
@@ -94,7 +95,7 @@ impl Negotiator {
     }
 
     /// The plan for `importer` to reach `exporter`'s memory with `access`, from the cache when
-    /// it holds one for the current topology.
+    /// it holds one for the same facts on the current topology.
     pub fn negotiate(
         &self,
         exporter: &dyn MemoryExporter,
@@ -103,14 +104,7 @@ impl Negotiator {
         policy: &Policy,
     ) -> Result<Plan> {
         let topo = self.platform.topology();
-        let info = exporter.info();
-        let key = PlanKey {
-            exporter: exporter.id(),
-            residency: info.residency,
-            importer: importer.device(),
-            access,
-            policy: *policy,
-        };
+        let key = (self.facts(exporter, importer, access)?, *policy);
         {
             let mut c = self.cache.lock();
             if c.generation != topo.generation() {
@@ -122,7 +116,7 @@ impl Negotiator {
                 return Ok(p);
             }
         }
-        let plan = self.negotiate_uncached(exporter, importer, access, policy)?;
+        let plan = self.plan(&topo, &key.0, policy)?;
         let mut c = self.cache.lock();
         c.misses += 1;
         if c.generation == topo.generation() {
@@ -139,17 +133,29 @@ impl Negotiator {
         access: Access,
         policy: &Policy,
     ) -> Result<Plan> {
-        let _span = tracing::debug_span!("negotiate", exporter = %exporter.id(), importer = %importer.device()).entered();
-        let topo = self.platform.topology();
-        let facts = Facts {
+        let facts = self.facts(exporter, importer, access)?;
+        self.plan(&self.platform.topology(), &facts, policy)
+    }
+
+    fn facts(
+        &self,
+        exporter: &dyn MemoryExporter,
+        importer: &dyn DmaImporter,
+        access: Access,
+    ) -> Result<Facts> {
+        Ok(Facts {
             exporter: exporter.id(),
             info: exporter.info(),
             importer: importer.device(),
             caps: importer.caps(),
             domain: self.platform.domain(importer.device())?.kind(),
             access,
-        };
-        let plan = decide(&topo, &facts, policy)?;
+        })
+    }
+
+    fn plan(&self, topo: &Topology, facts: &Facts, policy: &Policy) -> Result<Plan> {
+        let _span = tracing::debug_span!("negotiate", exporter = %facts.exporter, importer = %facts.importer).entered();
+        let plan = decide(topo, facts, policy)?;
         tracing::debug!(strategy = %plan.strategy, "planned");
         Ok(plan)
     }
@@ -179,7 +185,7 @@ impl Negotiator {
             access: plan.access,
             pinned: plan.pin,
             seq: seq.clone(),
-            state: State::Live(resources),
+            state: State::Live(Box::new(resources)),
         });
         Ok(Mapping {
             id,
@@ -218,7 +224,7 @@ impl Negotiator {
     ) -> Result<InvalidationReport> {
         let _span = tracing::debug_span!("invalidate", %exporter, %range, ?kind).entered();
         // 1. Under the lock: refuse pinned ranges, mark the others as being invalidated.
-        let targets: Vec<(u64, Arc<dyn DmaImporter>, Arc<Sequence>, u64)> = {
+        let targets: Vec<Target> = {
             let inner = self.registry.inner.lock();
             let ids = inner.overlapping(exporter, &range);
             if let Some(e) = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned) {
@@ -231,19 +237,25 @@ impl Negotiator {
             ids.into_iter()
                 .map(|id| {
                     let e = &inner.entries[&id];
-                    (
+                    Target {
                         id,
-                        e.importer.clone(),
-                        e.seq.clone(),
-                        e.seq.begin_invalidate(),
-                    )
+                        importer: e.importer.clone(),
+                        seq: e.seq.clone(),
+                        odd: e.seq.begin_invalidate(),
+                    }
                 })
                 .collect()
         };
         // 2. Outside the lock: tell each importer, then tear its mapping down.
         let mut report = InvalidationReport::default();
         let mut failure = None;
-        for (id, importer, seq, odd) in targets {
+        for Target {
+            id,
+            importer,
+            seq,
+            odd,
+        } in targets
+        {
             if failure.is_none() {
                 let notice = Invalidation {
                     mapping: id,
@@ -298,7 +310,7 @@ impl Negotiator {
             return None;
         }
         match std::mem::replace(&mut e.state, State::Invalidated(kind)) {
-            State::Live(res) => Some((res, e.exporter.clone())),
+            State::Live(res) => Some((*res, e.exporter.clone())),
             _ => None,
         }
     }
@@ -364,7 +376,7 @@ impl Negotiator {
                     return Err(err);
                 }
                 Ok((plan, res)) if !mapping.read_retry(seq) => {
-                    e.state = State::Live(res);
+                    e.state = State::Live(Box::new(res));
                     return Ok(plan);
                 }
                 Ok((_, res)) => {

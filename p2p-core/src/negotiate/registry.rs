@@ -61,7 +61,7 @@ pub(crate) fn unmap_flush_free(domain: &dyn IommuDomain, iova: AddrRange<Iova>) 
 
 #[derive(Debug)]
 pub(crate) enum State {
-    Live(Resources),
+    Live(Box<Resources>),
     /// Torn down by an invalidation; an ODP importer may re-fault after a move.
     Invalidated(InvalidationKind),
     /// A re-fault is building new resources outside the lock.

@@ -1,7 +1,7 @@
 //! The PCIe topology: a tree per host bridge of root ports, switches and endpoints, with ACS bits
 //! on every port, and the classification of any pair of endpoints ([`Topology::path`]).
 //!
-//! Build one with [`TopologyBuilder`], read one from the JSON format in [`file`], or take a
+//! Build one with [`TopologyBuilder`], read one from the JSON format in [`file`](mod@file), or take a
 //! [`presets`] machine.
 
 mod acs;

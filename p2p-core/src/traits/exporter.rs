@@ -39,7 +39,7 @@ pub enum Residency {
 }
 
 /// What the negotiator needs to know of an exporter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExporterInfo {
     /// Where the memory is now.
     pub residency: Residency,

@@ -1,0 +1,236 @@
+//! `p2pctl` as a user runs it: the JSON shape of `topo --json` for every preset, the other
+//! outputs, `explain`, and errors on bad input.
+
+use p2p_core::PciAddr;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::process::{Command, Output};
+
+fn p2pctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_p2pctl"))
+        .args(args)
+        .output()
+        .expect("run p2pctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn presets() -> Vec<String> {
+    let o = p2pctl(&["presets"]);
+    assert!(o.status.success());
+    stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+/// Checks the documented shape exactly:
+/// `{"devices":[{"id","class","numa"}],"pairs":[{"a","b","path","route"}]}`.
+fn validate(json: &Value) -> Result<usize, String> {
+    let top = json.as_object().ok_or("top level is not an object")?;
+    let keys: HashSet<&str> = top.keys().map(String::as_str).collect();
+    if keys != HashSet::from(["devices", "pairs"]) {
+        return Err(format!("top-level keys {keys:?}"));
+    }
+    let devices = top["devices"].as_array().ok_or("devices is not an array")?;
+    let mut ids = Vec::new();
+    for d in devices {
+        let d = d.as_object().ok_or("device is not an object")?;
+        let keys: HashSet<&str> = d.keys().map(String::as_str).collect();
+        if keys != HashSet::from(["id", "class", "numa"]) {
+            return Err(format!("device keys {keys:?}"));
+        }
+        let id: PciAddr = d["id"]
+            .as_str()
+            .ok_or("id not a string")?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        if id.to_string() != d["id"].as_str().unwrap() {
+            return Err(format!("id {} not in canonical lspci form", d["id"]));
+        }
+        if !["gpu", "nic", "nvme", "accelerator", "other"]
+            .contains(&d["class"].as_str().ok_or("class not a string")?)
+        {
+            return Err(format!("class {}", d["class"]));
+        }
+        d["numa"].as_u64().ok_or("numa not a number")?;
+        ids.push(id);
+    }
+    let pairs = top["pairs"].as_array().ok_or("pairs is not an array")?;
+    let mut seen = HashSet::new();
+    for p in pairs {
+        let p = p.as_object().ok_or("pair is not an object")?;
+        let keys: HashSet<&str> = p.keys().map(String::as_str).collect();
+        if keys != HashSet::from(["a", "b", "path", "route"]) {
+            return Err(format!("pair keys {keys:?}"));
+        }
+        let a: PciAddr = p["a"]
+            .as_str()
+            .ok_or("a")?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let b: PciAddr = p["b"]
+            .as_str()
+            .ok_or("b")?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        if a == b || !ids.contains(&a) || !ids.contains(&b) || !seen.insert((a.min(b), a.max(b))) {
+            return Err(format!("pair {a} {b} repeated, self or unknown"));
+        }
+        if !["LOC", "PIX", "PXB", "PHB", "NODE", "SYS"].contains(&p["path"].as_str().ok_or("path")?)
+        {
+            return Err(format!("path {}", p["path"]));
+        }
+        if !["bus-addr", "host-bridge", "unsupported"]
+            .contains(&p["route"].as_str().ok_or("route")?)
+        {
+            return Err(format!("route {}", p["route"]));
+        }
+    }
+    let n = ids.len();
+    if seen.len() != n * (n - 1) / 2 {
+        return Err(format!("{} pairs for {n} devices", seen.len()));
+    }
+    Ok(n)
+}
+
+#[test]
+fn every_preset_prints_the_documented_json_shape() {
+    let names = presets();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in names {
+        let o = p2pctl(&["topo", "--preset", &name, "--json"]);
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let json: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let n = validate(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(n >= 4, "{name}");
+    }
+}
+
+#[test]
+fn the_validator_rejects_wrong_shapes() {
+    let good: Value = serde_json::from_str(&stdout(&p2pctl(&[
+        "topo",
+        "--preset",
+        "workstation",
+        "--json",
+    ])))
+    .unwrap();
+    let mut extra = good.clone();
+    extra["extra"] = Value::Null;
+    assert!(validate(&extra).is_err());
+    let mut dup = good.clone();
+    let first = dup["pairs"][0].clone();
+    dup["pairs"].as_array_mut().unwrap().push(first);
+    assert!(validate(&dup).is_err());
+    let mut bad_route = good;
+    bad_route["pairs"][0]["route"] = "bus".into();
+    assert!(validate(&bad_route).is_err());
+}
+
+#[test]
+fn dgx_preset_has_the_expected_classes() {
+    let json: Value =
+        serde_json::from_str(&stdout(&p2pctl(&["topo", "--preset", "dgx", "--json"]))).unwrap();
+    let classes: HashSet<&str> = json["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(classes, HashSet::from(["PIX", "PHB", "NODE", "SYS"]));
+    let numas: HashSet<u64> = json["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["numa"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numas, HashSet::from([0, 1]));
+}
+
+#[test]
+fn matrix_dot_and_export() {
+    let m = stdout(&p2pctl(&["topo", "--preset", "dgx"]));
+    assert!(m.contains("GPU7") && m.contains("Legend") && m.contains("SYS"));
+    let d = stdout(&p2pctl(&["topo", "--preset", "acs-switch", "--dot"]));
+    assert!(d.starts_with("graph topology {") && d.contains("ACS"));
+    let dir = std::env::temp_dir().join(format!("p2pctl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ws.json");
+    std::fs::write(
+        &file,
+        stdout(&p2pctl(&["topo", "--preset", "workstation", "--export"])),
+    )
+    .unwrap();
+    let from_file = stdout(&p2pctl(&[
+        "topo",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ]));
+    let from_preset = stdout(&p2pctl(&["topo", "--preset", "workstation", "--json"]));
+    assert_eq!(from_file, from_preset);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn explain_prints_the_plan_and_exits_3_on_refusal() {
+    let o = p2pctl(&[
+        "explain",
+        "0000:03:00.0",
+        "0000:05:00.0",
+        "--preset",
+        "acs-switch",
+        "--odp",
+        "--movable",
+    ]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(
+        s.contains("plan: via-iommu") && s.contains("ACS redirect"),
+        "{s}"
+    );
+    let o = p2pctl(&[
+        "explain",
+        "0000:03:00.0",
+        "0000:05:00.0",
+        "--preset",
+        "workstation",
+        "--movable",
+        "--unpinnable",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stdout(&o).contains("no ODP"));
+}
+
+#[test]
+fn bad_input_fails_with_a_message_that_names_it() {
+    let o = p2pctl(&["topo", "--preset", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"nope\""));
+    let o = p2pctl(&["topo", "--file", "/nonexistent/t.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/t.json"));
+    let o = p2pctl(&[
+        "explain",
+        "0000:03:00.0",
+        "0000:99:00.0",
+        "--preset",
+        "workstation",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0000:99:00.0"));
+    let o = p2pctl(&["explain", "0000:03:00.0", "zz", "--preset", "workstation"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "clap rejects an unparsable address"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("zz"));
+}
