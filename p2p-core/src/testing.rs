@@ -650,6 +650,7 @@ pub struct TestPlatform {
     default_kind: DomainKind,
     domains: Mutex<HashMap<PciAddr, Arc<TestDomain>>>,
     host: Arc<TestHostMemory>,
+    observer: Option<Arc<dyn crate::negotiate::MappingObserver>>,
 }
 
 impl TestPlatform {
@@ -660,7 +661,14 @@ impl TestPlatform {
             default_kind,
             domains: Mutex::default(),
             host: Arc::new(TestHostMemory::new(64 << 30, 64 << 20)),
+            observer: None,
         }
+    }
+
+    /// The same platform, reporting mappings to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn crate::negotiate::MappingObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Replaces the topology (a hot-plug or an ACS change).
@@ -699,6 +707,9 @@ impl Platform for TestPlatform {
     }
     fn host_memory(&self) -> Arc<dyn MemoryExporter> {
         self.host.clone()
+    }
+    fn observer(&self) -> Option<Arc<dyn crate::negotiate::MappingObserver>> {
+        self.observer.clone()
     }
 }
 

@@ -647,3 +647,59 @@ proptest! {
         prop_assert!(registry_consistent(neg.registry()));
     }
 }
+
+/// Records what a sanitizer would be told.
+#[derive(Debug, Default)]
+struct Recorder(parking_lot::Mutex<Vec<String>>);
+
+impl p2p_core::negotiate::MappingObserver for Recorder {
+    fn established(&self, ev: &p2p_core::negotiate::MappingEvent) {
+        self.0.lock().push(format!(
+            "up {} {} {}",
+            ev.mapping,
+            ev.strategy,
+            ev.segments.len()
+        ));
+    }
+    fn torn_down(
+        &self,
+        ev: &p2p_core::negotiate::MappingEvent,
+        cause: p2p_core::negotiate::TeardownCause,
+    ) {
+        self.0.lock().push(format!("down {} {cause:?}", ev.mapping));
+    }
+}
+
+#[test]
+fn the_observer_sees_every_mapping_come_and_go() {
+    let topo = presets::acs_switch().unwrap();
+    let gpu = Arc::new(TestExporter::new(&topo, a(GPU), 1 << 20, 64, true, true).unwrap());
+    let exporter: Arc<dyn MemoryExporter> = gpu.clone();
+    let rec = Arc::new(Recorder::default());
+    let neg = Negotiator::new(Arc::new(
+        TestPlatform::new(topo, DomainKind::Translated).with_observer(rec.clone()),
+    ));
+    let (_, imp) = importer(odp(), 64);
+    let p = Policy::default();
+    let m1 = neg.map(&exporter, &imp, range(0, SZ_4K), RW, &p).unwrap();
+    let m2 = neg
+        .map(&exporter, &imp, range(SZ_4K, SZ_4K), RW, &p)
+        .unwrap();
+    neg.invalidate(exporter.id(), range(0, SZ_4K), InvalidationKind::Move)
+        .unwrap();
+    gpu.migrate_to_host();
+    neg.refault(&m1, &p).unwrap();
+    drop(m2);
+    drop(m1);
+    assert_eq!(
+        *rec.0.lock(),
+        vec![
+            "up 1 via-iommu 1",
+            "up 2 via-iommu 1",
+            "down 1 Invalidated(Move)",
+            "up 1 via-iommu 1",
+            "down 2 Dropped",
+            "down 1 Dropped",
+        ]
+    );
+}

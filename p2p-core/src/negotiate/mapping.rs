@@ -1,7 +1,7 @@
 //! The RAII mapping handle.
 
 use super::registry::{Registry, State};
-use super::{Segment, Sequence, Strategy};
+use super::{Segment, Sequence, Strategy, TeardownCause};
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -73,12 +73,16 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let entry = self.registry.inner.lock().remove(self.id);
-        if let Some(e) = entry {
-            if let State::Live(res) = e.state {
-                if let Err(err) = (*res).teardown(&*e.exporter) {
-                    tracing::warn!(mapping = self.id, %err, "teardown of a dropped mapping failed");
-                }
+        let mut inner = self.registry.inner.lock();
+        let event = self.registry.live_event(&inner, self.id);
+        let entry = inner.remove(self.id);
+        drop(inner);
+        let Some(e) = entry else { return };
+        if let State::Live(res) = e.state {
+            self.registry
+                .notify_torn_down(event, TeardownCause::Dropped);
+            if let Err(err) = res.teardown(&*e.exporter) {
+                tracing::warn!(mapping = self.id, %err, "teardown of a dropped mapping failed");
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The negotiator: plans (cached), establishes mappings, and runs the invalidation protocol.
 
 use super::registry::{Entry, Registry, Resources, State};
-use super::{decide, establish, Facts, Mapping, Plan, Policy, Sequence};
+use super::{
+    decide, establish, Facts, Mapping, MappingEvent, Plan, Policy, Sequence, TeardownCause,
+};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
@@ -68,9 +70,9 @@ impl Negotiator {
     /// A negotiator for a platform.
     pub fn new(platform: Arc<dyn Platform>) -> Self {
         Self {
-            platform,
             cache: Mutex::new(PlanCache::default()),
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::with_observer(platform.observer())),
+            platform,
         }
     }
 
@@ -178,7 +180,8 @@ impl Negotiator {
         check_range(&**exporter, range)?;
         let resources = establish::build(&*self.platform, plan, exporter, &**importer, range)?;
         let seq = Arc::new(Sequence::default());
-        let id = self.registry.inner.lock().insert(Entry {
+        let mut inner = self.registry.inner.lock();
+        let id = inner.insert(Entry {
             exporter: exporter.clone(),
             importer: importer.clone(),
             range,
@@ -187,6 +190,9 @@ impl Negotiator {
             seq: seq.clone(),
             state: State::Live(Box::new(resources)),
         });
+        let event = self.registry.live_event(&inner, id);
+        drop(inner);
+        self.registry.notify_established(event);
         Ok(Mapping {
             id,
             registry: self.registry.clone(),
@@ -267,7 +273,9 @@ impl Negotiator {
                 match importer.invalidate(&notice) {
                     Ok(()) => {
                         let taken = self.take_resources(id, kind);
-                        if let Some((res, exp)) = taken {
+                        if let Some((res, exp, event)) = taken {
+                            self.registry
+                                .notify_torn_down(event, TeardownCause::Invalidated(kind));
                             match res.teardown(&*exp) {
                                 Ok(n) => report.bytes_unmapped += n,
                                 Err(err) => {
@@ -302,15 +310,16 @@ impl Negotiator {
         &self,
         id: u64,
         kind: InvalidationKind,
-    ) -> Option<(Resources, Arc<dyn MemoryExporter>)> {
+    ) -> Option<(Resources, Arc<dyn MemoryExporter>, Option<MappingEvent>)> {
         let mut inner = self.registry.inner.lock();
-        let e = inner.entries.get_mut(&id)?;
         // Already invalidated, or a re-fault in flight (it sees the sequence move and retries).
+        let event = self.registry.live_event(&inner, id);
+        let e = inner.entries.get_mut(&id)?;
         if !matches!(e.state, State::Live(_)) {
             return None;
         }
         match std::mem::replace(&mut e.state, State::Invalidated(kind)) {
-            State::Live(res) => Some((*res, e.exporter.clone())),
+            State::Live(res) => Some((*res, e.exporter.clone(), event)),
             _ => None,
         }
     }
@@ -377,6 +386,9 @@ impl Negotiator {
                 }
                 Ok((plan, res)) if !mapping.read_retry(seq) => {
                     e.state = State::Live(Box::new(res));
+                    let event = self.registry.live_event(&inner, mapping.id);
+                    drop(inner);
+                    self.registry.notify_established(event);
                     return Ok(plan);
                 }
                 Ok((_, res)) => {

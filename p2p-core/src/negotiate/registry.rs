@@ -1,7 +1,7 @@
 //! The mapping registry: every live mapping, indexed by exporter range, and the resources each
 //! holds (grant, IOVA range, bounce buffer).
 
-use super::{Segment, Sequence, Strategy};
+use super::{MappingEvent, MappingObserver, Segment, Sequence, Strategy, TeardownCause};
 use crate::access::Access;
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
@@ -134,9 +134,54 @@ pub struct MappingInfo {
 #[derive(Debug, Default)]
 pub struct Registry {
     pub(crate) inner: Mutex<Inner>,
+    pub(crate) observer: Option<Arc<dyn MappingObserver>>,
+}
+
+impl Entry {
+    /// The observer's view of this entry with `res` as its resources.
+    pub fn event(&self, id: u64, res: &Resources) -> MappingEvent {
+        MappingEvent {
+            mapping: id,
+            importer: self.importer.device(),
+            exporter: self.exporter.id(),
+            range: self.range,
+            segments: res.segments.clone(),
+            access: self.access,
+            strategy: res.strategy.clone(),
+        }
+    }
 }
 
 impl Registry {
+    pub(crate) fn with_observer(observer: Option<Arc<dyn MappingObserver>>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            observer,
+        }
+    }
+
+    /// The observer's view of a live entry, if anyone observes.
+    pub(crate) fn live_event(&self, inner: &Inner, id: u64) -> Option<MappingEvent> {
+        self.observer.as_ref()?;
+        let e = inner.entries.get(&id)?;
+        match &e.state {
+            State::Live(res) => Some(e.event(id, res)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn notify_established(&self, event: Option<MappingEvent>) {
+        if let (Some(o), Some(ev)) = (&self.observer, event) {
+            o.established(&ev);
+        }
+    }
+
+    pub(crate) fn notify_torn_down(&self, event: Option<MappingEvent>, cause: TeardownCause) {
+        if let (Some(o), Some(ev)) = (&self.observer, event) {
+            o.torn_down(&ev, cause);
+        }
+    }
+
     /// Number of mappings, live or invalidated.
     pub fn len(&self) -> usize {
         self.inner.lock().entries.len()

@@ -1,6 +1,7 @@
 //! Platforms: what a backend hands the negotiator.
 
 use crate::error::Result;
+use crate::negotiate::MappingObserver;
 use crate::pci::PciAddr;
 use crate::topology::Topology;
 use crate::traits::{IommuDomain, MemoryExporter};
@@ -17,4 +18,8 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>>;
     /// Host RAM.
     fn host_memory(&self) -> Arc<dyn MemoryExporter>;
+    /// Who is told of every mapping made and torn down (a DMA sanitizer); none by default.
+    fn observer(&self) -> Option<Arc<dyn MappingObserver>> {
+        None
+    }
 }
