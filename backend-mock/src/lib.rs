@@ -1,9 +1,47 @@
 //! # backend-mock
 //!
-//! A deterministic simulated machine for p2pdma: byte-backed RAM and BARs, DMA engines that route
-//! requests as PCIe does, seeded fault injection, an ordered event log and the DMA sanitizer.
+//! A deterministic simulated machine for p2pdma: host RAM and every BAR backed by bytes, GPUs
+//! that export BAR memory and migrate it to host RAM, NICs whose DMA engines route requests as
+//! PCIe does (ACS redirect, switch windows, host bridge, IOMMU translation), seeded fault
+//! injection, an ordered event log and the DMA sanitizer. The same seed gives the same run.
 //!
-//! This crate is empty until its issue is done: nothing here pretends to work. Until then,
-//! [`p2p_core::testing`] holds simple in-memory implementations of the traits.
+//! ```
+//! use backend_mock::{Machine, MockConfig};
+//! use p2p_core::prelude::*;
+//! use p2p_core::topology::presets;
+//! # fn main() -> p2p_core::Result<()> {
+//! let m = Machine::new(presets::workstation()?, &MockConfig::new(7))?;
+//! let gpu = m.gpu("0000:03:00.0".parse()?, 1 << 20, 256, true, true)?;
+//! let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 0 };
+//! let nic = m.nic("0000:05:00.0".parse()?, caps)?;
+//! let (exp, imp): (std::sync::Arc<dyn MemoryExporter>, std::sync::Arc<dyn DmaImporter>) = (gpu.clone(), nic.clone());
+//! let map = m.negotiator().map(&exp, &imp, AddrRange::new(Offset(0), 4096)?, Access::WRITE, &Policy::default())?;
+//! nic.dma_write(map.segments()?[0].addr, b"peer to peer").unwrap();
+//! assert_eq!(gpu.cpu_read(0, 12), b"peer to peer");
+//! drop(map);
+//! assert!(m.finish().is_empty());
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod domain;
+pub mod events;
+pub mod faults;
+pub mod gpu;
+pub mod host;
+pub mod memory;
+pub mod nic;
+pub mod platform;
+pub mod route;
+pub mod sanitizer;
+pub mod story;
+
+pub use domain::{FlushMode, MockDomain};
+pub use events::{Event, EventLog};
+pub use faults::{FaultInjector, FaultPoint};
+pub use gpu::MockGpu;
+pub use nic::MockNic;
+pub use platform::{Machine, MockConfig, MockPlatform};
+pub use route::{DmaFault, Routed, Target, Via};
+pub use sanitizer::{Finding, FindingKind, SanitizerMode};

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// First-fit allocation of `len` bytes aligned to `align` in `[lo, hi]` avoiding `taken`
-/// (start → len), searching from the top down as Linux's IOVA allocator does.
-fn alloc_top_down(
+/// (start → len), searching from the top down as Linux's IOVA allocator does. A simple reference
+/// (O(n) in the allocations), shared by the in-memory doubles and the mock backend.
+pub fn alloc_top_down(
     taken: &BTreeMap<u64, u64>,
     lo: u64,
     hi: u64,

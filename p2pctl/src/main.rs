@@ -3,6 +3,7 @@
 //! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`), `--json` the pairs
 //!   report, `--dot` Graphviz, `--export` the topology file format.
 //! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
+//! - `p2pctl demo` runs the seed story on the simulated machine.
 //! - `p2pctl presets` lists the built-in machines.
 #![forbid(unsafe_code)]
 
@@ -42,6 +43,16 @@ enum Command {
     },
     /// Explain the plan for IMPORTER doing DMA to memory of EXPORTER.
     Explain(explain::ExplainArgs),
+    /// Run the seed story on the simulated machine: GPU memory mapped peer-to-peer by an ODP NIC,
+    /// migrated to host RAM, re-faulted; a NIC without ODP refused.
+    Demo {
+        /// Seed of the simulated machine (same seed, same run).
+        #[arg(long, default_value_t = 2016)]
+        seed: u64,
+        /// Print the machine's event log at the end.
+        #[arg(long)]
+        log: bool,
+    },
     /// List the built-in topologies.
     Presets,
 }
@@ -90,6 +101,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => explain::run(&args),
+        Command::Demo { seed, log } => {
+            println!("p2pdma demo on a simulated two-socket 8-GPU/8-NIC machine (seed {seed})");
+            let report = backend_mock::story::run(seed, &mut |line| println!("{line}"))?;
+            if log {
+                print!("{}", report.log);
+            }
+            if report.findings > 0 {
+                return Err(format!("{} DMA sanitizer findings", report.findings).into());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Presets => {
             for (name, what) in presets::PRESETS {
                 println!("{name:<12} {what}");

@@ -234,3 +234,19 @@ fn bad_input_fails_with_a_message_that_names_it() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("zz"));
 }
+
+#[test]
+fn demo_walks_the_story_and_is_deterministic() {
+    let a = p2pctl(&["demo", "--seed", "5", "--log"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let s = stdout(&a);
+    for step in ["1. ", "2. ", "3. ", "4. ", "5. ", "6. ", "7. "] {
+        assert!(s.contains(step), "missing step {step:?} in\n{s}");
+    }
+    assert!(
+        s.contains("without ODP") && s.contains("0 sanitizer findings"),
+        "{s}"
+    );
+    let b = p2pctl(&["demo", "--seed", "5", "--log"]);
+    assert_eq!(stdout(&a), stdout(&b), "same seed, same output");
+}

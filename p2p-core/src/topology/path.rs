@@ -219,6 +219,12 @@ impl Topology {
         })
     }
 
+    /// Whether a request from `client` to `provider` that reaches the host bridge is forwarded
+    /// there: [`Route::ThroughHostBridge`] or [`Route::Unsupported`] with the reason.
+    pub fn host_bridge_route_between(&self, provider: PciAddr, client: PciAddr) -> Result<Route> {
+        Ok(self.host_bridge_route(self.lookup(provider)?, self.lookup(client)?))
+    }
+
     /// Linux's `cpu_supports_p2pdma() || host_bridge_whitelist(p, c)`.
     fn host_bridge_route(&self, p: NodeId, c: NodeId) -> Route {
         if self.cpu_p2p {

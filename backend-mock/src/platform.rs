@@ -1,0 +1,304 @@
+//! The simulated machine: a [`MockPlatform`] (topology, memory, domains, host RAM, sanitizer,
+//! event log, fault injector) and the [`Machine`] that pairs it with a negotiator and makes GPUs
+//! and NICs.
+
+use crate::domain::{FlushMode, MockDomain};
+use crate::events::EventLog;
+use crate::faults::FaultInjector;
+use crate::gpu::MockGpu;
+use crate::host::MockHostMemory;
+use crate::memory::PhysMemory;
+use crate::nic::MockNic;
+use crate::sanitizer::{Finding, Sanitizer, SanitizerMode};
+use p2p_core::addr::{AddrRange, Iova, Offset, PhysAddr};
+use p2p_core::negotiate::{InvalidationReport, MappingObserver, Negotiator};
+use p2p_core::topology::Topology;
+use p2p_core::traits::{
+    DomainKind, ImporterCaps, InvalidationKind, IommuDomain, MemoryExporter, Platform,
+    ReservedKind, ReservedRegion,
+};
+use p2p_core::{Error, PciAddr, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How to build a machine.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Seeds everything random (fault injection, the story's data).
+    pub seed: u64,
+    /// Bytes of host RAM, from physical 0.
+    pub ram_bytes: u64,
+    /// Bytes at the top of RAM kept for bounce buffers.
+    pub bounce_pool: u64,
+    /// The kind of every device's IOMMU domain.
+    pub domain_kind: DomainKind,
+    /// Strict or lazy IOTLB invalidation.
+    pub flush: FlushMode,
+    /// Reserve every BAR's bus range in every domain (Linux's `iova_reserve_pci_windows`).
+    pub reserve_pci_windows: bool,
+    /// What the sanitizer does with findings.
+    pub sanitizer: SanitizerMode,
+}
+
+impl MockConfig {
+    /// 4 GiB of RAM, translated strict domains with PCI windows reserved, a panicking sanitizer.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            ram_bytes: 4 << 30,
+            bounce_pool: 64 << 20,
+            domain_kind: DomainKind::Translated,
+            flush: FlushMode::Strict,
+            reserve_pci_windows: true,
+            sanitizer: SanitizerMode::Panic,
+        }
+    }
+}
+
+/// The simulated platform handed to the negotiator.
+#[derive(Debug)]
+pub struct MockPlatform {
+    topology: Arc<Topology>,
+    memory: Arc<PhysMemory>,
+    domains: HashMap<PciAddr, Arc<MockDomain>>,
+    host: Arc<MockHostMemory>,
+    log: Arc<EventLog>,
+    faults: Arc<FaultInjector>,
+    sanitizer: Arc<Sanitizer>,
+}
+
+impl MockPlatform {
+    /// Builds the platform; every BAR must lie above RAM.
+    pub fn new(topology: Topology, config: &MockConfig) -> Result<Self> {
+        let log = Arc::new(EventLog::default());
+        let faults = Arc::new(FaultInjector::new(config.seed));
+        let sanitizer = Arc::new(Sanitizer::new(config.sanitizer, log.clone()));
+        let host = Arc::new(MockHostMemory::new(
+            config.ram_bytes,
+            config.bounce_pool,
+            log.clone(),
+        ));
+        let mut windows = Vec::new();
+        for (a, e) in topology.endpoints() {
+            for b in &e.bars {
+                if b.cpu.0 < config.ram_bytes {
+                    return Err(Error::InvalidTopology(format!(
+                        "BAR{} of {a} at {:#x} overlaps host RAM (0..{:#x})",
+                        b.index, b.cpu.0, config.ram_bytes
+                    )));
+                }
+                windows.push(ReservedRegion {
+                    range: AddrRange::new(Iova(b.bus.0), b.size)?,
+                    kind: ReservedKind::PciWindow,
+                });
+            }
+        }
+        if !config.reserve_pci_windows {
+            windows.clear();
+        }
+        let domains = topology
+            .endpoints()
+            .map(|(a, _)| {
+                let d = MockDomain::new(
+                    a,
+                    config.domain_kind,
+                    config.flush,
+                    windows.clone(),
+                    log.clone(),
+                    faults.clone(),
+                    sanitizer.clone(),
+                );
+                (a, Arc::new(d))
+            })
+            .collect();
+        Ok(Self {
+            topology: Arc::new(topology),
+            memory: Arc::default(),
+            domains,
+            host,
+            log,
+            faults,
+            sanitizer,
+        })
+    }
+
+    pub(crate) fn topology_ref(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The bytes.
+    pub fn memory(&self) -> &PhysMemory {
+        &self.memory
+    }
+
+    /// The event log.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// The fault injector.
+    pub fn faults(&self) -> &FaultInjector {
+        &self.faults
+    }
+
+    /// The sanitizer.
+    pub fn sanitizer(&self) -> &Sanitizer {
+        &self.sanitizer
+    }
+
+    /// Host RAM's physical range.
+    pub fn host_ram(&self) -> AddrRange<PhysAddr> {
+        self.host.ram()
+    }
+
+    /// Host RAM as its concrete type.
+    pub fn host(&self) -> &Arc<MockHostMemory> {
+        &self.host
+    }
+
+    /// A device's domain as its concrete type.
+    pub fn mock_domain(&self, device: PciAddr) -> Result<&Arc<MockDomain>> {
+        self.domains
+            .get(&device)
+            .ok_or(Error::UnknownDevice(device))
+    }
+}
+
+impl Platform for MockPlatform {
+    fn topology(&self) -> Arc<Topology> {
+        self.topology.clone()
+    }
+
+    fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
+        Ok(self.mock_domain(device)?.clone())
+    }
+
+    fn host_memory(&self) -> Arc<dyn MemoryExporter> {
+        self.host.clone()
+    }
+
+    fn observer(&self) -> Option<Arc<dyn MappingObserver>> {
+        Some(self.sanitizer.clone())
+    }
+}
+
+/// A simulated machine: the platform, a negotiator on it, and the devices made on it.
+///
+/// Dropping it reports every mapping still live as leaked (a panic in
+/// [`SanitizerMode::Panic`]); [`Machine::finish`] does the same and returns all findings.
+#[derive(Debug)]
+pub struct Machine {
+    platform: Arc<MockPlatform>,
+    negotiator: Negotiator,
+    finished: bool,
+}
+
+impl Machine {
+    /// A machine of `topology` configured by `config`.
+    pub fn new(topology: Topology, config: &MockConfig) -> Result<Self> {
+        let platform = Arc::new(MockPlatform::new(topology, config)?);
+        Ok(Self {
+            negotiator: Negotiator::new(platform.clone()),
+            platform,
+            finished: false,
+        })
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &Arc<MockPlatform> {
+        &self.platform
+    }
+
+    /// The negotiator.
+    pub fn negotiator(&self) -> &Negotiator {
+        &self.negotiator
+    }
+
+    /// A GPU exporting `size` bytes of `device`'s largest BAR through a window of
+    /// `window_pages` 4 KiB pages, with a migration target carved out of host RAM.
+    pub fn gpu(
+        &self,
+        device: PciAddr,
+        size: u64,
+        window_pages: u64,
+        movable: bool,
+        pinnable: bool,
+    ) -> Result<Arc<MockGpu>> {
+        let topo = self.platform.topology_ref();
+        let bar = topo
+            .endpoint(device)?
+            .bars
+            .iter()
+            .max_by_key(|b| b.size)
+            .copied()
+            .ok_or_else(|| {
+                Error::InvalidTopology(format!("device {device} has no BAR to export"))
+            })?;
+        if size == 0 || size > bar.size {
+            return Err(Error::OutOfBounds {
+                kind: "offset",
+                start: 0,
+                len: size,
+                limit_start: 0,
+                limit_len: bar.size,
+            });
+        }
+        let host_base = self.platform.host.carve(size)?;
+        Ok(Arc::new(MockGpu::new(
+            device,
+            bar,
+            size,
+            window_pages,
+            movable,
+            pinnable,
+            host_base,
+            topo.numa_of(device)?,
+            self.platform.memory.clone(),
+            self.platform.log.clone(),
+            self.platform.faults.clone(),
+        )))
+    }
+
+    /// A NIC at `device` with `caps`.
+    pub fn nic(&self, device: PciAddr, caps: ImporterCaps) -> Result<Arc<MockNic>> {
+        self.platform.topology_ref().endpoint(device)?;
+        Ok(Arc::new(MockNic::new(device, caps, self.platform.clone())))
+    }
+
+    /// Moves a GPU's memory to host RAM: the invalidation protocol first, then the copy.
+    pub fn migrate(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
+        let report = self
+            .negotiator
+            .invalidate(gpu.id(), whole(gpu)?, InvalidationKind::Move)?;
+        gpu.migrate_to_host();
+        Ok(report)
+    }
+
+    /// Revokes a GPU's memory: the invalidation protocol, then no more grants.
+    pub fn revoke(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
+        let report = self
+            .negotiator
+            .invalidate(gpu.id(), whole(gpu)?, InvalidationKind::Revoke)?;
+        gpu.revoke();
+        Ok(report)
+    }
+
+    /// Reports leaked mappings and returns every finding (Collect mode).
+    pub fn finish(mut self) -> Vec<Finding> {
+        self.finished = true;
+        self.platform.sanitizer.check_leaks();
+        self.platform.sanitizer.findings()
+    }
+}
+
+fn whole(gpu: &MockGpu) -> Result<AddrRange<Offset>> {
+    AddrRange::new(Offset(0), gpu.info().size)
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.platform.sanitizer.check_leaks();
+        }
+    }
+}
