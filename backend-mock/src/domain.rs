@@ -41,6 +41,8 @@ struct State {
     /// Frees waiting for the flush queue to drain.
     deferred: Vec<(u64, u64)>,
     queued_flushes: usize,
+    /// A flush failed: frees wait for the next one that succeeds.
+    flush_owed: bool,
     hits: u64,
     misses: u64,
 }
@@ -138,6 +140,7 @@ impl MockDomain {
     fn drain(&self, s: &mut State) {
         s.iotlb.clear();
         s.queued_flushes = 0;
+        s.flush_owed = false;
         for (iova, len) in std::mem::take(&mut s.deferred) {
             s.iovas.remove(&iova);
             self.log.push(Event::IovaFree {
@@ -369,6 +372,7 @@ impl IommuDomain for MockDomain {
             || format!("{name} IOTLB invalidation"),
             &self.log,
         ) {
+            self.state.lock().flush_owed = true;
             return Err(Error::Backend {
                 backend: "mock-iommu",
                 message: format!("{name}: IOTLB invalidation timed out"),
@@ -376,6 +380,7 @@ impl IommuDomain for MockDomain {
         }
         let mut s = self.state.lock();
         match self.flush_mode {
+            FlushMode::Strict if s.flush_owed || !s.deferred.is_empty() => self.drain(&mut s),
             FlushMode::Strict => {
                 s.iotlb.clear();
                 self.log.push(Event::Flush {
@@ -421,7 +426,9 @@ impl IommuDomain for MockDomain {
         let mut s = self.state.lock();
         match s.iovas.get(&iova.0) {
             Some(&size) if align_up(len, SZ_4K) == Some(size) => {
-                if matches!(self.flush_mode, FlushMode::Lazy { .. }) && s.queued_flushes > 0 {
+                if s.flush_owed
+                    || (matches!(self.flush_mode, FlushMode::Lazy { .. }) && s.queued_flushes > 0)
+                {
                     // Not reusable before the IOTLB forgets it.
                     s.deferred.push((iova.0, size));
                     self.log.push(Event::IovaFree {

@@ -19,6 +19,14 @@ pub(crate) fn build(
     importer: &dyn DmaImporter,
     range: AddrRange<Offset>,
 ) -> Result<Resources> {
+    if let Strategy::Refused(why) = &plan.strategy {
+        // Refused plans touch nothing: no grant, no IOVA.
+        return Err(Error::Refused {
+            exporter: plan.exporter,
+            importer: plan.importer,
+            refusal: why.clone(),
+        });
+    }
     let domain = platform.domain(importer.device())?;
     let grant = exporter.export(range, plan.pin)?;
     let built = with_grant(platform, plan, &**exporter, &grant, importer, &domain);
@@ -85,13 +93,7 @@ fn with_grant(
                 }
             }
         }
-        Strategy::Refused(why) => {
-            return Err(Error::Refused {
-                exporter: plan.exporter,
-                importer: plan.importer,
-                refusal: why.clone(),
-            })
-        }
+        Strategy::Refused(_) => unreachable!("refused plans return before the grant"),
     };
     Ok((iova, merge_segments(pieces, caps.max_segment), bounce))
 }

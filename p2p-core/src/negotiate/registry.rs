@@ -47,15 +47,20 @@ impl Resources {
 }
 
 /// Unmaps an IOVA range, flushes the IOTLB, then frees the range: the order Linux's strict
-/// `__iommu_dma_unmap` keeps, so the IOVA is never reused while a stale translation lives.
+/// `__iommu_dma_unmap` keeps. The free happens even if the flush failed: the domain's contract
+/// is never to hand a range out again before a flush covering it has succeeded. The first error
+/// is returned.
 pub(crate) fn unmap_flush_free(domain: &dyn IommuDomain, iova: AddrRange<Iova>) -> Result<u64> {
     let unmapped = if iova.is_empty() {
-        0
+        Ok(0)
     } else {
-        domain.unmap(iova.start(), iova.len())?
+        domain.unmap(iova.start(), iova.len())
     };
-    domain.flush()?;
-    domain.free_iova(iova.start(), iova.len())?;
+    let flushed = domain.flush();
+    let freed = domain.free_iova(iova.start(), iova.len());
+    let unmapped = unmapped?;
+    flushed?;
+    freed?;
     Ok(unmapped)
 }
 

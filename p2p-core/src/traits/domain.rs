@@ -76,7 +76,9 @@ pub struct Translation {
 ///   an unmapped IOVA or would have to split a larger page.
 /// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable.
 /// - [`alloc_iova`](Self::alloc_iova) returns a size-aligned free range whose last byte is at most
-///   `limit`, outside reserved regions; [`free_iova`](Self::free_iova) gives it back.
+///   `limit`, outside reserved regions; [`free_iova`](Self::free_iova) gives it back, but the
+///   domain must not hand it out again before a flush after its unmap has succeeded (a lazy
+///   flush queue, or a flush that failed, defers the reuse).
 pub trait IommuDomain: Send + Sync + fmt::Debug {
     /// Identity, translated or blocked.
     fn kind(&self) -> DomainKind;
