@@ -134,14 +134,14 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
     };
     let plan = decide(&topo, &facts, &policy)?;
-    println!(
+    outln!(
         "{} ({}) memory -> DMA by {} ({})",
         topo.display_name(a.exporter),
         a.exporter,
         topo.display_name(a.importer),
         a.importer
     );
-    print!("{plan}");
+    out!("{plan}");
     Ok(if plan.is_refused() {
         ExitCode::from(3)
     } else {

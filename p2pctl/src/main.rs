@@ -7,7 +7,36 @@
 //! - `p2pctl presets` lists the built-in machines.
 #![forbid(unsafe_code)]
 
+/// Writes to stdout; a closed pipe (`p2pctl topo | head`) ends the program quietly instead of
+/// panicking as `print!` would.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::emit(&format!($($arg)*))
+    };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    () => {
+        $crate::emit("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::emit(&format!("{}\n", format!($($arg)*)))
+    };
+}
+
 mod explain;
+
+fn emit(s: &str) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_all(s.as_bytes()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("p2pctl: error: writing output: {e}");
+        std::process::exit(1);
+    }
+}
 
 use clap::{Args, Parser, Subcommand};
 use p2p_core::topology::{file, presets, render, Topology};
@@ -90,22 +119,22 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => {
             let t = input.load()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&render::pairs(&t)?)?);
+                outln!("{}", serde_json::to_string_pretty(&render::pairs(&t)?)?);
             } else if dot {
-                print!("{}", render::dot(&t));
+                out!("{}", render::dot(&t));
             } else if export {
-                println!("{}", file::to_json(&t));
+                outln!("{}", file::to_json(&t));
             } else {
-                print!("{}", render::matrix(&t)?);
+                out!("{}", render::matrix(&t)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => explain::run(&args),
         Command::Demo { seed, log } => {
-            println!("p2pdma demo on a simulated two-socket 8-GPU/8-NIC machine (seed {seed})");
-            let report = backend_mock::story::run(seed, &mut |line| println!("{line}"))?;
+            outln!("p2pdma demo on a simulated two-socket 8-GPU/8-NIC machine (seed {seed})");
+            let report = backend_mock::story::run(seed, &mut |line| outln!("{line}"))?;
             if log {
-                print!("{}", report.log);
+                out!("{}", report.log);
             }
             if report.findings > 0 {
                 return Err(format!("{} DMA sanitizer findings", report.findings).into());
@@ -114,7 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Presets => {
             for (name, what) in presets::PRESETS {
-                println!("{name:<12} {what}");
+                outln!("{name:<12} {what}");
             }
             Ok(ExitCode::SUCCESS)
         }
