@@ -1,10 +1,26 @@
 //! # backend-iommu
 //!
-//! The software IOMMU of p2pdma: page tables in real hardware formats (Intel VT-d second level,
-//! ARM LPAE), an IOTLB with strict and lazy invalidation, the IOVA allocator, and the Linux VFIO
-//! path to a real kernel IOMMU.
+//! A software IOMMU for p2pdma: page tables in real hardware formats ([`VtdSecondLevel`],
+//! [`ArmLpaeS2`]) stored in frames of simulated physical memory so that a hardware-style walk
+//! reads exactly what hardware would; 4 KiB / 2 MiB / 1 GiB leaves chosen from the page-size
+//! bitmap; an IOTLB with strict and lazy invalidation; and the IOVA allocator with per-thread
+//! caches. [`SoftIommu`] puts them together as a p2p-core [`IommuDomain`](p2p_core::IommuDomain).
 //!
-//! This crate is empty until its issue is done: nothing here pretends to work. The traits it will
-//! implement live in [`p2p_core::traits`].
+//! Unmapping part of a larger page is refused (nothing is unmapped, the error names the page),
+//! as Linux's io-pgtable-arm has done since split-on-unmap was removed.
+//!
+//! The Linux VFIO path is not here yet (its own issue).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod domain;
+pub mod format;
+pub mod frames;
+pub mod iotlb;
+pub mod iova;
+pub mod pagetable;
+
+pub use domain::{FlushPolicy, SoftIommu};
+pub use format::{ArmLpaeS2, Format, VtdSecondLevel};
+pub use iova::IovaAllocator;
+pub use pagetable::PageTable;

@@ -1,0 +1,289 @@
+//! [`SoftIommu`]: an [`IommuDomain`] on a real-format page table, an IOTLB with strict or lazy
+//! invalidation, and the IOVA allocator.
+
+use crate::format::Format;
+use crate::iotlb::Iotlb;
+use crate::iova::IovaAllocator;
+use crate::pagetable::{Leaf, PageTable};
+use p2p_core::access::Access;
+use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
+use p2p_core::page::{PageSizes, SZ_4K};
+use p2p_core::traits::{DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation};
+use p2p_core::{Error, Result};
+use parking_lot::{Mutex, RwLock};
+
+/// How unmaps reach the IOTLB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// `unmap` invalidates the IOTLB for the range before it returns (Linux `iommu.strict=1`).
+    Strict,
+    /// `unmap` leaves the IOTLB alone; `flush` queues, and every `batch` queued flushes the IOTLB
+    /// is invalidated, freed tables and deferred IOVA frees are released (Linux's flush queue).
+    /// Until then stale translations stay usable: [`SoftIommu::queued_flushes`] is that window.
+    Lazy {
+        /// Queued flushes that force the real one (Linux: 256).
+        batch: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: usize,
+    frees: Vec<(u64, u64)>,
+}
+
+/// A software IOMMU domain in page-table format `F`.
+///
+/// ```
+/// use backend_iommu::{FlushPolicy, SoftIommu, VtdSecondLevel};
+/// use p2p_core::prelude::*;
+/// let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
+/// let iova = d.alloc_iova(2 << 20, dma_mask(32)).unwrap();
+/// d.map(iova, PhysAddr(0x4000_0000), 2 << 20, Access::READ).unwrap();
+/// assert_eq!(d.translate(Iova(iova.0 + 42)).unwrap().phys, PhysAddr(0x4000_002a));
+/// assert_eq!(d.unmap(iova, 2 << 20).unwrap(), 2 << 20);
+/// ```
+#[derive(Debug)]
+pub struct SoftIommu<F: Format> {
+    table: RwLock<PageTable<F>>,
+    iotlb: Iotlb,
+    iova: IovaAllocator,
+    aperture: AddrRange<Iova>,
+    reserved: Vec<ReservedRegion>,
+    policy: FlushPolicy,
+    queue: Mutex<Queue>,
+}
+
+/// Where page-table frames live in the simulated physical address space (far above RAM).
+const FRAMES_BASE: u64 = 0x7f00_0000_0000;
+
+impl<F: Format> SoftIommu<F> {
+    /// A translated domain with a 2^IAS aperture and the x86 MSI window reserved.
+    pub fn new(policy: FlushPolicy) -> Result<Self> {
+        let aperture = AddrRange::new(Iova(0), 1u64 << F::IAS)?;
+        let mut d = Self {
+            table: RwLock::new(PageTable::new(FRAMES_BASE)?),
+            iotlb: Iotlb::default(),
+            // IOVA 0 is never handed out.
+            iova: IovaAllocator::new(SZ_4K, 1u64 << F::IAS),
+            aperture,
+            reserved: Vec::new(),
+            policy,
+            queue: Mutex::default(),
+        };
+        d.reserve(
+            AddrRange::new(Iova(0xfee0_0000), 0x10_0000)?,
+            ReservedKind::Msi,
+        );
+        Ok(d)
+    }
+
+    /// Reserves a region: no allocation or map may touch it.
+    pub fn reserve(&mut self, range: AddrRange<Iova>, kind: ReservedKind) {
+        self.iova.reserve(range.start().0, range.end().0);
+        self.reserved.push(ReservedRegion { range, kind });
+    }
+
+    /// The IOVA allocator.
+    pub fn allocator(&self) -> &IovaAllocator {
+        &self.iova
+    }
+
+    /// Page-table frames in use.
+    pub fn live_frames(&self) -> usize {
+        self.table.read().live_frames()
+    }
+
+    /// Physical address of the root table.
+    pub fn root_phys(&self) -> u64 {
+        self.table.read().root_phys()
+    }
+
+    /// Makes page-table frame allocation fail once `limit` frames are in use (fault injection).
+    pub fn set_frame_limit(&self, limit: Option<usize>) {
+        self.table.write().frames_mut().set_limit(limit);
+    }
+
+    /// The leaf mapping `iova` (page-table walk, no IOTLB).
+    pub fn leaf(&self, iova: u64) -> Option<Leaf> {
+        self.table.read().translate(iova)
+    }
+
+    /// Flushes queued and not yet performed (lazy): while non-zero, unmapped IOVAs may still
+    /// translate through the IOTLB.
+    pub fn queued_flushes(&self) -> usize {
+        self.queue.lock().pending
+    }
+
+    /// IOTLB (hits, misses, invalidations).
+    pub fn iotlb_stats(&self) -> (u64, u64, u64) {
+        self.iotlb.stats()
+    }
+
+    /// Translates as a device's request is translated: the IOTLB first, then a walk that fills
+    /// it. In lazy mode this can return a translation whose page-table entry is gone.
+    pub fn dma_translate(&self, iova: u64) -> Option<Translation> {
+        let off = iova & (SZ_4K - 1);
+        if let Some((page, access)) = self.iotlb.lookup(iova) {
+            return Some(Translation {
+                phys: PhysAddr(page + off),
+                access,
+            });
+        }
+        let leaf = self.table.read().translate(iova)?;
+        let phys = leaf.phys + (iova - leaf.iova);
+        self.iotlb.insert(iova, phys & !(SZ_4K - 1), leaf.access);
+        Some(Translation {
+            phys: PhysAddr(phys),
+            access: leaf.access,
+        })
+    }
+
+    /// Performs the real IOTLB invalidation: drops the cache, frees emptied tables and deferred
+    /// IOVA ranges.
+    pub fn drain(&self) {
+        let frees = {
+            let mut q = self.queue.lock();
+            q.pending = 0;
+            std::mem::take(&mut q.frees)
+        };
+        self.iotlb.clear();
+        self.table.write().release_freelist();
+        for (a, l) in frees {
+            self.iova.free(a, l);
+        }
+    }
+
+    fn check(&self, iova: Iova, len: u64) -> Result<()> {
+        let r = AddrRange::new(iova, len)?;
+        if !self.aperture.contains_range(&r) {
+            let (s, l) = (self.aperture.start().0, self.aperture.len());
+            return Err(Error::OutOfBounds {
+                kind: "iova",
+                start: iova.0,
+                len,
+                limit_start: s,
+                limit_len: l,
+            });
+        }
+        if let Some(res) = self.reserved.iter().find(|res| res.range.overlaps(&r)) {
+            return Err(Error::Reserved {
+                start: iova.0,
+                len,
+                region: format!("{:?} {}", res.kind, res.range),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<F: Format> IommuDomain for SoftIommu<F> {
+    fn kind(&self) -> DomainKind {
+        DomainKind::Translated
+    }
+
+    fn aperture(&self) -> AddrRange<Iova> {
+        self.aperture
+    }
+
+    fn page_sizes(&self) -> PageSizes {
+        F::PAGE_SIZES
+    }
+
+    fn reserved_regions(&self) -> Vec<ReservedRegion> {
+        self.reserved.clone()
+    }
+
+    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+        let _span = tracing::debug_span!("domain_map", format = F::NAME, %iova, len).entered();
+        for (what, v) in [("iova", iova.0), ("phys", phys.0), ("length", len)] {
+            if !is_aligned(v, SZ_4K) {
+                return Err(Error::Misaligned {
+                    what,
+                    value: v,
+                    align: SZ_4K,
+                });
+            }
+        }
+        if len == 0 {
+            return Err(Error::EmptyRange { what: "map" });
+        }
+        if !access.intersects(Access::READ | Access::WRITE) {
+            return Err(Error::Backend {
+                backend: "soft-iommu",
+                message: format!("map at {iova} with no read or write access"),
+            });
+        }
+        self.check(iova, len)?;
+        let end = phys.0.checked_add(len).ok_or(Error::AddressOverflow {
+            kind: "phys",
+            addr: phys.0,
+            len,
+        })?;
+        if end > 1u64 << F::OAS {
+            return Err(Error::OutOfBounds {
+                kind: "phys",
+                start: phys.0,
+                len,
+                limit_start: 0,
+                limit_len: 1u64 << F::OAS,
+            });
+        }
+        self.table.write().map(iova.0, phys.0, len, access, false)
+    }
+
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
+        let _span = tracing::debug_span!("domain_unmap", format = F::NAME, %iova, len).entered();
+        let mut table = self.table.write();
+        let n = table.unmap(iova.0, len)?;
+        if self.policy == FlushPolicy::Strict && n > 0 {
+            self.iotlb.invalidate_range(iova.0, n);
+            table.release_freelist();
+        }
+        Ok(n)
+    }
+
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        let leaf = self.table.read().translate(iova.0)?;
+        Some(Translation {
+            phys: PhysAddr(leaf.phys + (iova.0 - leaf.iova)),
+            access: leaf.access,
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        match self.policy {
+            // unmap already invalidated what it removed.
+            FlushPolicy::Strict => Ok(()),
+            FlushPolicy::Lazy { batch } => {
+                let full = {
+                    let mut q = self.queue.lock();
+                    q.pending += 1;
+                    q.pending >= batch
+                };
+                if full {
+                    self.drain();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
+        let top = self.aperture.last().map_or(0, |a| a.0);
+        self.iova.alloc(len, limit.min(top)).map(Iova)
+    }
+
+    fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
+        {
+            let mut q = self.queue.lock();
+            if q.pending > 0 {
+                // Not reusable before the queued flush is performed.
+                q.frees.push((iova.0, len));
+                return Ok(());
+            }
+        }
+        self.iova.free(iova.0, len);
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! A 4-level page table in a real format, stored in [`Frames`]. Mapping picks the largest leaf
+//! the page sizes and alignment allow and keeps its place in the last table between pages, so a
+//! long range costs about one entry store per page. Unmapping never splits a leaf: a range that
+//! would cut one is refused before anything changes. Tables left empty are freed (after the next
+//! IOTLB flush, as Linux's gather freelist does).
+
+use crate::format::{index, level_size, Format, Pte};
+use crate::frames::{Frames, ENTRIES};
+use p2p_core::access::Access;
+use p2p_core::{Error, Result};
+use std::marker::PhantomData;
+
+/// The root is level 3.
+const ROOT: usize = 3;
+
+/// A leaf found by a walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    /// First IOVA it maps.
+    pub iova: u64,
+    /// Its size.
+    pub size: u64,
+    /// Where it maps to.
+    pub phys: u64,
+    /// Its permissions.
+    pub access: Access,
+}
+
+/// A page table of format `F`.
+#[derive(Debug)]
+pub struct PageTable<F: Format> {
+    frames: Frames,
+    root: u32,
+    /// Tables emptied by unmap, freed at the next flush.
+    freelist: Vec<u32>,
+    _format: PhantomData<F>,
+}
+
+/// Where a walk stopped: the table holding the entry for an address at some level.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    table: u32,
+    level: usize,
+}
+
+impl<F: Format> PageTable<F> {
+    /// An empty table whose frames start at physical `frames_base`.
+    pub fn new(frames_base: u64) -> Result<Self> {
+        let mut frames = Frames::new(frames_base);
+        let root = frames.alloc()?;
+        Ok(Self {
+            frames,
+            root,
+            freelist: Vec::new(),
+            _format: PhantomData,
+        })
+    }
+
+    /// The frames.
+    pub fn frames(&self) -> &Frames {
+        &self.frames
+    }
+
+    /// Mutable frames (fault injection).
+    pub fn frames_mut(&mut self) -> &mut Frames {
+        &mut self.frames
+    }
+
+    /// Physical address of the root table (what a context entry points at).
+    pub fn root_phys(&self) -> u64 {
+        self.frames.phys(self.root)
+    }
+
+    /// Frames in use, including tables waiting on the freelist.
+    pub fn live_frames(&self) -> usize {
+        self.frames.live()
+    }
+
+    /// Frees the tables emptied since the last call (the IOTLB flush has happened).
+    pub fn release_freelist(&mut self) {
+        for f in std::mem::take(&mut self.freelist) {
+            self.frames.release(f);
+        }
+    }
+
+    /// The table at `level` that covers `iova`, creating tables on the way if `create`.
+    /// `Ok(None)` when absent and not creating; an error if a leaf covers it at a higher level.
+    fn table_at(&mut self, iova: u64, level: usize, create: bool) -> Result<Option<u32>> {
+        let mut table = self.root;
+        for l in (level + 1..=ROOT).rev() {
+            let i = index(iova, l);
+            let pte = self.frames.table(table)[i];
+            table = match F::decode(pte, l) {
+                Pte::Table(phys) => self.frames.frame_at(phys),
+                Pte::Leaf { .. } => return Err(Error::AlreadyMapped(iova & !(level_size(l) - 1))),
+                Pte::Invalid if !create => return Ok(None),
+                Pte::Invalid => {
+                    let child = self.frames.alloc()?;
+                    let phys = self.frames.phys(child);
+                    self.frames.table_mut(table)[i] = F::table(phys);
+                    self.frames.add_count(table, 1);
+                    child
+                }
+            };
+        }
+        Ok(Some(table))
+    }
+
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing stays mapped.
+    pub fn map(
+        &mut self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        access: Access,
+        mmio: bool,
+    ) -> Result<()> {
+        let mut done = 0u64;
+        let result = self.map_inner(iova, phys, len, access, mmio, &mut done);
+        if result.is_err() {
+            // Only leaves this call made are in [iova, iova+done): no split is possible.
+            let undone = self.unmap_range(iova, done);
+            debug_assert_eq!(undone, done);
+            // Tables made for the page that failed may be empty.
+            self.prune(iova + done, 0);
+            self.release_freelist();
+        }
+        result
+    }
+
+    fn map_inner(
+        &mut self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        access: Access,
+        mmio: bool,
+        done: &mut u64,
+    ) -> Result<()> {
+        let mut cached: Option<(u64, Slot)> = None; // (iova >> shift of the table's coverage, slot)
+        while *done < len {
+            let (va, pa, rem) = (iova + *done, phys + *done, len - *done);
+            let size = F::PAGE_SIZES
+                .best_fit(va | pa, rem)
+                .ok_or(Error::Misaligned {
+                    what: "iova",
+                    value: va,
+                    align: 4096,
+                })?;
+            let level = size.trailing_zeros() as usize / 9 - 1;
+            let cover = level_size(level + 1).trailing_zeros();
+            let slot = match cached {
+                Some((key, s)) if key == va >> cover && s.level == level => s,
+                _ => {
+                    let t = self
+                        .table_at(va, level, true)?
+                        .unwrap_or_else(|| unreachable!("created"));
+                    let s = Slot { table: t, level };
+                    cached = Some((va >> cover, s));
+                    s
+                }
+            };
+            // Fill consecutive entries of this table while the same leaf size still fits.
+            let first = index(va, level);
+            let n = ((rem / size) as usize).min(ENTRIES - first).max(1);
+            let table = self.frames.table_mut(slot.table);
+            for k in 0..n {
+                if table[first + k] != 0 {
+                    *done += k as u64 * size;
+                    self.frames.add_count(slot.table, k as i32);
+                    return Err(Error::AlreadyMapped(va + k as u64 * size));
+                }
+                table[first + k] = F::leaf(pa + k as u64 * size, level, access, mmio);
+            }
+            self.frames.add_count(slot.table, n as i32);
+            *done += n as u64 * size;
+        }
+        Ok(())
+    }
+
+    /// The leaf mapping `iova`, by a walk that reads entries exactly as hardware would.
+    pub fn translate(&self, iova: u64) -> Option<Leaf> {
+        if iova >> F::IAS != 0 {
+            return None;
+        }
+        let mut table_phys = self.frames.phys(self.root);
+        for level in (0..=ROOT).rev() {
+            let pte = self
+                .frames
+                .read_phys(table_phys + 8 * index(iova, level) as u64);
+            match F::decode(pte, level) {
+                Pte::Invalid => return None,
+                Pte::Table(next) => table_phys = next,
+                Pte::Leaf { phys, access } => {
+                    let size = level_size(level);
+                    let base = iova & !(size - 1);
+                    return Some(Leaf {
+                        iova: base,
+                        size,
+                        phys,
+                        access,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Unmaps `[iova, iova+len)`, returning the bytes unmapped: it stops at the first hole. A range
+    /// whose ends would cut a larger leaf is refused with [`Error::Backend`] naming the leaf, and
+    /// nothing is unmapped.
+    pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let end = iova.checked_add(len).ok_or(Error::AddressOverflow {
+            kind: "iova",
+            addr: iova,
+            len,
+        })?;
+        for at in [iova, end - 1] {
+            if let Some(leaf) = self.translate(at) {
+                if leaf.iova < iova || leaf.iova + leaf.size > end {
+                    return Err(Error::Backend {
+                        backend: "soft-iommu",
+                        message: format!(
+                            "unmap of {iova:#x}+{len:#x} would split the {:#x}-byte page at {:#x}; unmap whole pages",
+                            leaf.size, leaf.iova
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(self.unmap_range(iova, len))
+    }
+
+    /// Clears whole leaves from `iova` until `len` bytes or a hole; frees emptied tables.
+    fn unmap_range(&mut self, iova: u64, len: u64) -> u64 {
+        let mut done = 0u64;
+        while done < len {
+            let va = iova + done;
+            let Some((slot, size)) = self.leaf_slot(va) else {
+                break;
+            };
+            let first = index(va, slot.level);
+            let n = (((len - done) / size) as usize).min(ENTRIES - first).max(1);
+            let table = self.frames.table_mut(slot.table);
+            let mut cleared = 0;
+            while cleared < n
+                && matches!(
+                    F::decode(table[first + cleared], slot.level),
+                    Pte::Leaf { .. }
+                )
+            {
+                table[first + cleared] = 0;
+                cleared += 1;
+            }
+            self.frames.add_count(slot.table, -(cleared as i32));
+            done += cleared as u64 * size;
+            if self.frames.count(slot.table) == 0 {
+                self.prune(va, slot.level);
+            }
+            if cleared < n {
+                break;
+            }
+        }
+        done
+    }
+
+    /// The table and leaf size holding a leaf for `va`, if one is mapped.
+    fn leaf_slot(&self, va: u64) -> Option<(Slot, u64)> {
+        let mut table = self.root;
+        for level in (0..=ROOT).rev() {
+            let pte = self.frames.table(table)[index(va, level)];
+            match F::decode(pte, level) {
+                Pte::Invalid => return None,
+                Pte::Table(phys) => table = self.frames.frame_at(phys),
+                Pte::Leaf { .. } => return Some((Slot { table, level }, level_size(level))),
+            }
+        }
+        None
+    }
+
+    /// Removes the empty table at `level` covering `va` from its parent, and so on upward.
+    fn prune(&mut self, va: u64, level: usize) {
+        for l in level..ROOT {
+            // A level may be missing (a failed map made only the upper tables).
+            let Ok(Some(child)) = self.table_at(va, l, false) else {
+                continue;
+            };
+            if self.frames.count(child) != 0 {
+                return;
+            }
+            let Ok(Some(parent)) = self.table_at(va, l + 1, false) else {
+                return;
+            };
+            self.frames.table_mut(parent)[index(va, l + 1)] = 0;
+            self.frames.add_count(parent, -1);
+            self.freelist.push(child);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

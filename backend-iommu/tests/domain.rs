@@ -1,0 +1,201 @@
+//! The software IOMMU as an `IommuDomain`: strict and lazy invalidation, concurrency, and use
+//! through the negotiator.
+
+use backend_iommu::{ArmLpaeS2, FlushPolicy, SoftIommu, VtdSecondLevel};
+use p2p_core::negotiate::Negotiator;
+use p2p_core::page::SZ_4K;
+use p2p_core::prelude::*;
+use p2p_core::testing::{TestExporter, TestHostMemory, TestImporter};
+use p2p_core::topology::presets;
+use std::sync::Arc;
+
+const RW: Access = Access::READ.union(Access::WRITE);
+
+#[test]
+fn strict_unmap_leaves_no_stale_translation() {
+    let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
+    let iova = d.alloc_iova(SZ_4K, u64::MAX).unwrap();
+    d.map(iova, PhysAddr(0x8000), SZ_4K, RW).unwrap();
+    assert_eq!(d.dma_translate(iova.0).unwrap().phys, PhysAddr(0x8000)); // fills the IOTLB
+    assert_eq!(d.dma_translate(iova.0 + 8).unwrap().phys, PhysAddr(0x8008)); // hit
+    assert_eq!(d.unmap(iova, SZ_4K).unwrap(), SZ_4K);
+    assert_eq!(d.dma_translate(iova.0), None);
+    let (hits, misses, inval) = d.iotlb_stats();
+    assert_eq!((hits, misses), (1, 2));
+    assert!(inval >= 1);
+}
+
+#[test]
+fn lazy_unmap_keeps_the_translation_until_the_queue_drains_and_does_not_reuse_the_iova() {
+    let d = SoftIommu::<ArmLpaeS2>::new(FlushPolicy::Lazy { batch: 3 }).unwrap();
+    let iova = d.alloc_iova(SZ_4K, u64::MAX).unwrap();
+    d.map(iova, PhysAddr(0x8000), SZ_4K, RW).unwrap();
+    d.dma_translate(iova.0).unwrap();
+    d.unmap(iova, SZ_4K).unwrap();
+    d.flush().unwrap();
+    d.free_iova(iova, SZ_4K).unwrap();
+    assert_eq!(d.queued_flushes(), 1);
+    assert_eq!(d.translate(iova), None, "the page table no longer maps it");
+    assert_eq!(
+        d.dma_translate(iova.0).unwrap().phys,
+        PhysAddr(0x8000),
+        "but the IOTLB still does"
+    );
+    assert_ne!(
+        d.alloc_iova(SZ_4K, u64::MAX).unwrap(),
+        iova,
+        "and the IOVA is not reused yet"
+    );
+    d.flush().unwrap();
+    d.flush().unwrap(); // the third queued flush performs the invalidation
+    assert_eq!(d.queued_flushes(), 0);
+    assert_eq!(d.dma_translate(iova.0), None);
+    assert_eq!(
+        d.alloc_iova(SZ_4K, u64::MAX).unwrap(),
+        iova,
+        "reusable after the flush"
+    );
+}
+
+#[test]
+fn map_checks_alignment_aperture_reserved_and_access() {
+    let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
+    assert!(matches!(
+        d.map(Iova(0x1001), PhysAddr(0), SZ_4K, RW),
+        Err(Error::Misaligned { .. })
+    ));
+    assert!(matches!(
+        d.map(Iova(1 << 48), PhysAddr(0), SZ_4K, RW),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        d.map(Iova(0xfee0_0000), PhysAddr(0), SZ_4K, RW),
+        Err(Error::Reserved { .. })
+    ));
+    assert!(d
+        .map(Iova(0x1000), PhysAddr(0), SZ_4K, Access::empty())
+        .is_err());
+    assert!(matches!(
+        d.map(Iova(0x1000), PhysAddr((1 << 52) - 0x1000), 0x2000, RW),
+        Err(Error::OutOfBounds { .. })
+    ));
+    d.map(Iova(0x1000), PhysAddr(0), SZ_4K, RW).unwrap();
+    assert!(matches!(
+        d.map(Iova(0x1000), PhysAddr(0), SZ_4K, RW),
+        Err(Error::AlreadyMapped(0x1000))
+    ));
+}
+
+#[test]
+fn a_frame_allocation_failure_rolls_the_map_back() {
+    let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
+    d.set_frame_limit(Some(3));
+    assert!(d.map(Iova(1 << 30), PhysAddr(0), 64 * SZ_4K, RW).is_err());
+    assert_eq!(d.translate(Iova(1 << 30)), None);
+    assert_eq!(d.live_frames(), 1);
+    d.set_frame_limit(None);
+    d.map(Iova(1 << 30), PhysAddr(0), 64 * SZ_4K, RW).unwrap();
+}
+
+#[test]
+fn two_threads_map_and_unmap_disjoint_ranges_correctly() {
+    let d = Arc::new(SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap());
+    // Joined explicitly: a joined thread has run its thread-local destructors, which give its
+    // cached IOVA ranges back.
+    let handles: Vec<_> = (0..2u64)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000u64 {
+                    let pages = 1 + (i % 4);
+                    let iova = d.alloc_iova(pages * SZ_4K, u64::MAX).unwrap();
+                    let phys = PhysAddr((t << 40) | (i << 20));
+                    d.map(iova, phys, pages * SZ_4K, RW).unwrap();
+                    for p in 0..pages {
+                        let got = d.dma_translate(iova.0 + p * SZ_4K + 7).unwrap();
+                        assert_eq!(
+                            got.phys,
+                            PhysAddr(phys.0 + p * SZ_4K + 7),
+                            "thread {t} iteration {i}"
+                        );
+                    }
+                    assert_eq!(d.unmap(iova, pages * SZ_4K).unwrap(), pages * SZ_4K);
+                    d.flush().unwrap();
+                    d.free_iova(iova, pages * SZ_4K).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(d.live_frames(), 1, "every table freed");
+    d.allocator().flush_caches();
+    let reserved = 0x10_0000 + SZ_4K; // the MSI window and IOVA page 0
+    assert_eq!(
+        d.allocator().tree_free_bytes(),
+        (1 << 48) - reserved,
+        "no IOVA space lost, threads' caches included"
+    );
+}
+
+#[derive(Debug)]
+struct SoftPlatform {
+    topology: Arc<Topology>,
+    nic: Arc<SoftIommu<VtdSecondLevel>>,
+    host: Arc<TestHostMemory>,
+}
+
+impl Platform for SoftPlatform {
+    fn topology(&self) -> Arc<Topology> {
+        self.topology.clone()
+    }
+    fn domain(&self, _device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
+        Ok(self.nic.clone())
+    }
+    fn host_memory(&self) -> Arc<dyn MemoryExporter> {
+        self.host.clone()
+    }
+}
+
+#[test]
+fn the_negotiator_maps_a_peer_bar_through_the_soft_iommu() {
+    let topo = presets::acs_switch().unwrap();
+    let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
+    let nic_addr: PciAddr = "0000:05:00.0".parse().unwrap();
+    let exporter: Arc<dyn MemoryExporter> =
+        Arc::new(TestExporter::new(&topo, gpu, 4 << 20, 2048, true, true).unwrap());
+    let nic = Arc::new(SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap());
+    let platform = Arc::new(SoftPlatform {
+        topology: Arc::new(topo),
+        nic: nic.clone(),
+        host: Arc::new(TestHostMemory::new(1 << 30, 1 << 20)),
+    });
+    let neg = Negotiator::new(platform);
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        dma_mask: dma_mask(32),
+        max_segment: 0,
+    };
+    let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic_addr, caps));
+    let m = neg
+        .map(
+            &exporter,
+            &importer,
+            AddrRange::new(Offset(0), 4 << 20).unwrap(),
+            RW,
+            &Policy::default(),
+        )
+        .unwrap();
+    assert_eq!(m.strategy().unwrap(), Strategy::ViaIommu);
+    let iova = m.iova().unwrap().unwrap();
+    assert!(iova.end().0 <= 1 << 32);
+    let leaf = nic.leaf(iova.start().0).unwrap();
+    assert_eq!(
+        leaf.size,
+        2 << 20,
+        "a 2 MiB-aligned BAR window gets 2 MiB leaves"
+    );
+    drop(m);
+    assert_eq!(nic.live_frames(), 1);
+}
