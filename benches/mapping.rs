@@ -1,10 +1,10 @@
 //! Mapping throughput, per backend and against well-known crates, in one criterion run:
 //! `cargo bench --bench mapping`. Results and ratios are in BENCHMARKS.md.
 
-use aarch64_paging::idmap::IdMap;
 use aarch64_paging::descriptor::Stage2Attributes;
+use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{Constraints, MemoryRegion, Stage2};
-use backend_iommu::{ArmLpaeS2, Format, FlushPolicy, PageTable, SoftIommu, VtdSecondLevel};
+use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, PageTable, SoftIommu, VtdSecondLevel};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use p2pdma::core::testing::{TestExporter, TestImporter, TestPlatform};
 use p2pdma::core::topology::presets;
@@ -31,7 +31,8 @@ fn round_trip<F: Format>(d: &SoftIommu<F>) {
 /// x86_64's page tables over an arena of frames: "physical" address i * 4 KiB is arena[i].
 mod x86 {
     use x86_64::structures::paging::{
-        FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+        FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame,
+        Size4KiB,
     };
     use x86_64::{PhysAddr, VirtAddr};
 
@@ -56,7 +57,10 @@ mod x86 {
 
     impl Arena {
         pub fn new(frames: usize) -> Self {
-            Self { frames: (0..frames).map(|_| PageTable::new()).collect(), next: 1 }
+            Self {
+                frames: (0..frames).map(|_| PageTable::new()).collect(),
+                next: 1,
+            }
         }
 
         /// Maps `pages` 4 KiB pages from `va`, one `map_to` (a walk from the root) per page.
@@ -72,7 +76,9 @@ mod x86 {
                 let frame = PhysFrame::containing_address(PhysAddr::new(0x1_0000_0000 + i * 4096));
                 let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
                 // SAFETY: the "physical" frame is never accessed; only the tables are.
-                unsafe { pt.map_to(page, frame, flags, &mut alloc) }.unwrap().ignore();
+                unsafe { pt.map_to(page, frame, flags, &mut alloc) }
+                    .unwrap()
+                    .ignore();
             }
         }
 
@@ -125,7 +131,8 @@ fn map_ranges(c: &mut Criterion) {
     g.bench_function("soft_iommu_1g_as_4k_leaves", |b| {
         b.iter(|| {
             // A physical address 4 KiB off 2 MiB alignment forces 4 KiB leaves.
-            d.map(Iova(SZ_1G), PhysAddr(SZ_1G + SZ_4K), SZ_1G, RW).unwrap();
+            d.map(Iova(SZ_1G), PhysAddr(SZ_1G + SZ_4K), SZ_1G, RW)
+                .unwrap();
             d.unmap(Iova(SZ_1G), SZ_1G).unwrap();
         })
     });
@@ -164,7 +171,8 @@ fn map_ranges(c: &mut Criterion) {
             || IdMap::new(0, Stage2),
             |mut m| {
                 let r = MemoryRegion::new(SZ_1G as usize, (SZ_1G + SZ_2M) as usize);
-                m.map_range_with_constraints(&r, flags, Constraints::NO_BLOCK_MAPPINGS).unwrap();
+                m.map_range_with_constraints(&r, flags, Constraints::NO_BLOCK_MAPPINGS)
+                    .unwrap();
                 m
             },
             BatchSize::SmallInput,
@@ -178,24 +186,45 @@ fn iova(c: &mut Criterion) {
     for live in [0usize, 1_000, 10_000] {
         // Ours: the live set is held, then one page is allocated and freed (per-thread cache).
         let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
-        let held: Vec<Iova> = (0..live).map(|i| d.alloc_iova(SZ_4K << (i % 3), 1 << 40).unwrap()).collect();
-        g.bench_with_input(BenchmarkId::new("soft_iommu_cached", live), &live, |b, _| {
-            b.iter(|| {
-                let a = d.alloc_iova(SZ_4K, 1 << 40).unwrap();
-                d.free_iova(black_box(a), SZ_4K).unwrap();
-            })
-        });
+        let held: Vec<Iova> = (0..live)
+            .map(|i| d.alloc_iova(SZ_4K << (i % 3), 1 << 40).unwrap())
+            .collect();
+        g.bench_with_input(
+            BenchmarkId::new("soft_iommu_cached", live),
+            &live,
+            |b, _| {
+                b.iter(|| {
+                    let a = d.alloc_iova(SZ_4K, 1 << 40).unwrap();
+                    d.free_iova(black_box(a), SZ_4K).unwrap();
+                })
+            },
+        );
         // Ours, tree only: sizes above the cached classes (33 pages) always reach the tree.
-        g.bench_with_input(BenchmarkId::new("soft_iommu_tree_33_pages", live), &live, |b, _| {
-            b.iter(|| {
-                let a = d.alloc_iova(33 * SZ_4K, 1 << 40).unwrap();
-                d.free_iova(black_box(a), 33 * SZ_4K).unwrap();
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("soft_iommu_tree_33_pages", live),
+            &live,
+            |b, _| {
+                b.iter(|| {
+                    let a = d.alloc_iova(33 * SZ_4K, 1 << 40).unwrap();
+                    d.free_iova(black_box(a), 33 * SZ_4K).unwrap();
+                })
+            },
+        );
         drop(held);
-        for (name, policy) in [("vm_allocator_first_match", vm_allocator::AllocPolicy::FirstMatch), ("vm_allocator_last_match", vm_allocator::AllocPolicy::LastMatch)] {
+        for (name, policy) in [
+            (
+                "vm_allocator_first_match",
+                vm_allocator::AllocPolicy::FirstMatch,
+            ),
+            (
+                "vm_allocator_last_match",
+                vm_allocator::AllocPolicy::LastMatch,
+            ),
+        ] {
             let mut va = vm_allocator::AddressAllocator::new(SZ_4K, 1 << 40).unwrap();
-            let held: Vec<_> = (0..live).map(|i| va.allocate(SZ_4K << (i % 3), SZ_4K, policy).unwrap()).collect();
+            let held: Vec<_> = (0..live)
+                .map(|i| va.allocate(SZ_4K << (i % 3), SZ_4K, policy).unwrap())
+                .collect();
             g.bench_with_input(BenchmarkId::new(name, live), &live, |b, _| {
                 b.iter(|| {
                     let r = va.allocate(SZ_4K, SZ_4K, policy).unwrap();
@@ -205,13 +234,19 @@ fn iova(c: &mut Criterion) {
             drop(held);
         }
         let mut oa = offset_allocator::Allocator::<u32>::new(1 << 28);
-        let held: Vec<_> = (0..live).map(|i| oa.allocate(1 << (i % 3)).unwrap()).collect();
-        g.bench_with_input(BenchmarkId::new("offset_allocator_no_alignment", live), &live, |b, _| {
-            b.iter(|| {
-                let a = oa.allocate(1).unwrap();
-                oa.free(black_box(a));
-            })
-        });
+        let held: Vec<_> = (0..live)
+            .map(|i| oa.allocate(1 << (i % 3)).unwrap())
+            .collect();
+        g.bench_with_input(
+            BenchmarkId::new("offset_allocator_no_alignment", live),
+            &live,
+            |b, _| {
+                b.iter(|| {
+                    let a = oa.allocate(1).unwrap();
+                    oa.free(black_box(a));
+                })
+            },
+        );
         drop(held);
     }
     g.finish();
@@ -220,18 +255,35 @@ fn iova(c: &mut Criterion) {
 fn translate(c: &mut Criterion) {
     let mut g = c.benchmark_group("translate");
     let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
-    d.map(Iova(0x12_3456_7000), PhysAddr(0x8000_0000), SZ_4K, RW).unwrap();
+    d.map(Iova(0x12_3456_7000), PhysAddr(0x8000_0000), SZ_4K, RW)
+        .unwrap();
     d.dma_translate(0x12_3456_7000).unwrap();
-    g.bench_function("soft_iommu_iotlb_hit", |b| b.iter(|| d.dma_translate(black_box(0x12_3456_7008))));
-    g.bench_function("soft_iommu_full_walk", |b| b.iter(|| d.translate(Iova(black_box(0x12_3456_7008)))));
+    g.bench_function("soft_iommu_iotlb_hit", |b| {
+        b.iter(|| d.dma_translate(black_box(0x12_3456_7008)))
+    });
+    g.bench_function("soft_iommu_full_walk", |b| {
+        b.iter(|| d.translate(Iova(black_box(0x12_3456_7008))))
+    });
     let mut tlb = vm_memory::iommu::Iotlb::new();
     for i in 0..1000u64 {
         let iova = vm_memory::GuestAddress(i * 2 * SZ_4K);
-        tlb.set_mapping(iova, vm_memory::GuestAddress(0x8000_0000 + i * SZ_4K), SZ_4K as usize, vm_memory::Permissions::ReadWrite).unwrap();
+        tlb.set_mapping(
+            iova,
+            vm_memory::GuestAddress(0x8000_0000 + i * SZ_4K),
+            SZ_4K as usize,
+            vm_memory::Permissions::ReadWrite,
+        )
+        .unwrap();
     }
     g.bench_function("vm_memory_iotlb_lookup_1000_entries", |b| {
         b.iter(|| {
-            let it = vm_memory::iommu::Iotlb::lookup(&tlb, vm_memory::GuestAddress(black_box(500 * 2 * SZ_4K + 8)), 8, vm_memory::Permissions::Read).unwrap();
+            let it = vm_memory::iommu::Iotlb::lookup(
+                &tlb,
+                vm_memory::GuestAddress(black_box(500 * 2 * SZ_4K + 8)),
+                8,
+                vm_memory::Permissions::Read,
+            )
+            .unwrap();
             black_box(it.count())
         })
     });
@@ -269,17 +321,31 @@ fn negotiate(c: &mut Criterion) {
     let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
     let nic: PciAddr = "0000:84:00.0".parse().unwrap();
     let exporter = TestExporter::new(&topo, gpu, 1 << 20, 256, true, true).unwrap();
-    let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 0 };
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        dma_mask: dma_mask(64),
+        max_segment: 0,
+    };
     let importer = TestImporter::new(nic, caps);
     let neg = Negotiator::new(Arc::new(TestPlatform::new(topo, DomainKind::Translated)));
     let p = Policy::default();
-    g.bench_function("cached", |b| b.iter(|| neg.negotiate(&exporter, &importer, RW, &p).unwrap()));
-    g.bench_function("cold", |b| b.iter(|| neg.negotiate_uncached(&exporter, &importer, RW, &p).unwrap()));
+    g.bench_function("cached", |b| {
+        b.iter(|| neg.negotiate(&exporter, &importer, RW, &p).unwrap())
+    });
+    g.bench_function("cold", |b| {
+        b.iter(|| {
+            neg.negotiate_uncached(&exporter, &importer, RW, &p)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 
 fn config() -> Criterion {
-    Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(30)
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30)
 }
 
 criterion_group! { name = benches; config = config(); targets = map_unmap_4k, map_ranges, iova, translate, threads, negotiate }

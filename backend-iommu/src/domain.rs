@@ -215,11 +215,14 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
             });
         }
         self.check(iova, len)?;
-        let end = phys.0.checked_add(len).ok_or(Error::AddressOverflow {
-            kind: "phys",
-            addr: phys.0,
-            len,
-        })?;
+        let end = phys
+            .0
+            .checked_add(len)
+            .ok_or_else(|| Error::AddressOverflow {
+                kind: "phys",
+                addr: phys.0,
+                len,
+            })?;
         if end > 1u64 << F::OAS {
             return Err(Error::OutOfBounds {
                 kind: "phys",

@@ -36,7 +36,7 @@ pub struct PageTable<F: Format> {
     _format: PhantomData<F>,
 }
 
-/// Where a walk stopped: the table holding the entry for an address at some level.
+/// The table holding the entries for an address at some level.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     table: u32,
@@ -78,7 +78,8 @@ impl<F: Format> PageTable<F> {
 
     /// Frees the tables emptied since the last call (the IOTLB flush has happened).
     pub fn release_freelist(&mut self) {
-        for f in std::mem::take(&mut self.freelist) {
+        // Drained in place: the list keeps its capacity for the next unmap.
+        while let Some(f) = self.freelist.pop() {
             self.frames.release(f);
         }
     }
@@ -122,7 +123,8 @@ impl<F: Format> PageTable<F> {
             let undone = self.unmap_range(iova, done);
             debug_assert_eq!(undone, done);
             // Tables made for the page that failed may be empty.
-            self.prune(iova + done, 0);
+            let (path, level, _) = self.path(iova + done);
+            self.prune(&path, level, iova + done);
             self.release_freelist();
         }
         result
@@ -142,7 +144,7 @@ impl<F: Format> PageTable<F> {
             let (va, pa, rem) = (iova + *done, phys + *done, len - *done);
             let size = F::PAGE_SIZES
                 .best_fit(va | pa, rem)
-                .ok_or(Error::Misaligned {
+                .ok_or_else(|| Error::Misaligned {
                     what: "iova",
                     value: va,
                     align: 4096,
@@ -162,7 +164,9 @@ impl<F: Format> PageTable<F> {
             };
             // Fill consecutive entries of this table while the same leaf size still fits.
             let first = index(va, level);
-            let n = ((rem / size) as usize).min(ENTRIES - first).max(1);
+            let n = ((rem >> size.trailing_zeros()) as usize)
+                .min(ENTRIES - first)
+                .max(1);
             let table = self.frames.table_mut(slot.table);
             for k in 0..n {
                 if table[first + k] != 0 {
@@ -213,53 +217,78 @@ impl<F: Format> PageTable<F> {
         if len == 0 {
             return Ok(0);
         }
-        let end = iova.checked_add(len).ok_or(Error::AddressOverflow {
-            kind: "iova",
-            addr: iova,
-            len,
-        })?;
-        for at in [iova, end - 1] {
-            if let Some(leaf) = self.translate(at) {
-                if leaf.iova < iova || leaf.iova + leaf.size > end {
-                    return Err(Error::Backend {
-                        backend: "soft-iommu",
-                        message: format!(
-                            "unmap of {iova:#x}+{len:#x} would split the {:#x}-byte page at {:#x}; unmap whole pages",
-                            leaf.size, leaf.iova
-                        ),
-                    });
+        let end = iova
+            .checked_add(len)
+            .ok_or_else(|| Error::AddressOverflow {
+                kind: "iova",
+                addr: iova,
+                len,
+            })?;
+        let split = |leaf_start: u64, size: u64| {
+            Error::Backend {
+            backend: "soft-iommu",
+            message: format!("unmap of {iova:#x}+{len:#x} would split the {size:#x}-byte page at {leaf_start:#x}; unmap whole pages"),
+        }
+        };
+        let first_path = self.path(iova);
+        let (_, level, leaf) = first_path;
+        let first_end = if leaf {
+            let size = level_size(level);
+            let start = iova & !(size - 1);
+            if start < iova || start + size > end {
+                return Err(split(start, size));
+            }
+            start + size
+        } else {
+            iova
+        };
+        // The last leaf can cut the range only if the range goes past the first leaf.
+        if first_end < end {
+            if let (_, level, true) = self.path(end - 1) {
+                let size = level_size(level);
+                let start = (end - 1) & !(size - 1);
+                if start + size > end {
+                    return Err(split(start, size));
                 }
             }
         }
-        Ok(self.unmap_range(iova, len))
+        Ok(self.unmap_range_from(iova, len, Some(first_path)))
     }
 
     /// Clears whole leaves from `iova` until `len` bytes or a hole; frees emptied tables.
     fn unmap_range(&mut self, iova: u64, len: u64) -> u64 {
+        self.unmap_range_from(iova, len, None)
+    }
+
+    /// [`unmap_range`](Self::unmap_range) given the walk to `iova` if the caller has it.
+    fn unmap_range_from(
+        &mut self,
+        iova: u64,
+        len: u64,
+        mut known: Option<([u32; ROOT + 1], usize, bool)>,
+    ) -> u64 {
         let mut done = 0u64;
         while done < len {
             let va = iova + done;
-            let Some((slot, size)) = self.leaf_slot(va) else {
-                break;
-            };
-            let first = index(va, slot.level);
-            let n = (((len - done) / size) as usize).min(ENTRIES - first).max(1);
-            let table = self.frames.table_mut(slot.table);
+            let walk = known.take().unwrap_or_else(|| self.path(va));
+            let (path, level, true) = walk else { break };
+            let size = level_size(level);
+            let table_id = path[level];
+            let first = index(va, level);
+            let n = (((len - done) >> size.trailing_zeros()) as usize)
+                .min(ENTRIES - first)
+                .max(1);
+            let table = self.frames.table_mut(table_id);
             let mut cleared = 0;
             while cleared < n
-                && matches!(
-                    F::decode(table[first + cleared], slot.level),
-                    Pte::Leaf { .. }
-                )
+                && matches!(F::decode(table[first + cleared], level), Pte::Leaf { .. })
             {
                 table[first + cleared] = 0;
                 cleared += 1;
             }
-            self.frames.add_count(slot.table, -(cleared as i32));
+            self.frames.add_count(table_id, -(cleared as i32));
             done += cleared as u64 * size;
-            if self.frames.count(slot.table) == 0 {
-                self.prune(va, slot.level);
-            }
+            self.prune(&path, level, va);
             if cleared < n {
                 break;
             }
@@ -267,33 +296,32 @@ impl<F: Format> PageTable<F> {
         done
     }
 
-    /// The table and leaf size holding a leaf for `va`, if one is mapped.
-    fn leaf_slot(&self, va: u64) -> Option<(Slot, u64)> {
+    /// The tables on the way down to `va`: `path[l]` is the level-`l` table for every `l` from
+    /// the returned level up to the root; the flag says whether the walk ended at a leaf (in
+    /// `path[level]`) rather than at an empty entry.
+    fn path(&self, va: u64) -> ([u32; ROOT + 1], usize, bool) {
+        let mut path = [self.root; ROOT + 1];
         let mut table = self.root;
         for level in (0..=ROOT).rev() {
-            let pte = self.frames.table(table)[index(va, level)];
-            match F::decode(pte, level) {
-                Pte::Invalid => return None,
+            path[level] = table;
+            match F::decode(self.frames.table(table)[index(va, level)], level) {
+                Pte::Invalid => return (path, level, false),
                 Pte::Table(phys) => table = self.frames.frame_at(phys),
-                Pte::Leaf { .. } => return Some((Slot { table, level }, level_size(level))),
+                Pte::Leaf { .. } => return (path, level, true),
             }
         }
-        None
+        unreachable!("level-0 entries are leaves or invalid")
     }
 
-    /// Removes the empty table at `level` covering `va` from its parent, and so on upward.
-    fn prune(&mut self, va: u64, level: usize) {
+    /// Unlinks the empty tables of `path` from `level` upward (never the root); they wait on the
+    /// freelist for the next IOTLB flush.
+    fn prune(&mut self, path: &[u32; ROOT + 1], level: usize, va: u64) {
         for l in level..ROOT {
-            // A level may be missing (a failed map made only the upper tables).
-            let Ok(Some(child)) = self.table_at(va, l, false) else {
-                continue;
-            };
+            let child = path[l];
             if self.frames.count(child) != 0 {
                 return;
             }
-            let Ok(Some(parent)) = self.table_at(va, l + 1, false) else {
-                return;
-            };
+            let parent = path[l + 1];
             self.frames.table_mut(parent)[index(va, l + 1)] = 0;
             self.frames.add_count(parent, -1);
             self.freelist.push(child);
