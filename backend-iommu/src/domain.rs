@@ -218,7 +218,7 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         let end = phys
             .0
             .checked_add(len)
-            .ok_or_else(|| Error::AddressOverflow {
+            .ok_or(Error::AddressOverflow {
                 kind: "phys",
                 addr: phys.0,
                 len,

@@ -120,7 +120,7 @@ impl IovaAllocator {
         }
         let size = pages
             .checked_shl(PAGE_SHIFT)
-            .ok_or_else(|| Error::IovaExhausted { len, limit })?;
+            .ok_or(Error::IovaExhausted { len, limit })?;
         self.tree_alloc(size, limit)
     }
 
@@ -215,7 +215,7 @@ impl IovaAllocator {
             let a = align_down(top.checked_sub(size)?, align);
             (a >= s && a + size <= top).then_some((s, e, a))
         });
-        let (s, e, a) = found.ok_or_else(|| Error::IovaExhausted { len: size, limit })?;
+        let (s, e, a) = found.ok_or(Error::IovaExhausted { len: size, limit })?;
         free.remove(&s);
         if s < a {
             free.insert(s, a);

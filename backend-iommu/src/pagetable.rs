@@ -144,7 +144,7 @@ impl<F: Format> PageTable<F> {
             let (va, pa, rem) = (iova + *done, phys + *done, len - *done);
             let size = F::PAGE_SIZES
                 .best_fit(va | pa, rem)
-                .ok_or_else(|| Error::Misaligned {
+                .ok_or(Error::Misaligned {
                     what: "iova",
                     value: va,
                     align: 4096,
@@ -219,7 +219,7 @@ impl<F: Format> PageTable<F> {
         }
         let end = iova
             .checked_add(len)
-            .ok_or_else(|| Error::AddressOverflow {
+            .ok_or(Error::AddressOverflow {
                 kind: "iova",
                 addr: iova,
                 len,
