@@ -139,6 +139,50 @@ impl<F: Format> SoftIommu<F> {
         })
     }
 
+    /// Maps a scatter list into one contiguous IOVA range at or below `limit` (Linux's
+    /// `iommu_dma_map_sg`): every piece must be page aligned; all or nothing, and on failure the
+    /// IOVA range is freed. Returns the range; piece `i` starts at the sum of the lengths before it.
+    pub fn map_sg(
+        &self,
+        pieces: &[(PhysAddr, u64)],
+        limit: u64,
+        access: Access,
+    ) -> Result<AddrRange<Iova>> {
+        let mut total = 0u64;
+        for &(phys, len) in pieces {
+            if !is_aligned(phys.0, SZ_4K) || !is_aligned(len, SZ_4K) || len == 0 {
+                return Err(Error::Misaligned {
+                    what: "scatter-list piece",
+                    value: phys.0 | len,
+                    align: SZ_4K,
+                });
+            }
+            total = total.checked_add(len).ok_or(Error::AddressOverflow {
+                kind: "iova",
+                addr: total,
+                len,
+            })?;
+        }
+        if total == 0 {
+            return Err(Error::EmptyRange {
+                what: "scatter list",
+            });
+        }
+        let iova = self.alloc_iova(total, limit)?;
+        let mut done = 0u64;
+        for &(phys, len) in pieces {
+            if let Err(e) = self.map(Iova(iova.0 + done), phys, len, access) {
+                if done > 0 {
+                    self.unmap(iova, done)?;
+                }
+                self.free_iova(iova, total)?;
+                return Err(e);
+            }
+            done += len;
+        }
+        AddrRange::new(iova, total)
+    }
+
     /// Performs the real IOTLB invalidation: drops the cache, frees emptied tables and deferred
     /// IOVA ranges.
     pub fn drain(&self) {
@@ -215,14 +259,11 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
             });
         }
         self.check(iova, len)?;
-        let end = phys
-            .0
-            .checked_add(len)
-            .ok_or(Error::AddressOverflow {
-                kind: "phys",
-                addr: phys.0,
-                len,
-            })?;
+        let end = phys.0.checked_add(len).ok_or(Error::AddressOverflow {
+            kind: "phys",
+            addr: phys.0,
+            len,
+        })?;
         if end > 1u64 << F::OAS {
             return Err(Error::OutOfBounds {
                 kind: "phys",

@@ -217,13 +217,11 @@ impl<F: Format> PageTable<F> {
         if len == 0 {
             return Ok(0);
         }
-        let end = iova
-            .checked_add(len)
-            .ok_or(Error::AddressOverflow {
-                kind: "iova",
-                addr: iova,
-                len,
-            })?;
+        let end = iova.checked_add(len).ok_or(Error::AddressOverflow {
+            kind: "iova",
+            addr: iova,
+            len,
+        })?;
         let split = |leaf_start: u64, size: u64| {
             Error::Backend {
             backend: "soft-iommu",

@@ -199,3 +199,44 @@ fn the_negotiator_maps_a_peer_bar_through_the_soft_iommu() {
     drop(m);
     assert_eq!(nic.live_frames(), 1);
 }
+
+#[test]
+fn map_sg_maps_a_scatter_list_contiguously_or_not_at_all() {
+    let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
+    let pieces = [
+        (PhysAddr(0x10_0000), 2 * SZ_4K),
+        (PhysAddr(0x80_0000), SZ_4K),
+        (PhysAddr(0x40_0000), 3 * SZ_4K),
+    ];
+    let r = d.map_sg(&pieces, dma_mask(32), RW).unwrap();
+    assert_eq!(r.len(), 6 * SZ_4K);
+    assert!(r.end().0 <= 1 << 32);
+    assert_eq!(
+        d.translate(Iova(r.start().0 + 2 * SZ_4K)).unwrap().phys,
+        PhysAddr(0x80_0000)
+    );
+    assert_eq!(
+        d.translate(Iova(r.start().0 + 5 * SZ_4K + 1)).unwrap().phys,
+        PhysAddr(0x40_2001)
+    );
+    assert_eq!(d.unmap(r.start(), r.len()).unwrap(), 6 * SZ_4K);
+    d.free_iova(r.start(), r.len()).unwrap();
+    // A piece that cannot be mapped: nothing stays, the IOVA range comes back.
+    d.allocator().flush_caches();
+    let before = d.allocator().tree_free_bytes();
+    d.set_frame_limit(Some(1));
+    let far = [(PhysAddr(0x10_0000), SZ_4K), (PhysAddr(0x20_0000), SZ_4K)];
+    assert!(d.map_sg(&far, u64::MAX, RW).is_err());
+    d.set_frame_limit(None);
+    assert_eq!(d.live_frames(), 1);
+    d.allocator().flush_caches();
+    assert_eq!(d.allocator().tree_free_bytes(), before);
+    assert!(matches!(
+        d.map_sg(&[(PhysAddr(0x1001), SZ_4K)], u64::MAX, RW),
+        Err(Error::Misaligned { .. })
+    ));
+    assert!(matches!(
+        d.map_sg(&[], u64::MAX, RW),
+        Err(Error::EmptyRange { .. })
+    ));
+}
