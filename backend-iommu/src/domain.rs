@@ -8,7 +8,9 @@ use crate::pagetable::{Leaf, PageTable};
 use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
-use p2p_core::traits::{DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation};
+use p2p_core::traits::{
+    check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation,
+};
 use p2p_core::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 
@@ -197,28 +199,6 @@ impl<F: Format> SoftIommu<F> {
             self.iova.free(a, l);
         }
     }
-
-    fn check(&self, iova: Iova, len: u64) -> Result<()> {
-        let r = AddrRange::new(iova, len)?;
-        if !self.aperture.contains_range(&r) {
-            let (s, l) = (self.aperture.start().0, self.aperture.len());
-            return Err(Error::OutOfBounds {
-                kind: "iova",
-                start: iova.0,
-                len,
-                limit_start: s,
-                limit_len: l,
-            });
-        }
-        if let Some(res) = self.reserved.iter().find(|res| res.range.overlaps(&r)) {
-            return Err(Error::Reserved {
-                start: iova.0,
-                len,
-                region: format!("{:?} {}", res.kind, res.range),
-            });
-        }
-        Ok(())
-    }
 }
 
 impl<F: Format> IommuDomain for SoftIommu<F> {
@@ -240,25 +220,13 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
 
     fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
         let _span = tracing::debug_span!("domain_map", format = F::NAME, %iova, len).entered();
-        for (what, v) in [("iova", iova.0), ("phys", phys.0), ("length", len)] {
-            if !is_aligned(v, SZ_4K) {
-                return Err(Error::Misaligned {
-                    what,
-                    value: v,
-                    align: SZ_4K,
-                });
-            }
-        }
-        if len == 0 {
-            return Err(Error::EmptyRange { what: "map" });
-        }
+        check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
         if !access.intersects(Access::READ | Access::WRITE) {
             return Err(Error::Backend {
                 backend: "soft-iommu",
                 message: format!("map at {iova} with no read or write access"),
             });
         }
-        self.check(iova, len)?;
         let end = phys.0.checked_add(len).ok_or(Error::AddressOverflow {
             kind: "phys",
             addr: phys.0,

@@ -6,10 +6,12 @@ use crate::events::{Event, EventLog};
 use crate::faults::{FaultInjector, FaultPoint};
 use crate::sanitizer::{FindingKind, Sanitizer};
 use p2p_core::access::Access;
-use p2p_core::addr::{align_up, is_aligned, AddrRange, Iova, PhysAddr};
+use p2p_core::addr::{align_up, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
 use p2p_core::testing::alloc_top_down;
-use p2p_core::traits::{DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation};
+use p2p_core::traits::{
+    check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation,
+};
 use p2p_core::{Error, PciAddr, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -186,27 +188,6 @@ impl MockDomain {
             }
         }
     }
-
-    fn check_range(&self, iova: u64, len: u64) -> Result<()> {
-        let r = AddrRange::new(Iova(iova), len)?;
-        if !self.aperture.contains_range(&r) {
-            return Err(Error::OutOfBounds {
-                kind: "iova",
-                start: iova,
-                len,
-                limit_start: self.aperture.start().0,
-                limit_len: self.aperture.len(),
-            });
-        }
-        if let Some(res) = self.reserved.iter().find(|res| res.range.overlaps(&r)) {
-            return Err(Error::Reserved {
-                start: iova,
-                len,
-                region: format!("{:?} {}", res.kind, res.range),
-            });
-        }
-        Ok(())
-    }
 }
 
 impl IommuDomain for MockDomain {
@@ -234,20 +215,7 @@ impl IommuDomain for MockDomain {
                 kind: self.kind.name(),
             });
         }
-        for (what, v) in [("iova", iova.0), ("phys", phys.0), ("length", len)] {
-            if !is_aligned(v, SZ_4K) {
-                return Err(Error::Misaligned {
-                    what,
-                    value: v,
-                    align: SZ_4K,
-                });
-            }
-        }
-        if len == 0 {
-            return Err(Error::EmptyRange { what: "map" });
-        }
-        self.check_range(iova.0, len)?;
-        AddrRange::new(phys, len)?;
+        check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
         let mut s = self.state.lock();
         if let Some((&at, _)) = s.pages.range(iova.0..iova.0 + len).next() {
             return Err(Error::AlreadyMapped(at));

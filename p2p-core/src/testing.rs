@@ -107,27 +107,6 @@ impl TestDomain {
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
-
-    fn check_range(&self, iova: Iova, len: u64) -> Result<AddrRange<Iova>> {
-        let r = AddrRange::new(iova, len)?;
-        if !self.aperture.contains_range(&r) {
-            return Err(Error::OutOfBounds {
-                kind: "iova",
-                start: iova.0,
-                len,
-                limit_start: self.aperture.start().0,
-                limit_len: self.aperture.len(),
-            });
-        }
-        if let Some(res) = self.reserved.iter().find(|res| res.range.overlaps(&r)) {
-            return Err(Error::Reserved {
-                start: iova.0,
-                len,
-                region: format!("{:?} {}", res.kind, res.range),
-            });
-        }
-        Ok(r)
-    }
 }
 
 impl IommuDomain for TestDomain {
@@ -150,17 +129,7 @@ impl IommuDomain for TestDomain {
                 kind: self.kind.name(),
             });
         }
-        for (what, v) in [("iova", iova.0), ("phys", phys.0), ("length", len)] {
-            if !crate::addr::is_aligned(v, SZ_4K) {
-                return Err(Error::Misaligned {
-                    what,
-                    value: v,
-                    align: SZ_4K,
-                });
-            }
-        }
-        self.check_range(iova, len)?;
-        AddrRange::new(phys, len)?;
+        check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
         let mut pages = self.pages.lock();
         if let Some((&at, _)) = pages.range(iova.0..iova.0 + len).next() {
             return Err(Error::AlreadyMapped(at));

@@ -2,7 +2,7 @@
 
 use crate::access::Access;
 use crate::addr::{AddrRange, Iova, PhysAddr};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::page::PageSizes;
 use std::fmt;
 
@@ -100,4 +100,58 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova>;
     /// Frees an allocation.
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()>;
+}
+
+/// The argument checks every [`IommuDomain::map`] makes, in Linux's order: `iova`, `phys` and
+/// `len` aligned to `page` and `len` non-zero, then the range inside `aperture` and clear of every
+/// reserved region. Backends call this first so that they all refuse the same inputs the same way.
+pub fn check_map_args(
+    aperture: &AddrRange<Iova>,
+    reserved: &[ReservedRegion],
+    iova: Iova,
+    phys: PhysAddr,
+    len: u64,
+    page: u64,
+) -> Result<()> {
+    for (what, v) in [("iova", iova.0), ("phys", phys.0), ("length", len)] {
+        if !crate::addr::is_aligned(v, page) {
+            return Err(Error::Misaligned {
+                what,
+                value: v,
+                align: page,
+            });
+        }
+    }
+    if len == 0 {
+        return Err(Error::EmptyRange { what: "map" });
+    }
+    AddrRange::new(phys, len)?;
+    check_iova_range(aperture, reserved, iova, len)
+}
+
+/// Whether `[iova, iova+len)` lies inside `aperture` and touches no reserved region.
+pub fn check_iova_range(
+    aperture: &AddrRange<Iova>,
+    reserved: &[ReservedRegion],
+    iova: Iova,
+    len: u64,
+) -> Result<()> {
+    let r = AddrRange::new(iova, len)?;
+    if !aperture.contains_range(&r) {
+        return Err(Error::OutOfBounds {
+            kind: "iova",
+            start: iova.0,
+            len,
+            limit_start: aperture.start().0,
+            limit_len: aperture.len(),
+        });
+    }
+    match reserved.iter().find(|res| res.range.overlaps(&r)) {
+        Some(res) => Err(Error::Reserved {
+            start: iova.0,
+            len,
+            region: format!("{:?} {}", res.kind, res.range),
+        }),
+        None => Ok(()),
+    }
 }

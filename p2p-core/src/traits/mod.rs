@@ -9,7 +9,10 @@ mod exporter;
 mod importer;
 mod platform;
 
-pub use domain::{DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation};
+pub use domain::{
+    check_iova_range, check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion,
+    Translation,
+};
 pub use exporter::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
 pub use importer::{DmaImporter, ImporterCaps, ImporterFlags, Invalidation, InvalidationKind};
 pub use platform::Platform;
