@@ -127,6 +127,21 @@ impl MockPlatform {
                     }
                     cur = up;
                 }
+                // A bridge known only as a bridge forwards between its own secondary devices,
+                // as a conventional PCI bus does, then upstream.
+                NodeKind::Bridge => {
+                    if !node.acs.intersects(AcsFlags::RR | AcsFlags::EC) {
+                        for &sibling in topo.children(port).iter().filter(|&&s| s != cur) {
+                            if let Some((peer, phys)) = self.bar_below(sibling, addr) {
+                                return Ok(Routed {
+                                    target: Target::Bar { device: peer, phys },
+                                    via: Via::Switch(node.addr.unwrap_or(device)),
+                                });
+                            }
+                        }
+                    }
+                    cur = port;
+                }
                 // A root port or the host bridge itself: the request enters the root complex.
                 _ => break,
             }

@@ -87,6 +87,14 @@ pub enum Error {
         /// What went wrong, with line and column where known.
         message: String,
     },
+    /// A sysfs file or directory that cannot be read or does not hold what Linux writes there.
+    #[error("sysfs {path}: {message}")]
+    Sysfs {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A named preset that does not exist.
     #[error("no topology preset named {name:?} (known: {known})")]
     UnknownPreset {

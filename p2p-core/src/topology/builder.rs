@@ -100,7 +100,24 @@ impl TopologyBuilder {
     /// Adds a switch below a root port or a downstream port; returns its upstream port.
     pub fn switch(&mut self, parent: NodeId, upstream: PciAddr) -> Result<NodeId> {
         self.child(parent, upstream, NodeKind::SwitchUpstream, |k| {
-            matches!(k, NodeKind::RootPort | NodeKind::SwitchDownstream)
+            matches!(
+                k,
+                NodeKind::RootPort | NodeKind::SwitchDownstream | NodeKind::Bridge
+            )
+        })
+    }
+
+    /// Adds a bridge known only as a bridge ([`NodeKind::Bridge`]) below a host bridge, a root
+    /// port, a switch downstream port or another such bridge.
+    pub fn bridge(&mut self, parent: NodeId, addr: PciAddr) -> Result<NodeId> {
+        self.child(parent, addr, NodeKind::Bridge, |k| {
+            matches!(
+                k,
+                NodeKind::HostBridge(_)
+                    | NodeKind::RootPort
+                    | NodeKind::SwitchDownstream
+                    | NodeKind::Bridge
+            )
         })
     }
 
@@ -111,8 +128,8 @@ impl TopologyBuilder {
         })
     }
 
-    /// Adds an endpoint below a root port, a downstream port, or directly on a host bridge (a
-    /// root-complex integrated endpoint).
+    /// Adds an endpoint below a root port, a downstream port, a [`bridge`](Self::bridge), or
+    /// directly on a host bridge (a root-complex integrated endpoint).
     pub fn endpoint(
         &mut self,
         parent: NodeId,
@@ -120,10 +137,12 @@ impl TopologyBuilder {
         class: DeviceClass,
         bars: Vec<Bar>,
     ) -> Result<NodeId> {
-        let n = self.class_counts.entry(class).or_default();
+        let n = self.class_counts.get(&class).copied().unwrap_or(0);
         let name = format!("{}{}", class.name().to_uppercase(), n);
-        *n += 1;
-        self.named_endpoint(parent, addr, class, bars, name)
+        let id = self.named_endpoint(parent, addr, class, bars, name)?;
+        // Count only endpoints that were added, so a refused one leaves no trace.
+        self.class_counts.insert(class, n + 1);
+        Ok(id)
     }
 
     /// [`endpoint`](Self::endpoint) with a chosen display name.
@@ -159,7 +178,10 @@ impl TopologyBuilder {
             |k| {
                 matches!(
                     k,
-                    NodeKind::RootPort | NodeKind::SwitchDownstream | NodeKind::HostBridge(_)
+                    NodeKind::RootPort
+                        | NodeKind::SwitchDownstream
+                        | NodeKind::HostBridge(_)
+                        | NodeKind::Bridge
                 )
             },
         )
@@ -259,6 +281,7 @@ pub(crate) fn kind_name(kind: &NodeKind) -> &'static str {
         NodeKind::RootPort => "root port",
         NodeKind::SwitchUpstream => "switch upstream port",
         NodeKind::SwitchDownstream => "switch downstream port",
+        NodeKind::Bridge => "bridge",
         NodeKind::Endpoint(_) => "endpoint",
     }
 }

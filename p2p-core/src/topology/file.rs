@@ -24,6 +24,9 @@
 //! }
 //! ```
 //!
+//! A `"kind": "bridge"` node is a bridge known only as a bridge (a conventional PCI bridge, or a
+//! switch as NCCL names it); it may hold anything but a downstream port.
+//!
 //! Fields: `p2p` is `none`, `same-bridge` or `any` (the host bridge's P2P allow-list entry);
 //! `acs` lists ACS Control bits by name (`SV TB RR CR UF EC DT`); `class` is `gpu`, `nic`, `nvme`,
 //! `accelerator` or `other`; `name` on an endpoint is optional; addresses and sizes are `"0x…"`
@@ -80,6 +83,13 @@ enum FileNode {
         children: Vec<FileNode>,
     },
     DownstreamPort {
+        addr: PciAddr,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        acs: Vec<String>,
+        #[serde(default)]
+        children: Vec<FileNode>,
+    },
+    Bridge {
         addr: PciAddr,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         acs: Vec<String>,
@@ -159,6 +169,11 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
             children.as_slice(),
             *addr,
         ),
+        FileNode::Bridge {
+            addr,
+            acs,
+            children,
+        } => (b.bridge(parent, *addr)?, acs, children.as_slice(), *addr),
         FileNode::Endpoint {
             addr,
             class,
@@ -221,6 +236,11 @@ fn file_node(t: &Topology, id: NodeId) -> FileNode {
             children: children(),
         },
         NodeKind::SwitchDownstream => FileNode::DownstreamPort {
+            addr,
+            acs,
+            children: children(),
+        },
+        NodeKind::Bridge => FileNode::Bridge {
             addr,
             acs,
             children: children(),

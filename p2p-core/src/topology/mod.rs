@@ -1,15 +1,18 @@
 //! The PCIe topology: a tree per host bridge of root ports, switches and endpoints, with ACS bits
 //! on every port, and the classification of any pair of endpoints ([`Topology::path`]).
 //!
-//! Build one with [`TopologyBuilder`], read one from the JSON format in [`file`](mod@file), or take a
-//! [`presets`] machine.
+//! Build one with [`TopologyBuilder`], read one from the JSON format in [`file`](mod@file), from a
+//! Linux [`sysfs`] tree, from an [`nccl`] topology file, or take a [`presets`] machine.
 
 mod acs;
+pub mod allowlist;
 mod builder;
 pub mod file;
+pub mod nccl;
 mod path;
 pub mod presets;
 pub mod render;
+pub mod sysfs;
 
 pub use acs::AcsFlags;
 pub use builder::TopologyBuilder;
@@ -84,6 +87,19 @@ pub enum DeviceClass {
 }
 
 impl DeviceClass {
+    /// The class of a device from its 24-bit PCI class code (`0x030200`): display controllers
+    /// are GPUs, network controllers NICs (Ethernet and InfiniBand), `0x010802` NVMe, processing
+    /// accelerators and co-processors accelerators.
+    pub fn from_pci_class(code: u32) -> Self {
+        match (code >> 16, (code >> 8) & 0xff) {
+            (0x03, _) => DeviceClass::Gpu,
+            (0x02, _) => DeviceClass::Nic,
+            (0x01, 0x08) if code & 0xff == 0x02 => DeviceClass::Nvme,
+            (0x12, _) | (0x0b, 0x40) => DeviceClass::Accelerator,
+            _ => DeviceClass::Other,
+        }
+    }
+
     /// The lowercase name used in files and output.
     pub fn name(self) -> &'static str {
         match self {
@@ -155,6 +171,10 @@ pub enum NodeKind {
     SwitchUpstream,
     /// A downstream port of a PCIe switch.
     SwitchDownstream,
+    /// A bridge known only as a bridge: a conventional PCI-to-PCI bridge, a PCIe-to-PCI bridge,
+    /// or a PCIe switch as an NCCL topology file names it (by its upstream port). On a path it
+    /// counts as one bridge; it may hold bridges, switches and endpoints.
+    Bridge,
     /// An endpoint device.
     Endpoint(Endpoint),
 }

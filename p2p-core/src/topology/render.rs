@@ -188,6 +188,7 @@ pub fn dot(t: &Topology) -> String {
             NodeKind::RootPort => (format!("root port\\n{addr}{acs}"), ""),
             NodeKind::SwitchUpstream => (format!("switch\\n{addr}{acs}"), ", style=rounded"),
             NodeKind::SwitchDownstream => (format!("down\\n{addr}{acs}"), ", style=rounded"),
+            NodeKind::Bridge => (format!("bridge\\n{addr}{acs}"), ", style=dashed"),
             NodeKind::Endpoint(e) => (
                 format!("{} ({})\\n{addr}{acs}", e.name, e.class),
                 ", style=bold",

@@ -318,3 +318,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_bridge_known_only_as_a_bridge_counts_once() {
+    let mut b = TopologyBuilder::new();
+    let hb = b
+        .host_bridge("hb", 0, 0, 0, 0, HostBridgeP2p::None)
+        .unwrap();
+    let outer = b.bridge(hb, a("00:01.0")).unwrap();
+    let inner = b.bridge(outer, a("01:00.0")).unwrap();
+    b.endpoint(outer, a("01:01.0"), DeviceClass::Nic, vec![])
+        .unwrap();
+    b.endpoint(inner, a("02:00.0"), DeviceClass::Gpu, vec![])
+        .unwrap();
+    b.endpoint(inner, a("02:01.0"), DeviceClass::Gpu, vec![])
+        .unwrap();
+    let t = b.build().unwrap();
+    let same = t.path(a("02:00.0"), a("02:01.0")).unwrap();
+    assert_eq!((same.class, same.route), (PathClass::Pix, Route::BusAddr));
+    let nested = t.path(a("02:00.0"), a("01:01.0")).unwrap();
+    assert_eq!(
+        (nested.class, nested.route),
+        (PathClass::Pxb, Route::BusAddr)
+    );
+    assert!(b.downstream_port(outer, a("03:00.0")).is_err());
+}

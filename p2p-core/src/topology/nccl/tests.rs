@@ -1,0 +1,122 @@
+use super::*;
+use crate::topology::{PathClass, Route};
+
+fn a(s: &str) -> PciAddr {
+    s.parse().unwrap()
+}
+
+fn example() -> NcclImport {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/topologies/nccl-2socket.xml");
+    from_path(&path).unwrap()
+}
+
+#[test]
+fn reads_the_published_format() {
+    let imp = example();
+    let t = &imp.topology;
+    let names: Vec<(String, DeviceClass)> = t
+        .endpoints()
+        .map(|(_, e)| (e.name.clone(), e.class))
+        .collect();
+    assert_eq!(names.len(), 9);
+    assert!(names.contains(&("GPU5".into(), DeviceClass::Gpu)));
+    assert!(names.contains(&("mlx5_1".into(), DeviceClass::Nic)));
+    assert_eq!(t.host_bridges().count(), 2);
+    assert_eq!(t.numa_of(a("0000:89:00.0")).unwrap(), 1);
+    assert!(!t.cpu_routes_p2p());
+    // The CPU-attached Ethernet port has no PCI address: said, not invented.
+    assert!(
+        imp.notes
+            .iter()
+            .any(|n| n.contains("<nic> outside any <pci>")),
+        "{:?}",
+        imp.notes
+    );
+}
+
+#[test]
+fn classes_and_routes_follow_nccls_switches() {
+    let t = example().topology;
+    let check = |x: &str, y: &str, class: PathClass, route: Route| {
+        let p = t.path(a(x), a(y)).unwrap();
+        assert_eq!((p.class, p.route), (class, route), "{x} -> {y}");
+    };
+    check("1b:00.0", "1c:00.0", PathClass::Pix, Route::BusAddr);
+    check("1b:00.0", "1d:00.0", PathClass::Pix, Route::BusAddr);
+    // Skylake-SP host bridges route P2P across bridges and sockets.
+    check(
+        "1b:00.0",
+        "3f:00.0",
+        PathClass::Phb,
+        Route::ThroughHostBridge,
+    );
+    check(
+        "1b:00.0",
+        "8a:00.0",
+        PathClass::Sys,
+        Route::ThroughHostBridge,
+    );
+    // GPU5 sits below a second switch: two bridges from mlx5_2.
+    check("8e:00.0", "8a:00.0", PathClass::Pxb, Route::BusAddr);
+}
+
+#[test]
+fn cpu_models_decide_the_host_bridge_rule() {
+    let xml = |vendor: &str, family: &str, model: &str| {
+        format!(
+            r#"<system version="1">
+  <cpu numaid="0" vendor="{vendor}" familyid="{family}" modelid="{model}">
+    <pci busid="0000:01:00.0" class="0x030000"><gpu dev="0"/></pci>
+    <pci busid="0000:02:00.0" class="0x020000"><nic><net name="eth1"/></nic></pci>
+  </cpu>
+  <cpu numaid="1" vendor="{vendor}" familyid="{family}" modelid="{model}">
+    <pci busid="0000:81:00.0" class="0x020000"><nic><net name="eth2"/></nic></pci>
+  </cpu>
+</system>"#
+        )
+    };
+    let route = |x: &str, from: &str, to: &str| {
+        let t = from_xml(x, "t.xml").unwrap().topology;
+        t.path(a(from), a(to)).unwrap().route
+    };
+    // AMD Zen: the CPU routes everything.
+    let amd = xml("AuthenticAMD", "25", "1");
+    assert!(from_xml(&amd, "t.xml").unwrap().topology.cpu_routes_p2p());
+    assert_eq!(route(&amd, "01:00.0", "81:00.0"), Route::ThroughHostBridge);
+    // Haswell-EP: same bridge only.
+    let hsw = xml("GenuineIntel", "6", "63");
+    assert_eq!(route(&hsw, "01:00.0", "02:00.0"), Route::ThroughHostBridge);
+    assert!(matches!(
+        route(&hsw, "01:00.0", "81:00.0"),
+        Route::Unsupported(_)
+    ));
+    // An unlisted model: nothing through the host bridge.
+    let other = xml("GenuineIntel", "6", "143");
+    assert!(matches!(
+        route(&other, "01:00.0", "02:00.0"),
+        Route::Unsupported(_)
+    ));
+}
+
+#[test]
+fn malformed_files_give_line_numbered_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("<system>\n  <cpu numaid=\"0\">\n  </system>", "line 3", "cpu"),
+        ("<system>\n<cpu numaid=\"0\">\n<pci class=\"0x030000\"/>\n</cpu>\n</system>", "line 3", "busid"),
+        ("<system>\n<cpu numaid=\"zero\"/>\n</system>", "line 2", "numaid"),
+        ("<system>\n<cpu numaid=\"0\">\n<pci busid=\"0000:01:00.9\" class=\"0x030000\"/>\n</cpu>\n</system>", "line 3", "0000:01:00.9"),
+        ("<system>\n<cpu numaid=\"0\">\n<pci busid=\"0000:01:00.0\" class=\"0x030000\">\n<pci busid=\"0000:02:00.0\" class=\"0x020000\"/>\n</pci>\n</cpu>\n</system>", "line 4", "holds a <pci>"),
+        ("<topology/>", "line 1", "<system>"),
+        ("<system>\n<cpu numaid=\"0\">\n<pci busid=\"0000:01:00.0\" class=\"0x1000000\"/>\n</cpu>\n</system>", "line 3", "24-bit"),
+        ("<system>\n<cpu numaid=\"0\">\n<pci busid=\"0000:01:00.0\" class=\"0x030000\"/>\n<pci busid=\"0000:01:00.0\" class=\"0x030000\"/>\n</cpu>\n</system>", "line 4", "used twice"),
+        ("", "line 1", ""),
+    ];
+    for (xml, line, word) in cases {
+        let err = from_xml(xml, "bad.xml").unwrap_err().to_string();
+        assert!(
+            err.contains("bad.xml") && err.contains(line) && err.contains(word),
+            "{xml:?} gave {err}"
+        );
+    }
+}
