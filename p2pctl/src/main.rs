@@ -1,7 +1,9 @@
 //! `p2pctl`: look at a PCIe topology the way p2pdma sees it.
 //!
 //! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`), `--json` the pairs
-//!   report, `--dot` Graphviz, `--export` the topology file format.
+//!   report, `--dot` Graphviz, `--export` the topology file format. The topology comes from
+//!   `--preset`, `--file` (p2pdma's JSON), `--nccl-xml` (an NCCL topology file) or `--sysfs [DIR]`;
+//!   with none of them, from this machine's `/sys`.
 //! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
 //! - `p2pctl demo` runs the seed story on the simulated machine.
 //! - `p2pctl presets` lists the built-in machines.
@@ -39,7 +41,7 @@ fn emit(s: &str) {
 }
 
 use clap::{Args, Parser, Subcommand};
-use p2p_core::topology::{file, presets, render, Topology};
+use p2p_core::topology::{file, nccl, presets, render, sysfs, Topology};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,9 +88,9 @@ enum Command {
     Presets,
 }
 
-/// Where the topology comes from.
+/// Where the topology comes from; with none given, this machine's `/sys`.
 #[derive(Args, Clone)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 pub struct Input {
     /// A topology file in p2pdma's JSON format.
     #[arg(long, value_name = "PATH")]
@@ -96,16 +98,33 @@ pub struct Input {
     /// A built-in topology (see `p2pctl presets`).
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
+    /// A Linux sysfs tree (default `/sys`: this machine).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "/sys")]
+    sysfs: Option<PathBuf>,
+    /// An NCCL topology file (the XML of `NCCL_TOPO_FILE`).
+    #[arg(long, value_name = "FILE")]
+    nccl_xml: Option<PathBuf>,
 }
 
 impl Input {
+    /// The topology, with what had to be assumed to build it printed on stderr.
     fn load(&self) -> p2p_core::Result<Topology> {
-        match (&self.file, &self.preset) {
-            (Some(path), _) => file::from_path(path),
-            (None, Some(name)) => presets::preset(name),
-            // clap's group makes one of them required.
-            (None, None) => unreachable!("clap requires --file or --preset"),
+        let (topology, notes) = if let Some(path) = &self.file {
+            (file::from_path(path)?, Vec::new())
+        } else if let Some(name) = &self.preset {
+            (presets::preset(name)?, Vec::new())
+        } else if let Some(path) = &self.nccl_xml {
+            let imp = nccl::from_path(path)?;
+            (imp.topology, imp.notes)
+        } else {
+            let root = self.sysfs.clone().unwrap_or_else(|| PathBuf::from("/sys"));
+            let scan = sysfs::scan(&root)?;
+            (scan.topology, scan.notes)
+        };
+        for note in notes {
+            eprintln!("p2pctl: note: {note}");
         }
+        Ok(topology)
     }
 }
 

@@ -250,3 +250,44 @@ fn demo_walks_the_story_and_is_deterministic() {
     let b = p2pctl(&["demo", "--seed", "5", "--log"]);
     assert_eq!(stdout(&a), stdout(&b), "same seed, same output");
 }
+
+#[test]
+fn topo_reads_sysfs_and_nccl_files() {
+    // This machine: with no input option, /sys; the same as --sysfs /sys and --sysfs.
+    let plain = p2pctl(&["topo", "--export"]);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let explicit = p2pctl(&["topo", "--sysfs", "/sys", "--export"]);
+    let bare = p2pctl(&["topo", "--export", "--sysfs"]);
+    assert_eq!(stdout(&plain), stdout(&explicit));
+    assert_eq!(stdout(&plain), stdout(&bare));
+    let exported: Value = serde_json::from_str(&stdout(&plain)).unwrap();
+    let listed = std::fs::read_dir("/sys/bus/pci/devices").map_or(0, |d| d.count());
+    let text = stdout(&plain);
+    assert_eq!(text.matches("\"addr\"").count(), listed, "{exported}");
+
+    let xml = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/topologies/nccl-2socket.xml"
+    );
+    let o = p2pctl(&["topo", "--nccl-xml", xml]);
+    assert!(o.status.success());
+    let m = stdout(&o);
+    assert!(
+        m.contains("GPU5") && m.contains("mlx5_2") && m.contains("SYS"),
+        "{m}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("note:"));
+
+    let o = p2pctl(&["topo", "--sysfs", "/nonexistent-sys"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent-sys"));
+    let o = p2pctl(&["topo", "--nccl-xml", "/nonexistent.xml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.xml"));
+    let o = p2pctl(&["topo", "--preset", "dgx", "--sysfs"]);
+    assert_eq!(o.status.code(), Some(2), "one input at a time");
+}
