@@ -8,8 +8,9 @@ use crate::traits::{IommuDomain, MemoryExporter};
 use std::sync::Arc;
 
 /// A machine as a backend sees it: its topology, the IOMMU domain each device's requests go
-/// through (devices of one IOMMU group share one), and host RAM as an exporter (offsets in it are
-/// CPU physical addresses; bounce buffers come from it).
+/// through (devices of one IOMMU group share one), and host RAM as an exporter (bounce buffers
+/// come from it; in simulated machines its offsets are CPU physical addresses, on a real one they
+/// are offsets into a locked buffer).
 pub trait Platform: Send + Sync + std::fmt::Debug {
     /// The topology now. A new topology (hot plug, ACS change) has a new generation, which drops
     /// cached plans.

@@ -1,0 +1,90 @@
+//! A device BAR as an exporter: peer-to-peer memory addressed by bus address.
+
+use crate::grants::GrantBook;
+use p2p_core::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use p2p_core::topology::{Bar, Topology};
+use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use p2p_core::{Error, PciAddr, Result};
+use parking_lot::Mutex;
+
+/// A memory BAR of a device (a GPU's VRAM aperture, an NVMe CMB, a p2pmem window). Its chunks
+/// carry both addresses: the CPU physical address an IOMMU maps, and the bus address a switch
+/// routes and an identity domain programs, which differ by the host bridge's window offset.
+#[derive(Debug)]
+pub struct BarExporter {
+    id: ExporterId,
+    device: PciAddr,
+    bar: Bar,
+    book: Mutex<GrantBook>,
+}
+
+impl BarExporter {
+    /// BAR `index` of `device` as the topology describes it.
+    pub fn new(topology: &Topology, device: PciAddr, index: u8) -> Result<Self> {
+        let bar = topology
+            .endpoint(device)?
+            .bars
+            .iter()
+            .find(|b| b.index == index)
+            .copied()
+            .ok_or_else(|| {
+                Error::InvalidTopology(format!("device {device} has no memory BAR{index}"))
+            })?;
+        let id = ExporterId::fresh();
+        Ok(Self {
+            id,
+            device,
+            bar,
+            book: Mutex::new(GrantBook::new(id, bar.size)),
+        })
+    }
+
+    /// The BAR.
+    pub fn bar(&self) -> Bar {
+        self.bar
+    }
+}
+
+impl MemoryExporter for BarExporter {
+    fn id(&self) -> ExporterId {
+        self.id
+    }
+
+    fn info(&self) -> ExporterInfo {
+        ExporterInfo {
+            residency: Residency::Device(self.device),
+            size: self.bar.size,
+            movable: false,
+            pinnable: true,
+            bus_window: AddrRange::new(self.bar.bus, self.bar.size)
+                .unwrap_or_else(|_| unreachable!("the topology builder checked the BAR")),
+        }
+    }
+
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        self.book.lock().export(range, pin)
+    }
+
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        self.book.lock().allocate(len, pin)
+    }
+
+    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+        let range = self.book.lock().get(grant)?.range;
+        let start = align_down(range.start().0, 4096);
+        let end = align_up(range.end().0, 4096)
+            .unwrap_or(range.end().0)
+            .min(self.bar.size);
+        Ok(vec![Chunk {
+            offset: Offset(start),
+            len: end - start,
+            phys: PhysAddr(self.bar.cpu.0 + start),
+            bus: BusAddr(self.bar.bus.0 + start),
+            mmio: true,
+        }])
+    }
+
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        self.book.lock().release(grant)
+    }
+}

@@ -1,0 +1,66 @@
+//! Virtual to physical translation through `/proc/self/pagemap`
+//! (Documentation/admin-guide/mm/pagemap.rst): one little-endian u64 per virtual page, bit 63
+//! "present", bit 62 "swapped", bits 0–54 the page frame number, which reads as zero for a
+//! process without `CAP_SYS_ADMIN` (Linux 4.2 and later).
+
+use super::locked::PAGE;
+use p2p_core::{Error, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+const PFN_MASK: u64 = (1 << 55) - 1;
+
+/// An open `/proc/self/pagemap`.
+#[derive(Debug)]
+pub struct Pagemap {
+    file: File,
+}
+
+fn err(message: String) -> Error {
+    Error::Backend {
+        backend: "passthrough",
+        message,
+    }
+}
+
+impl Pagemap {
+    /// Opens this process's pagemap.
+    pub fn open() -> Result<Self> {
+        File::open("/proc/self/pagemap")
+            .map(|file| Self { file })
+            .map_err(|e| err(format!("/proc/self/pagemap: cannot open: {e}")))
+    }
+
+    /// The physical address of the page holding `va` (page aligned).
+    pub fn phys_page(&self, va: u64) -> Result<u64> {
+        let mut raw = [0u8; 8];
+        self.file
+            .read_exact_at(&mut raw, (va / PAGE) * 8)
+            .map_err(|e| {
+                err(format!(
+                    "/proc/self/pagemap: cannot read the entry of {va:#x}: {e}"
+                ))
+            })?;
+        let entry = u64::from_le_bytes(raw);
+        if entry & PRESENT == 0 {
+            return Err(Error::Fault {
+                va,
+                reason: if entry & SWAPPED != 0 {
+                    "page is swapped out"
+                } else {
+                    "page is not present"
+                },
+            });
+        }
+        let pfn = entry & PFN_MASK;
+        if pfn == 0 {
+            return Err(err(format!(
+                "/proc/self/pagemap hides page frame numbers from this process (virtual address \
+                 {va:#x}): reading them needs CAP_SYS_ADMIN; run as root or grant the capability"
+            )));
+        }
+        Ok(pfn * PAGE)
+    }
+}
