@@ -1,10 +1,10 @@
 //! Host RAM as an exporter: a locked buffer whose pages are translated to physical addresses
 //! through `/proc/self/pagemap`.
 
-use crate::grants::GrantBook;
 use crate::os::locked::{Backing, LockedRegion, PAGE};
 use crate::os::pagemap::Pagemap;
 use p2p_core::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use p2p_core::export::GrantBook;
 use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
 use p2p_core::{Error, Result};
 use parking_lot::{Mutex, RwLock};

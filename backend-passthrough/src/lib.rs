@@ -4,8 +4,9 @@
 //! memory by its bus address:
 //!
 //! - [`IdentityDomain`]: the domain every device is in; nothing is mapped, nothing allocated.
-//! - [`BarExporter`]: a peer's BAR, whose bus address is its CPU physical address plus the host
-//!   bridge's window offset (read from sysfs by [`p2p_core::topology::sysfs`]).
+//! - [`BarExporter`] (from p2p-core, re-exported): a peer's BAR, whose bus address is its CPU
+//!   physical address plus the host bridge's window offset (read from sysfs by
+//!   [`p2p_core::topology::sysfs`]).
 //! - [`LockedHostMemory`]: host RAM, allocated and locked (huge pages when available) and
 //!   translated to physical addresses through `/proc/self/pagemap`.
 //! - [`PassthroughPlatform`]: the machine, from its sysfs tree.
@@ -36,17 +37,15 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-mod bar;
 mod domain;
-mod grants;
 mod host_memory;
 #[allow(unsafe_code)]
 pub mod os;
 mod platform;
 
-pub use bar::BarExporter;
 pub use domain::IdentityDomain;
 pub use host_memory::LockedHostMemory;
 pub use os::locked::{Backing, LockedRegion};
 pub use os::pagemap::Pagemap;
+pub use p2p_core::export::BarExporter;
 pub use platform::PassthroughPlatform;

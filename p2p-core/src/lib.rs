@@ -36,6 +36,7 @@
 pub mod access;
 pub mod addr;
 pub mod error;
+pub mod export;
 mod hex;
 pub mod negotiate;
 pub mod page;

@@ -1,16 +1,19 @@
-//! The grant book-keeping every exporter of this crate shares: which ranges are granted, and
-//! which were carved out by `allocate` (bounce buffers, scratch windows).
+//! The grant book-keeping an exporter needs: which ranges are granted, and which were carved out
+//! by `allocate` (bounce buffers, scratch windows).
 
-use p2p_core::addr::{align_up, AddrRange, Offset};
-use p2p_core::testing::alloc_top_down;
-use p2p_core::traits::{ExportGrant, ExporterId};
-use p2p_core::{Error, Result};
+use crate::addr::{align_up, AddrRange, Offset};
+use crate::error::{Error, Result};
+use crate::testing::alloc_top_down;
+use crate::traits::{ExportGrant, ExporterId};
 use std::collections::{BTreeMap, HashMap};
 
 const ALIGN: u64 = 4096;
 
+/// The grants of one exporter whose memory object is `size` bytes: [`export`](Self::export)
+/// checks the range, [`allocate`](Self::allocate) carves fresh page-aligned space (top down), and
+/// [`release`](Self::release) forgets a grant and frees what it carved.
 #[derive(Debug)]
-pub(crate) struct GrantBook {
+pub struct GrantBook {
     exporter: ExporterId,
     size: u64,
     next: u64,
@@ -20,6 +23,7 @@ pub(crate) struct GrantBook {
 }
 
 impl GrantBook {
+    /// An empty book for `exporter`'s object of `size` bytes.
     pub fn new(exporter: ExporterId, size: u64) -> Self {
         Self {
             exporter,
@@ -84,6 +88,7 @@ impl GrantBook {
             })
     }
 
+    /// Forgets a grant; an error if it is unknown (released twice, or another exporter's).
     pub fn release(&mut self, grant: &ExportGrant) -> Result<()> {
         self.get(grant)?;
         let g = self
@@ -96,6 +101,7 @@ impl GrantBook {
         Ok(())
     }
 
+    /// Grants outstanding.
     pub fn live(&self) -> usize {
         self.grants.len()
     }

@@ -1,10 +1,12 @@
-//! A device BAR as an exporter: peer-to-peer memory addressed by bus address.
+//! A device BAR as an exporter: peer-to-peer memory addressed by bus address. It does no I/O:
+//! its addresses come from the topology, so every backend (identity, VFIO, simulated) can use it.
 
-use crate::grants::GrantBook;
-use p2p_core::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
-use p2p_core::topology::{Bar, Topology};
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
-use p2p_core::{Error, PciAddr, Result};
+use super::GrantBook;
+use crate::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use crate::error::{Error, Result};
+use crate::pci::PciAddr;
+use crate::topology::{Bar, Topology};
+use crate::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
 use parking_lot::Mutex;
 
 /// A memory BAR of a device (a GPU's VRAM aperture, an NVMe CMB, a p2pmem window). Its chunks
