@@ -1,0 +1,222 @@
+//! An [`IommuDomain`] backed by a VFIO container: maps go to the kernel's IOMMU driver.
+
+use super::container::VfioContainer;
+use crate::iova::IovaAllocator;
+use p2p_core::access::Access;
+use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
+use p2p_core::page::PageSizes;
+use p2p_core::traits::{
+    check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation,
+};
+use p2p_core::{Error, Result};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// x86's MSI doorbell window, which VT-d reports as a hole in the IOVA ranges.
+const MSI: (u64, u64) = (0xfee0_0000, 0xfeef_ffff);
+
+/// Memory this process has mapped whose CPU physical address is known: locked host RAM, or a
+/// peer's BAR mmapped from its VFIO device.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    phys: u64,
+    va: u64,
+    len: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mapped {
+    len: u64,
+    phys: u64,
+    access: Access,
+}
+
+/// The IOMMU context of a VFIO container as a p2p-core domain.
+///
+/// The trait maps physical addresses, VFIO maps this process's virtual addresses: so the memory
+/// to be mapped is first registered as a window ([`add_window`](Self::add_window): virtual
+/// address and the physical address behind it), and [`map`](IommuDomain::map) looks the physical
+/// range up there. The kernel pins by virtual address, so a page that migrated since the window
+/// was registered is still the one the device reaches.
+///
+/// [`translate`](IommuDomain::translate) answers from the record of this domain's own maps (the
+/// kernel does not expose its tables); [`flush`](IommuDomain::flush) has nothing to do, as type1
+/// invalidates the IOTLB before `UNMAP_DMA` returns.
+#[derive(Debug)]
+pub struct VfioDomain {
+    container: Arc<VfioContainer>,
+    aperture: AddrRange<Iova>,
+    reserved: Vec<ReservedRegion>,
+    page_sizes: PageSizes,
+    iova: IovaAllocator,
+    windows: Mutex<Vec<Window>>,
+    maps: Mutex<BTreeMap<u64, Mapped>>,
+}
+
+impl VfioDomain {
+    /// The domain of a container that has at least one group attached.
+    pub fn new(container: Arc<VfioContainer>) -> Result<Self> {
+        let info = container.info()?;
+        let page_sizes = PageSizes::from_bits_truncate(info.page_sizes);
+        let first = info.iova_ranges[0].0;
+        let last = info.iova_ranges[info.iova_ranges.len() - 1].1;
+        // The aperture is a half-open range: the very last byte of the 64-bit space is lost.
+        let aperture = AddrRange::new(Iova(first), (last - first).saturating_add(1))?;
+        let mut reserved = Vec::new();
+        for w in info.iova_ranges.windows(2) {
+            let (gap_start, gap_end) = (w[0].1 + 1, w[1].0);
+            if gap_end > gap_start {
+                let kind = if gap_start <= MSI.0 && MSI.1 < gap_end {
+                    ReservedKind::Msi
+                } else {
+                    ReservedKind::Reserved
+                };
+                reserved.push(ReservedRegion {
+                    range: AddrRange::new(Iova(gap_start), gap_end - gap_start)?,
+                    kind,
+                });
+            }
+        }
+        let iova = IovaAllocator::new(first.max(4096), aperture.end().0);
+        for r in &reserved {
+            iova.reserve(r.range.start().0, r.range.end().0);
+        }
+        Ok(Self {
+            container,
+            aperture,
+            reserved,
+            page_sizes,
+            iova,
+            windows: Mutex::new(Vec::new()),
+            maps: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Registers `len` bytes mapped at `va` in this process, whose CPU physical address is
+    /// `phys`. The memory must stay mapped while any DMA mapping made from it lives.
+    pub fn add_window(&self, va: VirtAddr, phys: PhysAddr, len: u64) -> Result<()> {
+        let r = AddrRange::new(phys, len)?;
+        AddrRange::new(va, len)?;
+        let mut w = self.windows.lock();
+        if let Some(o) = w
+            .iter()
+            .find(|o| AddrRange::new(PhysAddr(o.phys), o.len).is_ok_and(|or| or.overlaps(&r)))
+        {
+            return Err(Error::Backend {
+                backend: "vfio",
+                message: format!(
+                    "window {r} overlaps the window at {:#x}+{:#x} already registered",
+                    o.phys, o.len
+                ),
+            });
+        }
+        w.push(Window {
+            phys: phys.0,
+            va: va.0,
+            len,
+        });
+        Ok(())
+    }
+
+    /// The virtual address behind `[phys, phys+len)`, which must lie in one window.
+    fn va_of(&self, phys: u64, len: u64) -> Result<u64> {
+        self.windows
+            .lock()
+            .iter()
+            .find(|w| phys >= w.phys && phys - w.phys + len <= w.len)
+            .map(|w| w.va + (phys - w.phys))
+            .ok_or_else(|| Error::Backend {
+                backend: "vfio",
+                message: format!(
+                    "physical {phys:#x}+{len:#x} is in no window this process mapped \
+                     (register it with VfioDomain::add_window)"
+                ),
+            })
+    }
+
+    /// The container.
+    pub fn container(&self) -> &Arc<VfioContainer> {
+        &self.container
+    }
+}
+
+impl IommuDomain for VfioDomain {
+    fn kind(&self) -> DomainKind {
+        DomainKind::Translated
+    }
+
+    fn aperture(&self) -> AddrRange<Iova> {
+        self.aperture
+    }
+
+    fn page_sizes(&self) -> PageSizes {
+        self.page_sizes
+    }
+
+    fn reserved_regions(&self) -> Vec<ReservedRegion> {
+        self.reserved.clone()
+    }
+
+    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+        let page = self.page_sizes.min_page().unwrap_or(4096);
+        check_map_args(&self.aperture, &self.reserved, iova, phys, len, page)?;
+        let r = AddrRange::new(iova, len)?;
+        {
+            let maps = self.maps.lock();
+            if let Some((&at, _)) = maps
+                .range(..r.end().0)
+                .next_back()
+                .filter(|(&at, m)| AddrRange::new(Iova(at), m.len).is_ok_and(|mr| mr.overlaps(&r)))
+            {
+                return Err(Error::AlreadyMapped(at.max(iova.0)));
+            }
+        }
+        let va = self.va_of(phys.0, len)?;
+        self.container.map_dma(va, iova.0, len, access)?;
+        self.maps.lock().insert(
+            iova.0,
+            Mapped {
+                len,
+                phys: phys.0,
+                access,
+            },
+        );
+        Ok(())
+    }
+
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
+        let r = AddrRange::new(iova, len)?;
+        let done = self.container.unmap_dma(iova.0, len)?;
+        // The kernel removed the mappings that lie inside the range: forget them too.
+        self.maps.lock().retain(|&at, m| {
+            let inside = at >= r.start().0 && at + m.len <= r.end().0;
+            !inside
+        });
+        Ok(done)
+    }
+
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        let maps = self.maps.lock();
+        let (&at, m) = maps.range(..=iova.0).next_back()?;
+        (iova.0 - at < m.len).then(|| Translation {
+            phys: PhysAddr(m.phys + (iova.0 - at)),
+            access: m.access,
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
+        let top = self.aperture.last().map_or(0, |a| a.0);
+        self.iova.alloc(len, limit.min(top)).map(Iova)
+    }
+
+    fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
+        // UNMAP_DMA flushed synchronously: the range is reusable at once.
+        self.iova.free(iova.0, len);
+        Ok(())
+    }
+}

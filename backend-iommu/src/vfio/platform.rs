@@ -1,0 +1,56 @@
+//! A machine whose devices of interest are owned through VFIO: they share one container's
+//! domain; other devices are not ours to program.
+
+use super::domain::VfioDomain;
+use p2p_core::topology::Topology;
+use p2p_core::traits::{IommuDomain, MemoryExporter, Platform};
+use p2p_core::{Error, PciAddr, Result};
+use std::sync::Arc;
+
+/// The platform a VFIO user sees: the topology (from sysfs), the container's domain for the
+/// devices attached to it, and host memory for bounce buffers.
+#[derive(Debug)]
+pub struct VfioPlatform {
+    topology: Arc<Topology>,
+    domain: Arc<VfioDomain>,
+    devices: Vec<PciAddr>,
+    host: Arc<dyn MemoryExporter>,
+}
+
+impl VfioPlatform {
+    /// `devices` are the ones opened through the container of `domain`.
+    pub fn new(
+        topology: Topology,
+        domain: Arc<VfioDomain>,
+        devices: Vec<PciAddr>,
+        host: Arc<dyn MemoryExporter>,
+    ) -> Self {
+        Self {
+            topology: Arc::new(topology),
+            domain,
+            devices,
+            host,
+        }
+    }
+}
+
+impl Platform for VfioPlatform {
+    fn topology(&self) -> Arc<Topology> {
+        self.topology.clone()
+    }
+
+    fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
+        self.topology.lookup(device)?;
+        if !self.devices.contains(&device) {
+            return Err(Error::Backend {
+                backend: "vfio",
+                message: format!("device {device} is not attached to this VFIO container"),
+            });
+        }
+        Ok(self.domain.clone())
+    }
+
+    fn host_memory(&self) -> Arc<dyn MemoryExporter> {
+        self.host.clone()
+    }
+}

@@ -1,0 +1,334 @@
+//! The program `scripts/vm-test.sh` runs inside its QEMU guest: p2pdma driving a real kernel's
+//! VFIO type1 and VT-d driver, with QEMU's `edu` DMA engine moving bytes peer-to-peer into an
+//! `ivshmem` BAR whose memory is a file on the host.
+//!
+//! `vfio_edu guest` runs the test (both devices bound to vfio-pci) and prints
+//! `P2PDMA-VM-TEST: PASS` or `P2PDMA-VM-TEST: FAIL: <why>`; `vfio_edu check-host-file FILE`
+//! checks, on the host, that the BAR's file holds what the guest moved there.
+//!
+//! Not runnable outside that guest: it needs VFIO, an IOMMU and those two devices.
+
+use backend_iommu::vfio::{
+    MappedRegion, VfioBar, VfioContainer, VfioDomain, VfioGroup, VfioPlatform,
+};
+use backend_passthrough::LockedHostMemory;
+use p2p_core::prelude::*;
+use p2p_core::topology::sysfs;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes per edu transfer: QEMU 7.2's edu rejects a whole 4096-byte buffer (off by one).
+const LEN: u64 = 2048;
+/// edu's DMA buffer, in its own address space.
+const EDU_BUF: u64 = 0x40000;
+/// The pass line the harness looks for.
+const PASS: &str = "P2PDMA-VM-TEST: PASS";
+
+/// The bytes of transfer `seed`: distinct per seed, never all one value.
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..LEN as usize)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+/// What lands in the BAR (and so in the host file): transfer A.
+const SEED_A: u8 = 0x5a;
+/// What must not land: transfer B, sent after the mapping was dropped.
+const SEED_B: u8 = 0xa5;
+
+fn fail(msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "vfio_edu",
+        message: msg.into(),
+    }
+}
+
+/// QEMU's `edu` device, programmed through its mmapped BAR0.
+struct Edu {
+    mmio: MappedRegion,
+    mask: u64,
+}
+
+impl Edu {
+    const ID: u64 = 0x00;
+    const DMA_SRC: u64 = 0x80;
+    const DMA_DST: u64 = 0x88;
+    const DMA_COUNT: u64 = 0x90;
+    const DMA_CMD: u64 = 0x98;
+    const CMD_START: u64 = 1;
+    const CMD_TO_RAM: u64 = 2;
+
+    fn new(mmio: MappedRegion, mask: u64) -> Result<Self> {
+        let id = mmio.read_u32(Self::ID)?;
+        if id & 0xff != 0xed {
+            return Err(fail(format!("BAR0 identification {id:#x} is not edu's")));
+        }
+        Ok(Self { mmio, mask })
+    }
+
+    /// One transfer between edu's buffer and `iova` (RAM side: `to_ram` says which way), waited
+    /// for. An IOVA the device cannot emit is refused here, before edu sees it: edu would
+    /// silently clamp it to its mask and write somewhere else.
+    fn dma(&self, iova: u64, to_ram: bool) -> Result<()> {
+        let last = iova + LEN - 1;
+        if last > self.mask {
+            return Err(fail(format!(
+                "refusing to hand edu IOVA {iova:#x}: above its DMA mask {:#x}",
+                self.mask
+            )));
+        }
+        let (src, dst) = if to_ram {
+            (EDU_BUF, iova)
+        } else {
+            (iova, EDU_BUF)
+        };
+        self.mmio.write_u64(Self::DMA_SRC, src)?;
+        self.mmio.write_u64(Self::DMA_DST, dst)?;
+        self.mmio.write_u64(Self::DMA_COUNT, LEN)?;
+        let dir = if to_ram { Self::CMD_TO_RAM } else { 0 };
+        self.mmio.write_u64(Self::DMA_CMD, Self::CMD_START | dir)?;
+        let start = Instant::now();
+        while self.mmio.read_u64(Self::DMA_CMD)? & Self::CMD_START != 0 {
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(fail("edu DMA did not complete in 20 s"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+/// edu as the negotiator sees it: no ODP (it cannot take faults), reaches peer memory, 28-bit
+/// DMA mask.
+#[derive(Debug)]
+struct EduImporter {
+    addr: PciAddr,
+}
+
+impl DmaImporter for EduImporter {
+    fn device(&self) -> PciAddr {
+        self.addr
+    }
+    fn caps(&self) -> ImporterCaps {
+        ImporterCaps {
+            flags: ImporterFlags::P2P,
+            dma_mask: dma_mask(28),
+            max_segment: 0,
+        }
+    }
+    fn invalidate(&self, _: &Invalidation) -> Result<()> {
+        // Every transfer is waited for: nothing is in flight once dma() returns.
+        Ok(())
+    }
+}
+
+fn find(scan: &sysfs::SysfsScan, vendor: u16, device: u16) -> Result<PciAddr> {
+    scan.devices
+        .iter()
+        .find(|d| d.vendor == vendor && d.device == device)
+        .map(|d| d.addr)
+        .ok_or_else(|| fail(format!("no {vendor:04x}:{device:04x} in /sys")))
+}
+
+/// The last DMAR fault line the kernel logged, waiting up to `wait` for one.
+fn dmar_fault(wait: Duration) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        // The guest is a busybox initramfs: its dmesg reads the kernel ring buffer for us.
+        let log = std::process::Command::new("/bin/dmesg").output().ok()?;
+        let text = String::from_utf8_lossy(&log.stdout).into_owned();
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault addr"))
+        {
+            return Some(line.to_owned());
+        }
+        if start.elapsed() > wait {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn guest() -> Result<()> {
+    let sys = Path::new("/sys");
+    let scan = sysfs::scan(sys)?;
+    let edu_addr = find(&scan, 0x1234, 0x11e8)?;
+    let shm_addr = find(&scan, 0x1af4, 0x1110)?;
+    println!("edu at {edu_addr}, ivshmem at {shm_addr}");
+
+    // Container first, then groups, then the IOMMU model, and only then device fds.
+    let container = Arc::new(VfioContainer::open()?);
+    let edu_group = VfioGroup::open(VfioGroup::id_of(sys, edu_addr)?)?;
+    container.attach(&edu_group)?;
+    let shm_group_id = VfioGroup::id_of(sys, shm_addr)?;
+    let shm_group = if shm_group_id == edu_group.id() {
+        None
+    } else {
+        let g = VfioGroup::open(shm_group_id)?;
+        container.attach(&g)?;
+        Some(g)
+    };
+    let domain = Arc::new(VfioDomain::new(container.clone())?);
+    println!(
+        "container: aperture {}, reserved {:?}",
+        domain.aperture(),
+        domain
+            .reserved_regions()
+            .iter()
+            .map(|r| r.range.to_string())
+            .collect::<Vec<_>>()
+    );
+    let edu_dev = edu_group.device(edu_addr)?;
+    let shm_dev = shm_group.as_ref().unwrap_or(&edu_group).device(shm_addr)?;
+    edu_dev.enable_bus_master()?;
+    let mask = dma_mask(28);
+    let edu = Edu::new(edu_dev.map_bar(0)?, mask)?;
+
+    // Exporters: ivshmem's BAR2 (peer memory) and a locked host buffer.
+    let bar = Arc::new(VfioBar::new(&shm_dev, &scan.topology, 2, &domain)?);
+    let host = Arc::new(LockedHostMemory::new(2 << 20, 0)?);
+    {
+        let all = host.export(AddrRange::new(Offset(0), host.len())?, false)?;
+        for c in host.chunks(&all)? {
+            domain.add_window(VirtAddr(host.va() + c.offset.0), c.phys, c.len)?;
+        }
+        host.release(&all)?;
+    }
+    let platform = Arc::new(VfioPlatform::new(
+        scan.topology.clone(),
+        domain.clone(),
+        vec![edu_addr, shm_addr],
+        host.clone(),
+    ));
+    let negotiator = Negotiator::new(platform);
+    let importer: Arc<dyn DmaImporter> = Arc::new(EduImporter { addr: edu_addr });
+    let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
+    let host_exp: Arc<dyn MemoryExporter> = host.clone();
+
+    // The plan for edu -> ivshmem BAR: through the host bridge and the IOMMU.
+    let plan = negotiator.negotiate(&*bar_exp, &*importer, Access::WRITE, &Policy::default())?;
+    println!("plan edu -> ivshmem BAR2: {}", plan.strategy);
+    for r in &plan.reasons {
+        println!("  because {r}");
+    }
+    if plan.strategy != Strategy::ViaIommu {
+        return Err(fail(format!("expected ViaIommu, got {}", plan.strategy)));
+    }
+    let page = AddrRange::new(Offset(0), 0x1000)?;
+    let bar_map = negotiator.establish(&plan, &bar_exp, &importer, page)?;
+    let bar_iova = bar_map.segments()?[0].addr.0;
+    let host_plan = negotiator.negotiate(
+        &*host_exp,
+        &*importer,
+        Access::READ | Access::WRITE,
+        &Policy::default(),
+    )?;
+    let host_map = negotiator.establish(
+        &host_plan,
+        &host_exp,
+        &importer,
+        AddrRange::new(Offset(0), 0x2000)?,
+    )?;
+    let host_iova = host_map.segments()?[0].addr.0;
+    println!(
+        "mapped: BAR2 page at IOVA {bar_iova:#x}, host buffer at IOVA {host_iova:#x} ({})",
+        host_plan.strategy
+    );
+    for iova in [bar_iova, host_iova] {
+        if iova + 0x1000 - 1 > mask {
+            return Err(fail(format!(
+                "the negotiator handed out IOVA {iova:#x} above 28 bits"
+            )));
+        }
+    }
+    if edu.dma(1 << 28, true).is_ok() {
+        return Err(fail("an IOVA above the mask reached edu"));
+    }
+
+    // RAM -> edu -> ivshmem BAR, then edu -> RAM as well.
+    let a = pattern(SEED_A);
+    host.write(0, &a)?;
+    edu.dma(host_iova, false)?;
+    edu.dma(bar_iova, true)?;
+    let mut seen = vec![0u8; LEN as usize];
+    bar.region().read_bytes(0, &mut seen)?;
+    if seen != a {
+        return Err(fail("the BAR does not hold the pattern edu wrote"));
+    }
+    println!("edu wrote {LEN} bytes RAM -> edu -> ivshmem BAR through the IOMMU");
+    edu.dma(host_iova + 0x1000, true)?;
+    host.read(0x1000, &mut seen)?;
+    if seen != a {
+        return Err(fail("host RAM round trip through edu lost bytes"));
+    }
+    println!("edu copied {LEN} bytes host RAM -> edu -> host RAM through the IOMMU");
+
+    // Drop the BAR mapping: the same DMA must fault in the IOMMU and not land.
+    drop(bar_map);
+    if domain.translate(Iova(bar_iova)).is_some() {
+        return Err(fail(
+            "the IOVA still translates after the mapping was dropped",
+        ));
+    }
+    host.write(0x800, &pattern(SEED_B))?;
+    edu.dma(host_iova + 0x800, false)?;
+    edu.dma(bar_iova, true)?;
+    bar.region().read_bytes(0, &mut seen)?;
+    if seen != a {
+        return Err(fail("DMA through a dropped mapping reached the BAR"));
+    }
+    match dmar_fault(Duration::from_secs(5)) {
+        Some(line) => println!("after unmap the IOMMU refused the DMA: {line}"),
+        None => return Err(fail("no DMAR fault was logged for the DMA after unmap")),
+    }
+    drop(host_map);
+    Ok(())
+}
+
+fn check_host_file(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let got = bytes
+        .get(..LEN as usize)
+        .ok_or_else(|| fail(format!("{} is shorter than {LEN} bytes", path.display())))?;
+    if got == pattern(SEED_B).as_slice() {
+        return Err(fail("the DMA sent after unmap landed in the host file"));
+    }
+    if got != pattern(SEED_A).as_slice() {
+        let first = got
+            .iter()
+            .zip(pattern(SEED_A))
+            .position(|(g, w)| *g != w)
+            .unwrap_or(0);
+        return Err(fail(format!(
+            "{}: byte {first} is {:#04x}, the pattern has {:#04x}",
+            path.display(),
+            got[first],
+            pattern(SEED_A)[first]
+        )));
+    }
+    println!("{}: holds the {LEN} bytes edu wrote", path.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("guest") => guest().map(|()| println!("{PASS}")),
+        Some("check-host-file") if args.len() == 3 => check_host_file(Path::new(&args[2])),
+        _ => {
+            eprintln!("usage: vfio_edu guest | vfio_edu check-host-file FILE");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("P2PDMA-VM-TEST: FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
