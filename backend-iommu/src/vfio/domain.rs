@@ -1,6 +1,6 @@
 //! An [`IommuDomain`] backed by a VFIO container: maps go to the kernel's IOMMU driver.
 
-use super::container::VfioContainer;
+use super::container::{IommuInfo, VfioContainer};
 use crate::iova::IovaAllocator;
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
@@ -12,6 +12,29 @@ use p2p_core::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// What a domain needs of the kernel: VFIO type1's calls on a container. [`VfioContainer`] is
+/// the real one; tests put a model of type1's rules behind it.
+pub trait Type1: Send + Sync + std::fmt::Debug {
+    /// `VFIO_IOMMU_GET_INFO`.
+    fn info(&self) -> Result<IommuInfo>;
+    /// `VFIO_IOMMU_MAP_DMA`.
+    fn map_dma(&self, vaddr: u64, iova: u64, size: u64, access: Access) -> Result<()>;
+    /// `VFIO_IOMMU_UNMAP_DMA`: the bytes unmapped.
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<u64>;
+}
+
+impl Type1 for VfioContainer {
+    fn info(&self) -> Result<IommuInfo> {
+        VfioContainer::info(self)
+    }
+    fn map_dma(&self, vaddr: u64, iova: u64, size: u64, access: Access) -> Result<()> {
+        VfioContainer::map_dma(self, vaddr, iova, size, access)
+    }
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<u64> {
+        VfioContainer::unmap_dma(self, iova, size)
+    }
+}
 
 /// x86's MSI doorbell window, which VT-d reports as a hole in the IOVA ranges.
 const MSI: (u64, u64) = (0xfee0_0000, 0xfeef_ffff);
@@ -45,7 +68,7 @@ struct Mapped {
 /// invalidates the IOTLB before `UNMAP_DMA` returns.
 #[derive(Debug)]
 pub struct VfioDomain {
-    container: Arc<VfioContainer>,
+    kernel: Arc<dyn Type1>,
     aperture: AddrRange<Iova>,
     reserved: Vec<ReservedRegion>,
     page_sizes: PageSizes,
@@ -57,7 +80,12 @@ pub struct VfioDomain {
 impl VfioDomain {
     /// The domain of a container that has at least one group attached.
     pub fn new(container: Arc<VfioContainer>) -> Result<Self> {
-        let info = container.info()?;
+        Self::over(container)
+    }
+
+    /// The domain over any [`Type1`] implementation.
+    pub fn over(kernel: Arc<dyn Type1>) -> Result<Self> {
+        let info = kernel.info()?;
         let page_sizes = PageSizes::from_bits_truncate(info.page_sizes);
         let first = info.iova_ranges[0].0;
         let last = info.iova_ranges[info.iova_ranges.len() - 1].1;
@@ -83,7 +111,7 @@ impl VfioDomain {
             iova.reserve(r.range.start().0, r.range.end().0);
         }
         Ok(Self {
-            container,
+            kernel,
             aperture,
             reserved,
             page_sizes,
@@ -134,11 +162,6 @@ impl VfioDomain {
                 ),
             })
     }
-
-    /// The container.
-    pub fn container(&self) -> &Arc<VfioContainer> {
-        &self.container
-    }
 }
 
 impl IommuDomain for VfioDomain {
@@ -173,7 +196,7 @@ impl IommuDomain for VfioDomain {
             }
         }
         let va = self.va_of(phys.0, len)?;
-        self.container.map_dma(va, iova.0, len, access)?;
+        self.kernel.map_dma(va, iova.0, len, access)?;
         self.maps.lock().insert(
             iova.0,
             Mapped {
@@ -187,7 +210,7 @@ impl IommuDomain for VfioDomain {
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
         let r = AddrRange::new(iova, len)?;
-        let done = self.container.unmap_dma(iova.0, len)?;
+        let done = self.kernel.unmap_dma(iova.0, len)?;
         // The kernel removed the mappings that lie inside the range: forget them too.
         self.maps.lock().retain(|&at, m| {
             let inside = at >= r.start().0 && at + m.len <= r.end().0;
@@ -220,3 +243,6 @@ impl IommuDomain for VfioDomain {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

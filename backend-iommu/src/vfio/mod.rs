@@ -35,7 +35,7 @@ mod sys;
 pub use bar::VfioBar;
 pub use container::{parse_iommu_info, IommuInfo, VfioContainer};
 pub use device::{RegionInfo, VfioDevice};
-pub use domain::VfioDomain;
+pub use domain::{Type1, VfioDomain};
 pub use group::VfioGroup;
 pub use platform::VfioPlatform;
 pub use sys::MappedRegion;

@@ -1,0 +1,221 @@
+//! The domain's book-keeping against a model of VFIO type1 (no kernel needed): windows turn
+//! physical into virtual addresses, maps never overlap, unmap removes whole mappings only, and
+//! translate answers for exactly what is mapped.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Type1's rules as the kernel applies them (vfio_iommu_type1.c): MAP_DMA fails with EEXIST on
+/// any overlap; UNMAP_DMA removes the mappings inside the range and fails with EINVAL when the
+/// range bisects one (type1v2).
+#[derive(Debug, Default)]
+struct FakeType1 {
+    /// iova → (size, vaddr).
+    maps: Mutex<BTreeMap<u64, (u64, u64)>>,
+}
+
+fn errno(call: &str, e: i32) -> Error {
+    Error::Backend {
+        backend: "vfio",
+        message: format!("{call}: {}", std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+impl Type1 for FakeType1 {
+    fn info(&self) -> Result<IommuInfo> {
+        // VT-d with a 39-bit width: everything but the MSI window.
+        Ok(IommuInfo {
+            page_sizes: 0x4020_1000,
+            iova_ranges: vec![(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)],
+        })
+    }
+    fn map_dma(&self, vaddr: u64, iova: u64, size: u64, _: Access) -> Result<()> {
+        let mut m = self.maps.lock();
+        if m.iter()
+            .any(|(&a, &(s, _))| a < iova + size && iova < a + s)
+        {
+            return Err(errno("VFIO_IOMMU_MAP_DMA", libc::EEXIST));
+        }
+        m.insert(iova, (size, vaddr));
+        Ok(())
+    }
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<u64> {
+        let mut m = self.maps.lock();
+        let end = iova + size;
+        if m.iter()
+            .any(|(&a, &(s, _))| a < end && iova < a + s && (a < iova || a + s > end))
+        {
+            return Err(errno("VFIO_IOMMU_UNMAP_DMA", libc::EINVAL));
+        }
+        let inside: Vec<u64> = m.range(iova..end).map(|(&a, _)| a).collect();
+        Ok(inside
+            .iter()
+            .map(|a| m.remove(a).map_or(0, |(s, _)| s))
+            .sum())
+    }
+}
+
+const WINDOWS: [(u64, u64, u64); 2] = [
+    // (phys, va, len)
+    (0x1000_0000, 0x7f00_0000_0000, 0x40_0000),
+    (0x8_0000_0000, 0x7f10_0000_0000, 0x10_0000),
+];
+
+fn domain() -> (VfioDomain, Arc<FakeType1>) {
+    let fake = Arc::new(FakeType1::default());
+    let d = VfioDomain::over(fake.clone()).unwrap();
+    for (phys, va, len) in WINDOWS {
+        d.add_window(VirtAddr(va), PhysAddr(phys), len).unwrap();
+    }
+    (d, fake)
+}
+
+#[test]
+fn ranges_become_aperture_and_reserved_regions() {
+    let (d, _) = domain();
+    assert_eq!(d.aperture(), AddrRange::new(Iova(0), 1 << 39).unwrap());
+    let r = d.reserved_regions();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].kind, ReservedKind::Msi);
+    assert_eq!(
+        r[0].range,
+        AddrRange::new(Iova(0xfee0_0000), 0x10_0000).unwrap()
+    );
+    assert!(d.page_sizes().contains(PageSizes::SIZE_2M));
+    // Allocation honours the limit and stays out of the MSI window.
+    let i = d.alloc_iova(0x10_0000, (1 << 28) - 1).unwrap();
+    assert!(i.0 + 0x10_0000 <= 1 << 28);
+}
+
+#[test]
+fn maps_go_to_the_virtual_address_behind_the_physical_one() {
+    let (d, fake) = domain();
+    d.map(Iova(0x20_0000), PhysAddr(0x1000_3000), 0x2000, Access::READ)
+        .unwrap();
+    assert_eq!(
+        fake.maps.lock().get(&0x20_0000),
+        Some(&(0x2000, 0x7f00_0000_3000))
+    );
+    assert_eq!(
+        d.translate(Iova(0x20_1004)).unwrap().phys,
+        PhysAddr(0x1000_4004)
+    );
+    // Overlap, a physical range outside every window, one that straddles a window's end, the
+    // MSI window, misalignment: typed errors, nothing mapped.
+    assert!(matches!(
+        d.map(Iova(0x20_1000), PhysAddr(0x1000_0000), 0x1000, Access::READ),
+        Err(Error::AlreadyMapped(_))
+    ));
+    let e = d
+        .map(Iova(0x40_0000), PhysAddr(0x5000_0000), 0x1000, Access::READ)
+        .unwrap_err();
+    assert!(e.to_string().contains("no window"), "{e}");
+    assert!(d
+        .map(
+            Iova(0x40_0000),
+            PhysAddr(0x1040_0000 - 0x1000),
+            0x2000,
+            Access::READ
+        )
+        .is_err());
+    assert!(matches!(
+        d.map(
+            Iova(0xfee0_0000),
+            PhysAddr(0x1000_0000),
+            0x1000,
+            Access::READ
+        ),
+        Err(Error::Reserved { .. })
+    ));
+    assert!(matches!(
+        d.map(Iova(0x40_0800), PhysAddr(0x1000_0000), 0x1000, Access::READ),
+        Err(Error::Misaligned { .. })
+    ));
+    assert_eq!(fake.maps.lock().len(), 1);
+    // Windows may not overlap.
+    assert!(d
+        .add_window(VirtAddr(0x1000), PhysAddr(0x1000_1000), 0x1000)
+        .is_err());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Map {
+        page: u64,
+        pages: u64,
+        window: usize,
+        off: u64,
+    },
+    Unmap {
+        page: u64,
+        pages: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u64..64, 1u64..8, 0usize..3, 0u64..256).prop_map(|(page, pages, window, off)| Op::Map {
+            page,
+            pages,
+            window,
+            off
+        }),
+        (0u64..64, 1u64..16).prop_map(|(page, pages)| Op::Unmap { page, pages }),
+    ]
+}
+
+proptest! {
+    /// Model: the live mappings (iova, len, phys). After every step the domain and the fake
+    /// kernel agree with it, and translate answers exactly for mapped pages.
+    #[test]
+    fn the_domain_follows_type1(ops in proptest::collection::vec(op(), 1..60)) {
+        let (d, fake) = domain();
+        let mut model: Vec<(u64, u64, u64)> = Vec::new();
+        let base = 0x100_0000u64;
+        for op in ops {
+            match op {
+                Op::Map { page, pages, window, off } => {
+                    let (iova, len) = (base + page * 0x1000, pages * 0x1000);
+                    // Window 2 does not exist: a physical address in no window.
+                    let phys = match WINDOWS.get(window) {
+                        Some(&(p, _, wl)) => p + (off * 0x1000) % wl,
+                        None => 0x3000_0000,
+                    };
+                    let in_window = WINDOWS.iter().any(|&(p, _, wl)| phys >= p && phys + len <= p + wl);
+                    let overlaps = model.iter().any(|&(a, l, _)| a < iova + len && iova < a + l);
+                    let r = d.map(Iova(iova), PhysAddr(phys), len, Access::READ | Access::WRITE);
+                    prop_assert_eq!(r.is_ok(), in_window && !overlaps, "{:?}", r);
+                    if r.is_ok() {
+                        model.push((iova, len, phys));
+                    }
+                }
+                Op::Unmap { page, pages } => {
+                    let (iova, len) = (base + page * 0x1000, pages * 0x1000);
+                    let end = iova + len;
+                    let bisects = model.iter().any(|&(a, l, _)| a < end && iova < a + l && (a < iova || a + l > end));
+                    let r = d.unmap(Iova(iova), len);
+                    if bisects {
+                        prop_assert!(r.is_err());
+                    } else {
+                        let inside: u64 = model.iter().filter(|&&(a, l, _)| a >= iova && a + l <= end).map(|m| m.1).sum();
+                        prop_assert_eq!(r.ok(), Some(inside));
+                        model.retain(|&(a, l, _)| !(a >= iova && a + l <= end));
+                    }
+                }
+            }
+            prop_assert_eq!(fake.maps.lock().len(), model.len());
+            for page in 0..80u64 {
+                let iova = base + page * 0x1000;
+                let want = model.iter().find(|&&(a, l, _)| iova >= a && iova < a + l).map(|&(a, _, p)| p + (iova - a));
+                prop_assert_eq!(d.translate(Iova(iova)).map(|t| t.phys.0), want);
+                // The kernel got the virtual address behind that physical one.
+                if let Some(phys) = want {
+                    let (w_phys, w_va, _) = WINDOWS.iter().copied().find(|&(p, _, l)| phys >= p && phys < p + l).unwrap();
+                    let maps = fake.maps.lock();
+                    let (&a, &(_, va)) = maps.range(..=iova).next_back().unwrap();
+                    prop_assert_eq!(va + (iova - a), w_va + (phys - w_phys));
+                }
+            }
+        }
+    }
+}
