@@ -132,8 +132,9 @@ fn find(scan: &sysfs::SysfsScan, vendor: u16, device: u16) -> Result<PciAddr> {
         .ok_or_else(|| fail(format!("no {vendor:04x}:{device:04x} in /sys")))
 }
 
-/// The last DMAR fault line the kernel logged, waiting up to `wait` for one.
-fn dmar_fault(wait: Duration) -> Option<String> {
+/// The DMAR fault line the kernel logged for a DMA to `iova`, waiting up to `wait` for one.
+fn dmar_fault(iova: u64, wait: Duration) -> Option<String> {
+    let needle = format!("fault addr {iova:#x}");
     let start = Instant::now();
     loop {
         // The guest is a busybox initramfs: its dmesg reads the kernel ring buffer for us.
@@ -142,7 +143,7 @@ fn dmar_fault(wait: Duration) -> Option<String> {
         if let Some(line) = text
             .lines()
             .rev()
-            .find(|l| l.contains("DMAR") && l.to_ascii_lowercase().contains("fault addr"))
+            .find(|l| l.contains("DMAR") && l.contains(&needle))
         {
             return Some(line.to_owned());
         }
@@ -281,9 +282,13 @@ fn guest() -> Result<()> {
     if seen != a {
         return Err(fail("DMA through a dropped mapping reached the BAR"));
     }
-    match dmar_fault(Duration::from_secs(5)) {
+    match dmar_fault(bar_iova, Duration::from_secs(5)) {
         Some(line) => println!("after unmap the IOMMU refused the DMA: {line}"),
-        None => return Err(fail("no DMAR fault was logged for the DMA after unmap")),
+        None => {
+            return Err(fail(format!(
+                "no DMAR fault at {bar_iova:#x} was logged for the DMA after unmap"
+            )))
+        }
     }
     drop(host_map);
     Ok(())
