@@ -2,9 +2,11 @@
 
 mod fake_sysfs;
 
-use fake_sysfs::{Dev, FakeSysfs};
+use fake_sysfs::{write_topology, Dev, FakeSysfs};
 use p2p_core::topology::sysfs::{self, AcsState, PortType};
-use p2p_core::topology::{AcsFlags, DeviceClass, HostBridgeP2p, NodeKind, PathClass, Route};
+use p2p_core::topology::{
+    presets, AcsFlags, DeviceClass, HostBridgeP2p, NodeKind, PathClass, Route, Topology,
+};
 use p2p_core::{Error, PciAddr};
 
 const INTEL: u16 = 0x8086;
@@ -360,4 +362,53 @@ fn bad_files_name_their_path_and_missing_optional_ones_do_not_matter() {
         msg.contains("nowhere") && msg.contains("cannot list"),
         "{msg}"
     );
+}
+
+/// A topology in a comparable form: every node with its kind (endpoint class and BARs, not the
+/// generated name), address, parent's address, ACS and depth; host bridges with their facts.
+fn canonical(t: &Topology) -> Vec<String> {
+    let mut v: Vec<String> = t
+        .node_ids()
+        .map(|i| {
+            let n = t.node(i);
+            let kind = match &n.kind {
+                NodeKind::Endpoint(e) => format!("endpoint {} {:?}", e.class, e.bars),
+                NodeKind::HostBridge(h) => {
+                    format!(
+                        "hb {} {} {} {} {} {:?}",
+                        h.name, h.segment, h.bus, h.numa, h.socket, h.p2p
+                    )
+                }
+                other => format!("{other:?}"),
+            };
+            let parent = n.parent.map(|p| t.node(p).addr);
+            format!("{kind} {:?} {parent:?} {:?} {}", n.addr, n.acs, n.depth)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn random_machines_survive_a_round_trip_through_sysfs() {
+    for seed in 0..32 {
+        let t = presets::random(seed).unwrap();
+        let fs = FakeSysfs::new(&format!("random{seed}"));
+        write_topology(&fs, &t);
+        let back = sysfs::scan(&fs.root).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(back.notes.is_empty(), "seed {seed}: {:?}", back.notes);
+        let b = &back.topology;
+        assert_eq!(canonical(&t), canonical(b), "seed {seed}");
+        assert_eq!(t.cpu_routes_p2p(), b.cpu_routes_p2p(), "seed {seed}");
+        let eps: Vec<PciAddr> = t.endpoints().map(|(a, _)| a).collect();
+        for &x in &eps {
+            for &y in &eps {
+                assert_eq!(
+                    t.path(x, y).unwrap(),
+                    b.path(x, y).unwrap(),
+                    "seed {seed}: {x} -> {y}"
+                );
+            }
+        }
+    }
 }

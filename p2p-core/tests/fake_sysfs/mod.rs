@@ -18,7 +18,7 @@ pub struct FakeSysfs {
 /// One PCI function to write.
 #[derive(Clone)]
 pub struct Dev {
-    pub addr: &'static str,
+    pub addr: String,
     pub vendor: u16,
     pub device: u16,
     pub class: u32,
@@ -39,9 +39,9 @@ pub struct Dev {
 }
 
 impl Dev {
-    pub fn endpoint(addr: &'static str, vendor: u16, device: u16, class: u32) -> Self {
+    pub fn endpoint(addr: &str, vendor: u16, device: u16, class: u32) -> Self {
         Self {
-            addr,
+            addr: addr.to_owned(),
             vendor,
             device,
             class,
@@ -56,7 +56,7 @@ impl Dev {
         }
     }
 
-    pub fn port(addr: &'static str, vendor: u16, device: u16, port_type: u8) -> Self {
+    pub fn port(addr: &str, vendor: u16, device: u16, port_type: u8) -> Self {
         Self {
             port_type: Some(port_type),
             dma_mask_bits: 32,
@@ -92,7 +92,14 @@ impl Dev {
 
 impl FakeSysfs {
     pub fn new(name: &str) -> Self {
-        let root = std::env::temp_dir().join(format!(
+        // tmpfs when there is one: these trees are thousands of tiny files.
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_owned()
+        } else {
+            std::env::temp_dir()
+        };
+        let root = base.join(format!(
             "p2pdma-sysfs-{name}-{}-{:?}",
             std::process::id(),
             std::thread::current().id()
@@ -155,7 +162,7 @@ impl FakeSysfs {
     /// Writes a function below `parent` (a host bridge or bridge directory); returns its
     /// directory.
     pub fn device(&self, parent: &Path, d: &Dev) -> PathBuf {
-        let dir = parent.join(d.addr);
+        let dir = parent.join(&d.addr);
         fs::create_dir_all(dir.join("power")).unwrap();
         let w = |name: &str, text: String| Self::write(&dir.join(name), text);
         w("vendor", format!("0x{:04x}\n", d.vendor));
@@ -242,14 +249,14 @@ impl FakeSysfs {
         if let Some(g) = d.iommu_group {
             let gdir = self.root.join(format!("kernel/iommu_groups/{g}/devices"));
             fs::create_dir_all(&gdir).unwrap();
-            let _ = std::os::unix::fs::symlink(&dir, gdir.join(d.addr));
+            let _ = std::os::unix::fs::symlink(&dir, gdir.join(&d.addr));
             std::os::unix::fs::symlink(
                 format!("../../../kernel/iommu_groups/{g}"),
                 dir.join("iommu_group"),
             )
             .unwrap();
         }
-        std::os::unix::fs::symlink(&dir, self.root.join("bus/pci/devices").join(d.addr)).unwrap();
+        std::os::unix::fs::symlink(&dir, self.root.join("bus/pci/devices").join(&d.addr)).unwrap();
         dir
     }
 }
@@ -257,5 +264,76 @@ impl FakeSysfs {
 impl Drop for FakeSysfs {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A 24-bit class code for a device class.
+pub fn class_code(class: p2p_core::topology::DeviceClass) -> u32 {
+    use p2p_core::topology::DeviceClass::*;
+    match class {
+        Gpu => 0x030200,
+        Nic => 0x020700,
+        Nvme => 0x010802,
+        Accelerator => 0x120000,
+        Other => 0x058000,
+    }
+}
+
+/// Writes a whole topology as Linux would lay it out: port types in config, ACS capabilities,
+/// BARs in `resource` (CPU) and in the BAR registers (bus), NUMA nodes and sockets, the host
+/// bridge's allow-list entry as its first root port's device id, the CPU as its modalias.
+pub fn write_topology(fs: &FakeSysfs, t: &p2p_core::topology::Topology) {
+    use p2p_core::topology::HostBridgeP2p;
+    if t.cpu_routes_p2p() {
+        fs.cpu(2, 0x19, 0x11);
+    } else {
+        fs.cpu(0, 6, 0x55);
+    }
+    for (id, hb) in t.host_bridges() {
+        fs.node(hb.numa, hb.numa * 4, 4, hb.socket);
+        let dir = fs.host_bridge(hb.segment, hb.bus);
+        let allow = match hb.p2p {
+            HostBridgeP2p::None => 0x3456,
+            HostBridgeP2p::SameBridge => 0x2f00,
+            HostBridgeP2p::Any => 0x2030,
+        };
+        for (i, &c) in t.children(id).iter().enumerate() {
+            write_node(fs, t, c, &dir, hb.numa, if i == 0 { allow } else { 0x3456 });
+        }
+    }
+}
+
+fn write_node(
+    fs: &FakeSysfs,
+    t: &p2p_core::topology::Topology,
+    id: p2p_core::topology::NodeId,
+    parent: &Path,
+    numa: u32,
+    device_id: u16,
+) {
+    use p2p_core::topology::NodeKind;
+    let n = t.node(id);
+    let addr = n.addr.unwrap().to_string();
+    let mut dev = match &n.kind {
+        NodeKind::RootPort => Dev::port(&addr, 0x8086, device_id, 4),
+        NodeKind::SwitchUpstream => Dev::port(&addr, 0x10b5, 0x8747, 5),
+        NodeKind::SwitchDownstream => Dev::port(&addr, 0x10b5, 0x8747, 6),
+        NodeKind::Bridge => Dev::port(&addr, 0x1b21, 0x1080, 7),
+        NodeKind::Endpoint(e) => {
+            let mut d = Dev::endpoint(&addr, 0x1d0f, 0xefa1, class_code(e.class));
+            for b in &e.bars {
+                d = d.bar(b.index, b.cpu.0, b.size);
+                d.bus_offset = b.bus_offset();
+            }
+            d
+        }
+        NodeKind::HostBridge(_) => unreachable!("host bridges are directories"),
+    };
+    if !n.acs.is_empty() {
+        dev = dev.acs(0x7f, n.acs);
+    }
+    let dir = fs.device(parent, &dev.numa(numa as i32));
+    for &c in t.children(id) {
+        write_node(fs, t, c, &dir, numa, 0);
     }
 }
