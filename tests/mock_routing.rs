@@ -210,3 +210,34 @@ fn an_unmapped_iova_is_a_remapping_fault_and_a_partial_request_moves_nothing() {
     assert_eq!(p.gpu.cpu_read(0, 4), [0, 0, 0, 0]);
     drop(map);
 }
+
+#[test]
+fn a_bridge_known_only_as_a_bridge_forwards_between_its_devices() {
+    // A conventional PCI bridge below a root port, with a NIC and a GPU behind it (as a
+    // PCIe-to-PCI bridge found in sysfs, or an NCCL file's switch, is modelled).
+    let mut b = TopologyBuilder::new();
+    let hb = b
+        .host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)
+        .unwrap();
+    let rp = b.root_port(hb, a("00:01.0")).unwrap();
+    let br = b.bridge(rp, a("01:00.0")).unwrap();
+    b.endpoint(br, a(NIC), DeviceClass::Nic, vec![]).unwrap();
+    b.endpoint(
+        br,
+        a(GPU),
+        DeviceClass::Gpu,
+        vec![Bar::identity(0, 0x40_0000_0000, 1 << 24)],
+    )
+    .unwrap();
+    let m = Machine::new(b.build().unwrap(), &MockConfig::new(9)).unwrap();
+    let p = pair(&m, 4, odp());
+    let map = p.map(&m, 0, 4096, RW).unwrap();
+    assert_eq!(map.strategy().unwrap(), Strategy::Direct);
+    let addr = map.segments().unwrap()[0].addr;
+    let r = m.platform().route(a(NIC), addr.0, true).unwrap();
+    assert_eq!(r.via, Via::Switch(a("01:00.0")));
+    p.nic.dma_write(addr, b"across the bridge").unwrap();
+    assert_eq!(p.gpu.cpu_read(0, 17), b"across the bridge");
+    drop(map);
+    m.finish();
+}
