@@ -412,3 +412,21 @@ fn random_machines_survive_a_round_trip_through_sysfs() {
         }
     }
 }
+
+#[test]
+fn the_host_bridge_is_identified_by_its_first_function_only() {
+    // pci_host_bridge_dev(): the first device of the root bus, if at 00.0 or a root port.
+    let fs = FakeSysfs::new("hbdev");
+    let hb = fs.host_bridge(0, 0x40);
+    fs.device(&hb, &Dev::endpoint("0000:40:00.1", INTEL, 0x0998, 0x088000));
+    fs.device(&hb, &Dev::port("0000:40:01.0", INTEL, 0x2030, 4));
+    let t = sysfs::read_topology(&fs.root).unwrap();
+    assert_eq!(t.host_bridges().next().unwrap().1.p2p, HostBridgeP2p::None);
+    // The same root port first on its bus identifies the bridge.
+    let fs = FakeSysfs::new("hbdev2");
+    let hb = fs.host_bridge(0, 0x40);
+    fs.device(&hb, &Dev::port("0000:40:01.0", INTEL, 0x2030, 4));
+    fs.device(&hb, &Dev::endpoint("0000:40:02.1", INTEL, 0x0998, 0x088000));
+    let t = sysfs::read_topology(&fs.root).unwrap();
+    assert_eq!(t.host_bridges().next().unwrap().1.p2p, HostBridgeP2p::Any);
+}

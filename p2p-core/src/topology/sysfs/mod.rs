@@ -293,11 +293,13 @@ impl Scanner {
             }
         };
         let socket = host::socket_of_node(root, numa)?.unwrap_or(numa);
-        // pci_host_bridge_dev(): the function at 00.0 of the root bus, or a root port there.
+        // pci_host_bridge_dev(): the first function on the root bus, if it sits at 00.0 or is a
+        // root port; otherwise the host bridge has no identity and is not on the list.
         let hb_dev = children
             .iter()
             .zip(&facts)
-            .find(|((a, _), f)| a.devfn() == 0 || f.port_type() == Some(PortType::RootPort));
+            .next()
+            .filter(|((a, _), f)| a.devfn() == 0 || f.port_type() == Some(PortType::RootPort));
         let p2p = hb_dev.map_or(Default::default(), |(_, f)| {
             super::allowlist::host_bridge_p2p(f.vendor, f.device)
         });
