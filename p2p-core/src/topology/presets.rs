@@ -69,7 +69,7 @@ pub fn dgx() -> Result<Topology> {
             let d_nic = b.downstream_port(sw, pci(0, bus + 1, 1, 0)?)?;
             let gpu_bars = vec![
                 Bar::identity(0, mmio, GPU_REGS),
-                Bar::identity(1, mmio + GPU_VRAM, GPU_VRAM),
+                Bar::identity(2, mmio + GPU_VRAM, GPU_VRAM),
             ];
             mmio += 2 * GPU_VRAM;
             b.named_endpoint(
