@@ -36,14 +36,9 @@ impl LockedHostMemory {
     pub fn new(len: u64, numa: u32) -> Result<Self> {
         let region = LockedRegion::new(len)?;
         let pagemap = Pagemap::open()?;
-        let (mut lo, mut hi) = (u64::MAX, 0);
-        let mut off = 0;
-        while off < region.len() {
-            let phys = pagemap.phys_page(region.va() + off)?;
-            lo = lo.min(phys);
-            hi = hi.max(phys + PAGE);
-            off += PAGE;
-        }
+        let pages = pagemap.phys_pages(region.va(), (region.len() / PAGE) as usize)?;
+        let lo = pages.iter().copied().min().unwrap_or(0);
+        let hi = pages.iter().map(|p| p + PAGE).max().unwrap_or(PAGE);
         let window = AddrRange::new(BusAddr(lo), hi - lo)?;
         let id = ExporterId::fresh();
         tracing::debug!(%id, len = region.len(), backing = ?region.backing(), %window, "locked host memory");
@@ -152,9 +147,11 @@ impl MemoryExporter for LockedHostMemory {
         let start = align_down(range.start().0, PAGE);
         let end = align_up(range.end().0, PAGE).unwrap_or(range.end().0);
         let mut out: Vec<Chunk> = Vec::new();
-        let mut off = start;
-        while off < end {
-            let phys = self.pagemap.phys_page(region.va() + off)?;
+        let pages = self
+            .pagemap
+            .phys_pages(region.va() + start, ((end - start) / PAGE) as usize)?;
+        for (i, phys) in pages.into_iter().enumerate() {
+            let off = start + i as u64 * PAGE;
             match out.last_mut() {
                 Some(last) if last.phys.0 + last.len == phys => last.len += PAGE,
                 _ => out.push(Chunk {
@@ -165,7 +162,6 @@ impl MemoryExporter for LockedHostMemory {
                     mmio: false,
                 }),
             }
-            off += PAGE;
         }
         Ok(out)
     }

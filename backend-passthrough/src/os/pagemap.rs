@@ -35,32 +35,47 @@ impl Pagemap {
 
     /// The physical address of the page holding `va` (page aligned).
     pub fn phys_page(&self, va: u64) -> Result<u64> {
-        let mut raw = [0u8; 8];
-        self.file
-            .read_exact_at(&mut raw, (va / PAGE) * 8)
-            .map_err(|e| {
-                err(format!(
-                    "/proc/self/pagemap: cannot read the entry of {va:#x}: {e}"
-                ))
-            })?;
-        let entry = u64::from_le_bytes(raw);
-        if entry & PRESENT == 0 {
-            return Err(Error::Fault {
-                va,
-                reason: if entry & SWAPPED != 0 {
-                    "page is swapped out"
-                } else {
-                    "page is not present"
-                },
-            });
-        }
-        let pfn = entry & PFN_MASK;
-        if pfn == 0 {
-            return Err(err(format!(
-                "/proc/self/pagemap hides page frame numbers from this process (virtual address \
-                 {va:#x}): reading them needs CAP_SYS_ADMIN; run as root or grant the capability"
-            )));
-        }
-        Ok(pfn * PAGE)
+        Ok(self.phys_pages(va, 1)?[0])
     }
+
+    /// The physical addresses of `pages` consecutive virtual pages from the one holding `va`,
+    /// read with one `pread`.
+    pub fn phys_pages(&self, va: u64, pages: usize) -> Result<Vec<u64>> {
+        let first = va / PAGE;
+        let mut raw = vec![0u8; pages * 8];
+        self.file.read_exact_at(&mut raw, first * 8).map_err(|e| {
+            err(format!(
+                "/proc/self/pagemap: cannot read the entries of {pages} pages from {va:#x}: {e}"
+            ))
+        })?;
+        raw.chunks_exact(8)
+            .enumerate()
+            .map(|(i, b)| {
+                let entry = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                decode((first + i as u64) * PAGE, entry)
+            })
+            .collect()
+    }
+}
+
+/// One pagemap entry as a physical page address, or why it has none.
+fn decode(va: u64, entry: u64) -> Result<u64> {
+    if entry & PRESENT == 0 {
+        return Err(Error::Fault {
+            va,
+            reason: if entry & SWAPPED != 0 {
+                "page is swapped out"
+            } else {
+                "page is not present"
+            },
+        });
+    }
+    let pfn = entry & PFN_MASK;
+    if pfn == 0 {
+        return Err(err(format!(
+            "/proc/self/pagemap hides page frame numbers from this process (virtual address \
+             {va:#x}): reading them needs CAP_SYS_ADMIN; run as root or grant the capability"
+        )));
+    }
+    Ok(pfn * PAGE)
 }
