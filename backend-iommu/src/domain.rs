@@ -9,7 +9,7 @@ use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
 use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation,
+    check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
 };
 use p2p_core::{Error, Result};
 use parking_lot::{Mutex, RwLock};
@@ -218,7 +218,14 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         self.reserved.clone()
     }
 
-    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+    fn map_attrs(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        access: Access,
+        attrs: MapAttrs,
+    ) -> Result<()> {
         let _span = tracing::debug_span!("domain_map", format = F::NAME, %iova, len).entered();
         check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
         if !access.intersects(Access::READ | Access::WRITE) {
@@ -241,7 +248,9 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
                 limit_len: 1u64 << F::OAS,
             });
         }
-        self.table.write().map(iova.0, phys.0, len, access, false)
+        self.table
+            .write()
+            .map(iova.0, phys.0, len, access, attrs.contains(MapAttrs::MMIO))
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {

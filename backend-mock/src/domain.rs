@@ -10,7 +10,7 @@ use p2p_core::addr::{align_up, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
 use p2p_core::testing::alloc_top_down;
 use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation,
+    check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
 };
 use p2p_core::{Error, PciAddr, Result};
 use parking_lot::Mutex;
@@ -207,7 +207,14 @@ impl IommuDomain for MockDomain {
         self.reserved.clone()
     }
 
-    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+    fn map_attrs(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        access: Access,
+        _attrs: MapAttrs,
+    ) -> Result<()> {
         let _span = tracing::debug_span!("domain_map", domain = %self.name, %iova, len).entered();
         if self.kind != DomainKind::Translated {
             return Err(Error::WrongDomainKind {

@@ -265,22 +265,23 @@ impl Machine {
         Ok(Arc::new(MockNic::new(device, caps, self.platform.clone())))
     }
 
-    /// Moves a GPU's memory to host RAM: the invalidation protocol first, then the copy.
+    /// Moves a GPU's memory to host RAM: the copy happens inside the invalidation, so no
+    /// mapping set up meanwhile can see the old place.
     pub fn migrate(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
-        let report = self
-            .negotiator
-            .invalidate(gpu.id(), whole(gpu)?, InvalidationKind::Move)?;
+        let inv =
+            self.negotiator
+                .begin_invalidation(gpu.id(), whole(gpu)?, InvalidationKind::Move)?;
         gpu.migrate_to_host();
-        Ok(report)
+        Ok(inv.end())
     }
 
-    /// Revokes a GPU's memory: the invalidation protocol, then no more grants.
+    /// Revokes a GPU's memory inside the invalidation: afterwards no grant can be made.
     pub fn revoke(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
-        let report = self
-            .negotiator
-            .invalidate(gpu.id(), whole(gpu)?, InvalidationKind::Revoke)?;
+        let inv =
+            self.negotiator
+                .begin_invalidation(gpu.id(), whole(gpu)?, InvalidationKind::Revoke)?;
         gpu.revoke();
-        Ok(report)
+        Ok(inv.end())
     }
 
     /// Reports leaked mappings and returns every finding (Collect mode).

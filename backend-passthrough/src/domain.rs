@@ -4,7 +4,9 @@
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr};
 use p2p_core::page::PageSizes;
-use p2p_core::traits::{DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation};
+use p2p_core::traits::{
+    DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
+};
 use p2p_core::{Error, Result};
 
 /// The x86 MSI doorbell window: a write there is an interrupt, never memory, in every domain.
@@ -54,7 +56,7 @@ impl IommuDomain for IdentityDomain {
         }]
     }
 
-    fn map(&self, _: Iova, _: PhysAddr, _: u64, _: Access) -> Result<()> {
+    fn map_attrs(&self, _: Iova, _: PhysAddr, _: u64, _: Access, _: MapAttrs) -> Result<()> {
         Err(Self::wrong("map"))
     }
 

@@ -235,6 +235,28 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A plan made while the memory was in one place was used after it moved.
+    #[error("plan for exporter {exporter} was made while its memory was {planned}, but it is now {now}: negotiate again")]
+    StalePlan {
+        /// The exporter.
+        exporter: ExporterId,
+        /// Where the plan saw the memory.
+        planned: String,
+        /// Where the memory is now.
+        now: String,
+    },
+
+    /// A mapping could not be published because invalidations kept overlapping its set-up.
+    #[error("mapping of exporter {exporter} range {range} gave up after {attempts} attempts: its memory was invalidated during every one")]
+    Contended {
+        /// The exporter.
+        exporter: ExporterId,
+        /// The range being mapped.
+        range: String,
+        /// How many set-ups were built and thrown away.
+        attempts: u32,
+    },
+
     /// A plan used for another exporter or importer than it was made for.
     #[error("plan made for {plan} used for {given}")]
     PlanMismatch {

@@ -41,6 +41,7 @@ mod hex;
 pub mod negotiate;
 pub mod page;
 pub mod pci;
+mod sync;
 pub mod testing;
 pub mod topology;
 pub mod traits;

@@ -122,7 +122,14 @@ impl IommuDomain for TestDomain {
     fn reserved_regions(&self) -> Vec<ReservedRegion> {
         self.reserved.clone()
     }
-    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+    fn map_attrs(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        access: Access,
+        _attrs: MapAttrs,
+    ) -> Result<()> {
         if self.kind != DomainKind::Translated {
             return Err(Error::WrongDomainKind {
                 op: "map",

@@ -6,7 +6,7 @@ use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
 use p2p_core::page::PageSizes;
 use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, ReservedKind, ReservedRegion, Translation,
+    check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
 };
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
@@ -181,7 +181,14 @@ impl IommuDomain for VfioDomain {
         self.reserved.clone()
     }
 
-    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+    fn map_attrs(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        access: Access,
+        _attrs: MapAttrs,
+    ) -> Result<()> {
         let page = self.page_sizes.min_page().unwrap_or(4096);
         check_map_args(&self.aperture, &self.reserved, iova, phys, len, page)?;
         let r = AddrRange::new(iova, len)?;

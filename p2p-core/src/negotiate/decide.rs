@@ -54,6 +54,7 @@ pub fn decide(topology: &Topology, f: &Facts, policy: &Policy) -> Result<Plan> {
         reasons,
         pin,
         domain: f.domain,
+        residency: f.info.residency,
         path: path.clone(),
     };
     let refuse = |mut reasons: Vec<Reason>, why: Reason| {

@@ -1,13 +1,14 @@
 //! Turning a plan into resources: grant, IOVA range and page-table entries, scatter list. All or
 //! nothing: every error path gives back what it took.
 
+use super::registry::unmap_flush_free;
 use super::registry::Resources;
 use super::{merge_segments, Plan, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
 use crate::error::{Error, Result};
 use crate::traits::{
-    Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MemoryExporter, Platform,
+    Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MemoryExporter, Platform,
 };
 use std::sync::Arc;
 
@@ -31,12 +32,13 @@ pub(crate) fn build(
     let grant = exporter.export(range, plan.pin)?;
     let built = with_grant(platform, plan, &**exporter, &grant, importer, &domain);
     match built {
-        Ok((iova, segments, bounce)) => Ok(Resources {
+        Ok((mapped, segments, bounce)) => Ok(Resources {
             strategy: plan.strategy.clone(),
             grant,
             bounce,
             domain,
-            iova,
+            iova: mapped.as_ref().map(|m| m.range),
+            mapped: mapped.map(|m| m.pieces).unwrap_or_default(),
             segments,
         }),
         Err(e) => {
@@ -49,8 +51,14 @@ pub(crate) fn build(
 /// `(DmaAddr, len)` pieces before merging into segments.
 type Pieces = Vec<(DmaAddr, u64)>;
 
+/// An IOVA allocation and the pieces of it mapped, one `map` call each.
+struct Mapped {
+    range: AddrRange<Iova>,
+    pieces: Vec<(Iova, u64)>,
+}
+
 type Built = (
-    Option<AddrRange<Iova>>,
+    Option<Mapped>,
     Vec<super::Segment>,
     Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
 );
@@ -68,8 +76,8 @@ fn with_grant(
     let (iova, pieces, bounce) = match &plan.strategy {
         Strategy::Direct | Strategy::Identity => (None, bus_pieces(&chunks, importer)?, None),
         Strategy::ViaIommu => {
-            let (iova, pieces) = map_into(&**domain, &chunks, importer, plan.access)?;
-            (Some(iova), pieces, None)
+            let (mapped, pieces) = map_into(&**domain, &chunks, importer, plan.access)?;
+            (Some(mapped), pieces, None)
         }
         Strategy::Bounce => {
             let host = platform.host_memory();
@@ -124,12 +132,13 @@ fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Pieces> {
 }
 
 /// Maps the chunks' CPU physical pages into one contiguous IOVA range below the importer's mask.
+/// Each chunk is mapped with its own `map` call, with MMIO attributes for device memory.
 fn map_into(
     domain: &dyn IommuDomain,
     chunks: &[Chunk],
     importer: &dyn DmaImporter,
     access: Access,
-) -> Result<(AddrRange<Iova>, Pieces)> {
+) -> Result<(Mapped, Pieces)> {
     let page = domain
         .page_sizes()
         .min_page()
@@ -169,31 +178,31 @@ fn map_into(
         .min(importer.caps().dma_mask);
     let iova = domain.alloc_iova(total, limit)?;
     let range = AddrRange::new(iova, total)?;
+    let mut mapped = Vec::with_capacity(chunks.len());
     let mut done = 0u64;
     for c in chunks {
         let at = Iova(iova.0 + done);
-        if let Err(e) = domain.map(at, c.phys, c.len, access) {
-            rollback(domain, iova, done, total);
+        let attrs = if c.mmio {
+            MapAttrs::MMIO
+        } else {
+            MapAttrs::empty()
+        };
+        if let Err(e) = domain.map_attrs(at, c.phys, c.len, access, attrs) {
+            // Undo what was mapped, flush, and free the whole allocation.
+            if let Err(err) = unmap_flush_free(domain, range, &mapped) {
+                tracing::warn!(%err, "rollback of a partial IOMMU map failed");
+            }
             return Err(e);
         }
+        mapped.push((at, c.len));
         done += c.len;
     }
-    Ok((range, vec![(DmaAddr(iova.raw()), total)]))
-}
-
-/// Undoes a partial `map_into`: unmaps the `done` bytes mapped, flushes, and frees the whole
-/// allocation of `total` bytes.
-fn rollback(domain: &dyn IommuDomain, iova: Iova, done: u64, total: u64) {
-    let steps = [
-        if done > 0 {
-            domain.unmap(iova, done).map(drop)
-        } else {
-            Ok(())
+    let pieces = vec![(DmaAddr(iova.raw()), total)];
+    Ok((
+        Mapped {
+            range,
+            pieces: mapped,
         },
-        domain.flush(),
-        domain.free_iova(iova, total),
-    ];
-    for err in steps.into_iter().filter_map(Result::err) {
-        tracing::warn!(%err, "rollback of a partial IOMMU map failed");
-    }
+        pieces,
+    ))
 }

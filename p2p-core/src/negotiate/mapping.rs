@@ -74,13 +74,13 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         let mut inner = self.registry.inner.lock();
-        let event = self.registry.live_event(&inner, self.id);
+        // The observer hears of the teardown under the lock, in registry order.
+        self.registry
+            .notify_torn_down(&inner, self.id, TeardownCause::Dropped);
         let entry = inner.remove(self.id);
         drop(inner);
         let Some(e) = entry else { return };
         if let State::Live(res) = e.state {
-            self.registry
-                .notify_torn_down(event, TeardownCause::Dropped);
             if let Err(err) = res.teardown(&*e.exporter) {
                 tracing::warn!(mapping = self.id, %err, "teardown of a dropped mapping failed");
             }

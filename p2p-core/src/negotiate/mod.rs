@@ -6,19 +6,22 @@
 mod address_space;
 mod decide;
 mod establish;
+mod invalidation;
 mod mapping;
 mod negotiator;
 mod observer;
 mod plan;
 mod policy;
+pub mod protocol;
 mod registry;
 mod seq;
 mod sg;
 
 pub use address_space::{AddressSpace, Backing, Registration};
 pub use decide::{decide, Facts};
+pub use invalidation::{Invalidating, InvalidationReport};
 pub use mapping::Mapping;
-pub use negotiator::{CacheStats, InvalidationReport, Negotiator};
+pub use negotiator::{CacheStats, Negotiator};
 pub use observer::{MappingEvent, MappingObserver, TeardownCause};
 pub use plan::{Plan, Reason, Strategy};
 pub use policy::{Fallback, Policy};

@@ -1,18 +1,13 @@
 //! The negotiator: plans (cached), establishes mappings, and runs the invalidation protocol.
 
 use super::registry::{Entry, Registry, Resources, State};
-use super::{
-    decide, establish, Facts, Mapping, MappingEvent, Plan, Policy, Sequence, TeardownCause,
-};
+use super::{decide, establish, Facts, Mapping, Plan, Policy, Sequence, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
+use crate::sync::Mutex;
 use crate::topology::Topology;
-use crate::traits::{
-    DmaImporter, ExporterId, ImporterFlags, Invalidation, InvalidationKind, MemoryExporter,
-    Platform,
-};
-use parking_lot::Mutex;
+use crate::traits::{DmaImporter, ImporterFlags, InvalidationKind, MemoryExporter, Platform};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -26,14 +21,6 @@ struct PlanCache {
     misses: u64,
 }
 
-/// A mapping being invalidated, with the odd sequence value it got.
-struct Target {
-    id: u64,
-    importer: Arc<dyn DmaImporter>,
-    seq: Arc<Sequence>,
-    odd: u64,
-}
-
 /// Cache counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheStats {
@@ -45,15 +32,6 @@ pub struct CacheStats {
     pub entries: usize,
 }
 
-/// What an invalidation did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InvalidationReport {
-    /// Mappings torn down.
-    pub mappings: usize,
-    /// IOVA bytes unmapped.
-    pub bytes_unmapped: u64,
-}
-
 /// Plans, establishes and invalidates mappings on one [`Platform`].
 ///
 /// Plans are cached per (facts, policy), where the facts are everything the decision reads of the
@@ -63,7 +41,7 @@ pub struct InvalidationReport {
 pub struct Negotiator {
     platform: Arc<dyn Platform>,
     cache: Mutex<PlanCache>,
-    registry: Arc<Registry>,
+    pub(super) registry: Arc<Registry>,
 }
 
 impl Negotiator {
@@ -163,6 +141,11 @@ impl Negotiator {
     }
 
     /// Establishes `plan` for `range` of the exporter's memory. All or nothing.
+    ///
+    /// The mapping is registered before anything is built, and published only if no
+    /// invalidation of its range began or ended meanwhile (the protocol is written down in
+    /// [`protocol`](super::protocol)). If the memory moved since `plan` was made, this fails with
+    /// [`Error::StalePlan`]: negotiate again, or use [`map`](Self::map), which does.
     pub fn establish(
         &self,
         plan: &Plan,
@@ -178,30 +161,21 @@ impl Negotiator {
             });
         }
         check_range(&**exporter, range)?;
-        let resources = establish::build(&*self.platform, plan, exporter, &**importer, range)?;
-        let seq = Arc::new(Sequence::default());
-        let mut inner = self.registry.inner.lock();
-        let id = inner.insert(Entry {
-            exporter: exporter.clone(),
-            importer: importer.clone(),
-            range,
-            access: plan.access,
-            pinned: plan.pin,
-            seq: seq.clone(),
-            state: State::Live(Box::new(resources)),
-        });
-        let event = self.registry.live_event(&inner, id);
-        drop(inner);
-        self.registry.notify_established(event);
-        Ok(Mapping {
-            id,
-            registry: self.registry.clone(),
-            seq,
-            range,
+        self.register_and_publish(exporter, importer, range, plan, |_| {
+            let now = exporter.info().residency;
+            if now != plan.residency {
+                return Err(Error::StalePlan {
+                    exporter: plan.exporter,
+                    planned: plan.residency.to_string(),
+                    now: now.to_string(),
+                });
+            }
+            Ok(plan.clone())
         })
     }
 
-    /// [`negotiate`](Self::negotiate) then [`establish`](Self::establish).
+    /// [`negotiate`](Self::negotiate) then [`establish`](Self::establish); if the memory moves
+    /// while the mapping is being set up, the plan is made again for its new place.
     pub fn map(
         &self,
         exporter: &Arc<dyn MemoryExporter>,
@@ -210,197 +184,174 @@ impl Negotiator {
         access: Access,
         policy: &Policy,
     ) -> Result<Mapping> {
-        let plan = self.negotiate(&**exporter, &**importer, access, policy)?;
-        self.establish(&plan, exporter, importer, range)
+        let first = self.negotiate(&**exporter, &**importer, access, policy)?;
+        check_range(&**exporter, range)?;
+        self.register_and_publish(exporter, importer, range, &first, |attempt| {
+            if attempt == 0 {
+                Ok(first.clone())
+            } else {
+                self.negotiate(&**exporter, &**importer, access, policy)
+            }
+        })
     }
 
-    /// Runs the invalidation protocol before an exporter moves or revokes `range`: every
-    /// overlapping mapping's importer is told and must stop, then its IOMMU mapping is unmapped
-    /// and flushed and its grant released, then its sequence is bumped. When this returns `Ok`
-    /// the memory may move.
-    ///
-    /// A range that a pinned mapping holds is refused with [`Error::Pinned`] before anything is
-    /// touched. If an importer fails to stop, the mappings already invalidated stay so, the
-    /// others stay live, and the error names the importer: the memory must not move.
-    pub fn invalidate(
+    /// Registers a building entry for `range`, then runs [`publish`](Self::publish) with a
+    /// plan from `plan_for(attempt)` each time. On failure the entry is gone.
+    fn register_and_publish(
         &self,
-        exporter: ExporterId,
+        exporter: &Arc<dyn MemoryExporter>,
+        importer: &Arc<dyn DmaImporter>,
         range: AddrRange<Offset>,
-        kind: InvalidationKind,
-    ) -> Result<InvalidationReport> {
-        let _span = tracing::debug_span!("invalidate", %exporter, %range, ?kind).entered();
-        // 1. Under the lock: refuse pinned ranges, mark the others as being invalidated.
-        let targets: Vec<Target> = {
-            let inner = self.registry.inner.lock();
-            let ids = inner.overlapping(exporter, &range);
-            if let Some(e) = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned) {
-                return Err(Error::Pinned {
-                    exporter,
-                    range: range.to_string(),
-                    importer: e.importer.device(),
-                });
-            }
-            ids.into_iter()
-                .map(|id| {
-                    let e = &inner.entries[&id];
-                    Target {
-                        id,
-                        importer: e.importer.clone(),
-                        seq: e.seq.clone(),
-                        odd: e.seq.begin_invalidate(),
-                    }
-                })
-                .collect()
-        };
-        // 2. Outside the lock: tell each importer, then tear its mapping down.
-        let mut report = InvalidationReport::default();
-        let mut failure = None;
-        for Target {
-            id,
-            importer,
-            seq,
-            odd,
-        } in targets
-        {
-            if failure.is_none() {
-                let notice = Invalidation {
-                    mapping: id,
-                    exporter,
-                    range,
-                    kind,
-                    seq: odd,
-                };
-                match importer.invalidate(&notice) {
-                    Ok(()) => {
-                        let taken = self.take_resources(id, kind);
-                        if let Some((res, exp, event)) = taken {
-                            self.registry
-                                .notify_torn_down(event, TeardownCause::Invalidated(kind));
-                            match res.teardown(&*exp) {
-                                Ok(n) => report.bytes_unmapped += n,
-                                Err(err) => {
-                                    tracing::warn!(mapping = id, %err, "teardown during invalidation failed")
-                                }
-                            }
-                            report.mappings += 1;
-                        }
-                    }
-                    Err(err) => {
-                        failure = Some(Error::InvalidateFailed {
-                            device: importer.device(),
-                            range: range.to_string(),
-                            reason: err.to_string(),
-                        })
-                    }
-                }
-            }
-            // 3. The sequence goes even again (and differs from every reader's).
-            seq.end_invalidate();
+        first: &Plan,
+        mut plan_for: impl FnMut(u32) -> Result<Plan>,
+    ) -> Result<Mapping> {
+        if let Strategy::Refused(why) = &first.strategy {
+            // Refused plans touch nothing: no registration, no grant, no IOVA.
+            return Err(Error::Refused {
+                exporter: first.exporter,
+                importer: first.importer,
+                refusal: why.clone(),
+            });
         }
-        tracing::debug!(
-            mappings = report.mappings,
-            bytes = report.bytes_unmapped,
-            "invalidated"
-        );
-        failure.map_or(Ok(report), Err)
+        let seq = Arc::new(Sequence::default());
+        let id = self.registry.inner.lock().insert(Entry {
+            exporter: exporter.clone(),
+            importer: importer.clone(),
+            range,
+            access: first.access,
+            pinned: first.pin,
+            seq: seq.clone(),
+            state: State::Building,
+        });
+        let published = self.publish(id, &seq, exporter, |attempt| {
+            let plan = plan_for(attempt)?;
+            let res = establish::build(&*self.platform, &plan, exporter, &**importer, range)?;
+            Ok((plan, res))
+        });
+        match published {
+            Ok(_) => Ok(Mapping {
+                id,
+                registry: self.registry.clone(),
+                seq,
+                range,
+            }),
+            Err(e) => {
+                self.registry.inner.lock().remove(id);
+                Err(e)
+            }
+        }
     }
 
-    /// Takes a live entry's resources, leaving it invalidated.
-    fn take_resources(
+    /// The reader side of the protocol for entry `id` (state [`State::Building`]): reads the
+    /// sequence, builds, and under the registry lock publishes the resources only if the
+    /// sequence did not move; otherwise gives them back and starts over, at most
+    /// [`MAX_ATTEMPTS`] times. Returns the plan published. On error the entry is left building
+    /// (the caller decides what it becomes) and nothing built is kept.
+    fn publish(
         &self,
         id: u64,
-        kind: InvalidationKind,
-    ) -> Option<(Resources, Arc<dyn MemoryExporter>, Option<MappingEvent>)> {
-        let mut inner = self.registry.inner.lock();
-        // Already invalidated, or a re-fault in flight (it sees the sequence move and retries).
-        let event = self.registry.live_event(&inner, id);
-        let e = inner.entries.get_mut(&id)?;
-        if !matches!(e.state, State::Live(_)) {
-            return None;
+        seq: &Sequence,
+        exporter: &Arc<dyn MemoryExporter>,
+        mut build: impl FnMut(u32) -> Result<(Plan, Resources)>,
+    ) -> Result<Plan> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let begin = seq.read_begin();
+            let (plan, res) = build(attempt)?;
+            let mut inner = self.registry.inner.lock();
+            let still_there = inner.entries.contains_key(&id);
+            if still_there && !seq.read_retry(begin) {
+                let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+                e.pinned = plan.pin;
+                e.state = State::Live(Box::new(res));
+                self.registry.notify_established(&inner, id);
+                return Ok(plan);
+            }
+            drop(inner);
+            // The memory was invalidated while we built: what we built may point at its old
+            // place. Give it back and read the new place.
+            if let Err(err) = res.teardown(&**exporter) {
+                tracing::warn!(mapping = id, %err, "giving back a set-up that raced an invalidation failed");
+            }
+            if !still_there {
+                return Err(Error::Invalidated(id));
+            }
+            tracing::debug!(
+                mapping = id,
+                attempt,
+                "set-up raced an invalidation; retrying"
+            );
         }
-        match std::mem::replace(&mut e.state, State::Invalidated(kind)) {
-            State::Live(res) => Some((*res, e.exporter.clone(), event)),
-            _ => None,
-        }
+        Err(Error::Contended {
+            exporter: exporter.id(),
+            range: self
+                .registry
+                .inner
+                .lock()
+                .entries
+                .get(&id)
+                .map_or_else(String::new, |e| e.range.to_string()),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// Re-faults an invalidated mapping of an ODP importer: a fresh plan for where the memory is
-    /// now, and new resources for the same range. Returns the plan. A live mapping is left as it
-    /// is.
+    /// now, and new resources for the same range, published under the same protocol as an
+    /// establish. Returns the plan. A live mapping is left as it is.
     pub fn refault(&self, mapping: &Mapping, policy: &Policy) -> Result<Plan> {
-        loop {
-            let seq = mapping.read_begin();
-            let (exporter, importer, access) = {
-                let mut inner = self.registry.inner.lock();
-                let e = inner
-                    .entries
-                    .get_mut(&mapping.id)
-                    .ok_or(Error::Invalidated(mapping.id))?;
-                match e.state {
-                    State::Live(_) => {
-                        let (exp, imp, acc) = (e.exporter.clone(), e.importer.clone(), e.access);
-                        drop(inner);
-                        return self.negotiate(&*exp, &*imp, acc, policy);
-                    }
-                    State::Invalidated(InvalidationKind::Revoke) => {
-                        return Err(Error::CannotRefault {
-                            mapping: mapping.id,
-                            reason: "the memory was revoked",
-                        })
-                    }
-                    State::Refaulting => {
-                        return Err(Error::CannotRefault {
-                            mapping: mapping.id,
-                            reason: "a re-fault is already running",
-                        })
-                    }
-                    State::Invalidated(InvalidationKind::Move) => {}
+        let (exporter, importer, access) = {
+            let mut inner = self.registry.inner.lock();
+            let e = inner
+                .entries
+                .get_mut(&mapping.id)
+                .ok_or(Error::Invalidated(mapping.id))?;
+            match e.state {
+                State::Live(_) => {
+                    let (exp, imp, acc) = (e.exporter.clone(), e.importer.clone(), e.access);
+                    drop(inner);
+                    return self.negotiate(&*exp, &*imp, acc, policy);
                 }
-                if !e.importer.caps().flags.contains(ImporterFlags::ODP) {
+                State::Invalidated(InvalidationKind::Revoke) => {
                     return Err(Error::CannotRefault {
                         mapping: mapping.id,
-                        reason: "the importer has no ODP",
-                    });
+                        reason: "the memory was revoked",
+                    })
                 }
-                e.state = State::Refaulting;
-                (e.exporter.clone(), e.importer.clone(), e.access)
-            };
-            let built = self
-                .negotiate(&*exporter, &*importer, access, policy)
-                .and_then(|plan| {
-                    establish::build(&*self.platform, &plan, &exporter, &*importer, mapping.range)
-                        .map(|r| (plan, r))
+                State::Building => {
+                    return Err(Error::CannotRefault {
+                        mapping: mapping.id,
+                        reason: "a re-fault is already running",
+                    })
+                }
+                State::Invalidated(InvalidationKind::Move) => {}
+            }
+            if !e.importer.caps().flags.contains(ImporterFlags::ODP) {
+                return Err(Error::CannotRefault {
+                    mapping: mapping.id,
+                    reason: "the importer has no ODP",
                 });
-            let mut inner = self.registry.inner.lock();
-            let Some(e) = inner.entries.get_mut(&mapping.id) else {
-                drop(inner);
-                if let Ok((_, res)) = built {
-                    res.teardown(&*exporter)?;
-                }
-                return Err(Error::Invalidated(mapping.id));
-            };
-            match built {
-                Err(err) => {
-                    e.state = State::Invalidated(InvalidationKind::Move);
-                    return Err(err);
-                }
-                Ok((plan, res)) if !mapping.read_retry(seq) => {
-                    e.state = State::Live(Box::new(res));
-                    let event = self.registry.live_event(&inner, mapping.id);
-                    drop(inner);
-                    self.registry.notify_established(event);
-                    return Ok(plan);
-                }
-                Ok((_, res)) => {
-                    // The memory moved again while we built: give it back and start over.
-                    e.state = State::Invalidated(InvalidationKind::Move);
-                    drop(inner);
-                    res.teardown(&*exporter)?;
-                }
+            }
+            e.state = State::Building;
+            (e.exporter.clone(), e.importer.clone(), e.access)
+        };
+        let published = self.publish(mapping.id, &mapping.seq, &exporter, |_| {
+            let plan = self.negotiate(&*exporter, &*importer, access, policy)?;
+            let res =
+                establish::build(&*self.platform, &plan, &exporter, &*importer, mapping.range)?;
+            Ok((plan, res))
+        });
+        if published.is_err() {
+            if let Some(e) = self.registry.inner.lock().entries.get_mut(&mapping.id) {
+                e.state = State::Invalidated(InvalidationKind::Move);
             }
         }
+        published
     }
 }
+
+/// How many times a set-up is built before it gives up because invalidations keep overlapping
+/// it. Each retry means an invalidation of the same range began or ended during the build, so
+/// this bounds only a pathological stream of them.
+const MAX_ATTEMPTS: u32 = 64;
 
 fn check_range(exporter: &dyn MemoryExporter, range: AddrRange<Offset>) -> Result<()> {
     if range.is_empty() {

@@ -35,8 +35,9 @@ pub enum TeardownCause {
     Invalidated(InvalidationKind),
 }
 
-/// Told of every mapping the negotiator establishes and tears down. Called with no negotiator
-/// lock held; it must not block for long.
+/// Told of every mapping the negotiator establishes and tears down, in registry order: it is
+/// called with the registry lock held, so a teardown never reaches it before the set-up it undoes.
+/// It must not block for long and must not call back into the negotiator.
 pub trait MappingObserver: Send + Sync + std::fmt::Debug {
     /// A mapping is live: its segments may be used from now on.
     fn established(&self, event: &MappingEvent);

@@ -3,7 +3,7 @@
 use crate::access::Access;
 use crate::pci::PciAddr;
 use crate::topology::{PathClass, PathInfo, Unsupported};
-use crate::traits::{DomainKind, ExporterId};
+use crate::traits::{DomainKind, ExporterId, Residency};
 use std::fmt;
 
 /// How the importer will reach the memory.
@@ -165,6 +165,10 @@ pub struct Plan {
     pub pin: bool,
     /// The importer's domain kind when the plan was made.
     pub domain: DomainKind,
+    /// Where the exporter's memory was when the plan was made. A plan is only valid for memory
+    /// that is still there: [`Negotiator::establish`](super::Negotiator::establish) refuses a
+    /// plan whose memory has moved since with [`Error::StalePlan`](crate::Error::StalePlan).
+    pub residency: Residency,
     /// The peer-to-peer path, when the memory is in a device.
     pub path: Option<PathInfo>,
 }

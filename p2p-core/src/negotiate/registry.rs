@@ -6,10 +6,10 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
 use crate::pci::PciAddr;
+use crate::sync::Mutex;
 use crate::traits::{
     DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, MemoryExporter,
 };
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -21,6 +21,9 @@ pub(crate) struct Resources {
     pub bounce: Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
     pub domain: Arc<dyn IommuDomain>,
     pub iova: Option<AddrRange<Iova>>,
+    /// The pieces of `iova` mapped by one `map` call each (one per chunk), unmapped the same way
+    /// (as dma-debug expects every unmap to match its map).
+    pub mapped: Vec<(Iova, u64)>,
     pub segments: Vec<Segment>,
 }
 
@@ -36,7 +39,7 @@ impl Resources {
         };
         let mut unmapped = 0;
         if let Some(iova) = self.iova {
-            keep(unmap_flush_free(&*self.domain, iova).map(|n| unmapped = n));
+            keep(unmap_flush_free(&*self.domain, iova, &self.mapped).map(|n| unmapped = n));
         }
         if let Some((host, g)) = &self.bounce {
             keep(host.release(g));
@@ -46,22 +49,32 @@ impl Resources {
     }
 }
 
-/// Unmaps an IOVA range, flushes the IOTLB, then frees the range: the order Linux's strict
-/// `__iommu_dma_unmap` keeps. The free happens even if the flush failed: the domain's contract
-/// is never to hand a range out again before a flush covering it has succeeded. The first error
-/// is returned.
-pub(crate) fn unmap_flush_free(domain: &dyn IommuDomain, iova: AddrRange<Iova>) -> Result<u64> {
-    let unmapped = if iova.is_empty() {
-        Ok(0)
-    } else {
-        domain.unmap(iova.start(), iova.len())
-    };
-    let flushed = domain.flush();
-    let freed = domain.free_iova(iova.start(), iova.len());
-    let unmapped = unmapped?;
-    flushed?;
-    freed?;
-    Ok(unmapped)
+/// Unmaps the `mapped` pieces of an IOVA allocation (each as it was mapped), flushes the IOTLB,
+/// then frees the allocation: the order Linux's strict `__iommu_dma_unmap` keeps. Every step runs
+/// even if an earlier one failed, and the first error is returned. The free happens even if the
+/// flush failed: the domain's contract is never to hand a range out again before a flush
+/// covering it has succeeded. Returns the bytes unmapped.
+pub(crate) fn unmap_flush_free(
+    domain: &dyn IommuDomain,
+    iova: AddrRange<Iova>,
+    mapped: &[(Iova, u64)],
+) -> Result<u64> {
+    let mut first: Option<crate::Error> = None;
+    let mut unmapped = 0u64;
+    for &(at, len) in mapped {
+        match domain.unmap(at, len) {
+            Ok(n) => unmapped += n,
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    for step in [domain.flush(), domain.free_iova(iova.start(), iova.len())] {
+        if let Err(e) = step {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(unmapped), Err)
 }
 
 #[derive(Debug)]
@@ -69,8 +82,18 @@ pub(crate) enum State {
     Live(Box<Resources>),
     /// Torn down by an invalidation; an ODP importer may re-fault after a move.
     Invalidated(InvalidationKind),
-    /// A re-fault is building new resources outside the lock.
-    Refaulting,
+    /// An establish or a re-fault is building resources outside the lock; it publishes them
+    /// only if the entry's sequence did not move meanwhile.
+    Building,
+}
+
+/// An invalidation that has begun and not ended: the sequences it holds odd.
+#[derive(Debug)]
+struct Active {
+    token: u64,
+    exporter: ExporterId,
+    range: AddrRange<Offset>,
+    held: Vec<Arc<Sequence>>,
 }
 
 #[derive(Debug)]
@@ -90,16 +113,66 @@ pub(crate) struct Inner {
     pub entries: BTreeMap<u64, Entry>,
     /// (exporter, range start, mapping id): the exporter-range index.
     index: BTreeSet<(ExporterId, Offset, u64)>,
+    /// Invalidations running now (few: one per exporter being moved or revoked).
+    active: Vec<Active>,
+    next_token: u64,
 }
 
 impl Inner {
+    /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
+    /// held odd until that invalidation ends (Linux defers such an insertion the same way), so
+    /// its builder waits in `read_begin` instead of reading memory that is moving.
     pub fn insert(&mut self, entry: Entry) -> u64 {
         self.next += 1;
         let id = self.next;
-        self.index
-            .insert((entry.exporter.id(), entry.range.start(), id));
+        let exporter = entry.exporter.id();
+        for a in self.active.iter_mut() {
+            if a.exporter == exporter && a.range.overlaps(&entry.range) {
+                entry.seq.begin_invalidate();
+                a.held.push(entry.seq.clone());
+            }
+        }
+        self.index.insert((exporter, entry.range.start(), id));
         self.entries.insert(id, entry);
         id
+    }
+
+    /// Begins an invalidation of `range`: every overlapping entry's sequence goes odd (and
+    /// stays so until [`end_invalidation`](Self::end_invalidation)), as does that of any entry
+    /// registered meanwhile. Returns the token that ends it and the overlapping ids.
+    pub fn begin_invalidation(
+        &mut self,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+    ) -> (u64, Vec<u64>) {
+        let ids = self.overlapping(exporter, &range);
+        let held = ids
+            .iter()
+            .map(|id| {
+                let seq = self.entries[id].seq.clone();
+                seq.begin_invalidate();
+                seq
+            })
+            .collect();
+        self.next_token += 1;
+        let token = self.next_token;
+        self.active.push(Active {
+            token,
+            exporter,
+            range,
+            held,
+        });
+        (token, ids)
+    }
+
+    /// Ends the invalidation `token`: the sequences it held go even again (unless another
+    /// invalidation still covers them).
+    pub fn end_invalidation(&mut self, token: u64) {
+        if let Some(i) = self.active.iter().position(|a| a.token == token) {
+            for seq in self.active.swap_remove(i).held {
+                seq.end_invalidate();
+            }
+        }
     }
 
     pub fn remove(&mut self, id: u64) -> Option<Entry> {
@@ -115,6 +188,11 @@ impl Inner {
             .map(|&(_, _, id)| id)
             .filter(|id| self.entries[id].range.overlaps(range))
             .collect()
+    }
+
+    /// How many invalidations are running.
+    pub fn invalidations_running(&self) -> usize {
+        self.active.len()
     }
 }
 
@@ -175,16 +253,26 @@ impl Registry {
         }
     }
 
-    pub(crate) fn notify_established(&self, event: Option<MappingEvent>) {
-        if let (Some(o), Some(ev)) = (&self.observer, event) {
+    /// Tells the observer that entry `id` went live. Called with the registry lock held (`inner`
+    /// is its guard), so the observer sees events in registry order.
+    pub(crate) fn notify_established(&self, inner: &Inner, id: u64) {
+        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, id)) {
             o.established(&ev);
         }
     }
 
-    pub(crate) fn notify_torn_down(&self, event: Option<MappingEvent>, cause: TeardownCause) {
-        if let (Some(o), Some(ev)) = (&self.observer, event) {
+    /// Tells the observer that live entry `id` is going away; called under the registry lock
+    /// before the entry leaves the live state.
+    pub(crate) fn notify_torn_down(&self, inner: &Inner, id: u64, cause: TeardownCause) {
+        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, id)) {
             o.torn_down(&ev, cause);
         }
+    }
+
+    /// How many invalidations have begun and not ended (held [`Invalidating`](super::Invalidating)
+    /// guards).
+    pub fn invalidations_running(&self) -> usize {
+        self.inner.lock().invalidations_running()
     }
 
     /// Number of mappings, live or invalidated.

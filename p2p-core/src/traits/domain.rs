@@ -65,15 +65,32 @@ pub struct Translation {
     pub access: Access,
 }
 
+bitflags::bitflags! {
+    /// Memory attributes of a mapping beyond its permissions (Linux's `IOMMU_MMIO` and friends in
+    /// the `prot` argument of `iommu_map`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct MapAttrs: u8 {
+        /// The pages are device MMIO (a BAR), not RAM: formats with memory types map them as
+        /// device memory (ARM stage 2: Device-nGnRE, never cacheable), so that a peer's BAR is
+        /// never given cacheable attributes.
+        const MMIO = 1;
+    }
+}
+
 /// An IOMMU domain and its IOVA allocator (which sits beside it, as Linux's dma-iommu layer).
 ///
 /// Contract, from Linux's `iommu_map` / `iommu_unmap`:
-/// - [`map`](Self::map) needs a translated domain, `iova`, `phys` and `len` aligned to the
+/// - [`map_attrs`](Self::map_attrs) (and [`map`](Self::map), the same without attributes) needs
+///   a translated domain, `iova`, `phys` and `len` aligned to the
 ///   smallest page size, and a range inside the aperture that touches no reserved region. It is
 ///   all or nothing: a failure midway undoes what it did; mapping over a live entry fails with
 ///   [`Error::AlreadyMapped`](crate::Error::AlreadyMapped).
-/// - [`unmap`](Self::unmap) returns the bytes unmapped, which is less than asked when it reaches
-///   an unmapped IOVA or would have to split a larger page.
+///   A domain whose entries have memory types honours [`MapAttrs::MMIO`]; one whose entries have
+///   none (VT-d second level without snoop control, a kernel that picks attributes itself, an
+///   identity domain) ignores it.
+/// - [`unmap`](Self::unmap) returns the bytes unmapped. It walks across leaves of any size and
+///   stops only at the first IOVA that is not mapped (so it returns less than asked there); a
+///   range whose ends would cut a larger page is refused with nothing unmapped.
 /// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable.
 /// - [`alloc_iova`](Self::alloc_iova) returns a size-aligned free range whose last byte is at most
 ///   `limit`, outside reserved regions; [`free_iova`](Self::free_iova) gives it back, but the
@@ -88,8 +105,19 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     fn page_sizes(&self) -> PageSizes;
     /// Regions no allocation or map may touch.
     fn reserved_regions(&self) -> Vec<ReservedRegion>;
-    /// Maps `[iova, iova+len)` to `[phys, phys+len)`.
-    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()>;
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)` with `access` and memory attributes `attrs`.
+    fn map_attrs(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        access: Access,
+        attrs: MapAttrs,
+    ) -> Result<()>;
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)` as RAM (no attributes).
+    fn map(&self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
+        self.map_attrs(iova, phys, len, access, MapAttrs::empty())
+    }
     /// Unmaps, returning the bytes unmapped.
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64>;
     /// Walks the tables for one IOVA.

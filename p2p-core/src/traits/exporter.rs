@@ -38,6 +38,15 @@ pub enum Residency {
     },
 }
 
+impl fmt::Display for Residency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Residency::Device(dev) => write!(f, "in the BAR of {dev}"),
+            Residency::Host { numa } => write!(f, "in host RAM on NUMA node {numa}"),
+        }
+    }
+}
+
 /// What the negotiator needs to know of an exporter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExporterInfo {

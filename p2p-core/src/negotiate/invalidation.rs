@@ -1,0 +1,183 @@
+//! The writer side of the invalidation protocol: an exporter's owner tells every importer of a
+//! range to stop, tears their mappings down, moves or revokes the memory, and ends the
+//! invalidation (Linux's `invalidate_range_start` / `invalidate_range_end` around a migration).
+
+use super::registry::State;
+use super::{Negotiator, TeardownCause};
+use crate::addr::{AddrRange, Offset};
+use crate::error::{Error, Result};
+use crate::traits::{ExporterId, Invalidation, InvalidationKind};
+
+/// What an invalidation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InvalidationReport {
+    /// Mappings torn down.
+    pub mappings: usize,
+    /// IOVA bytes unmapped.
+    pub bytes_unmapped: u64,
+}
+
+/// A running invalidation: from [`Negotiator::begin_invalidation`] until this is dropped (or
+/// [`end`](Self::end)ed), no mapping of the range is live, and any set-up or re-fault of an
+/// overlapping range waits (in `read_begin`) or retries. Move or revoke the memory while holding
+/// it; that is the only time the memory may change place.
+///
+/// Do not set up a mapping of the same range on the thread that holds it: the set-up would wait
+/// for this guard forever.
+#[must_use = "the memory may move only while the invalidation is held; dropping it ends it"]
+#[derive(Debug)]
+pub struct Invalidating<'n> {
+    negotiator: &'n Negotiator,
+    token: u64,
+    report: InvalidationReport,
+}
+
+impl Invalidating<'_> {
+    /// What the invalidation tore down.
+    pub fn report(&self) -> InvalidationReport {
+        self.report
+    }
+
+    /// Ends the invalidation (the memory is in its new place); returns what it tore down.
+    pub fn end(self) -> InvalidationReport {
+        self.report
+    }
+}
+
+impl Drop for Invalidating<'_> {
+    fn drop(&mut self) {
+        self.negotiator
+            .registry
+            .inner
+            .lock()
+            .end_invalidation(self.token);
+    }
+}
+
+impl Negotiator {
+    /// Runs the invalidation protocol for a move or revoke of `range` that the caller has
+    /// already carried out or does not need to wait on: [`begin_invalidation`]
+    /// (Self::begin_invalidation) and at once [`Invalidating::end`].
+    ///
+    /// To move memory, prefer `begin_invalidation`, move while holding the guard, then end it:
+    /// a mapping set up between this returning and the move would see the old place.
+    pub fn invalidate(
+        &self,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+        kind: InvalidationKind,
+    ) -> Result<InvalidationReport> {
+        self.begin_invalidation(exporter, range, kind)
+            .map(Invalidating::end)
+    }
+
+    /// Begins invalidating `range` of an exporter before it moves or is revoked: every
+    /// overlapping mapping's sequence goes odd, every live one's importer is told and must stop,
+    /// then its IOMMU mapping is unmapped and flushed and its grant released. When this returns
+    /// `Ok`, the memory may move, for as long as the returned guard is held.
+    ///
+    /// A range that a pinned mapping holds is refused with [`Error::Pinned`] before anything is
+    /// touched. If an importer fails to stop, the mappings already invalidated stay so, the
+    /// others stay live, the invalidation ends, and the error names the importer: the memory
+    /// must not move.
+    pub fn begin_invalidation(
+        &self,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+        kind: InvalidationKind,
+    ) -> Result<Invalidating<'_>> {
+        let _span = tracing::debug_span!("invalidate", %exporter, %range, ?kind).entered();
+        // 1. Under the lock: refuse pinned ranges, then make every overlapping sequence odd.
+        let (token, ids) = {
+            let mut inner = self.registry.inner.lock();
+            let ids = inner.overlapping(exporter, &range);
+            if let Some(e) = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned) {
+                return Err(Error::Pinned {
+                    exporter,
+                    range: range.to_string(),
+                    importer: e.importer.device(),
+                });
+            }
+            inner.begin_invalidation(exporter, range)
+        };
+        let mut guard = Invalidating {
+            negotiator: self,
+            token,
+            report: InvalidationReport::default(),
+        };
+        // 2. Outside the lock: tell each live mapping's importer, then tear the mapping down.
+        for id in ids {
+            self.invalidate_one(id, exporter, range, kind, &mut guard.report)?;
+        }
+        tracing::debug!(
+            mappings = guard.report.mappings,
+            bytes = guard.report.bytes_unmapped,
+            "invalidated"
+        );
+        Ok(guard)
+    }
+
+    /// Tells a live mapping's importer to stop, then takes its resources (the observer hears of
+    /// the teardown under the registry lock) and gives them back. A mapping that is not live
+    /// (being built, already invalidated, dropped) has nothing to stop: its odd sequence makes
+    /// its builder retry.
+    fn invalidate_one(
+        &self,
+        id: u64,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+        kind: InvalidationKind,
+        report: &mut InvalidationReport,
+    ) -> Result<()> {
+        let (importer, seq) = {
+            let inner = self.registry.inner.lock();
+            match inner.entries.get(&id) {
+                Some(e) if matches!(e.state, State::Live(_)) => {
+                    (e.importer.clone(), e.seq.current())
+                }
+                _ => return Ok(()),
+            }
+        };
+        let notice = Invalidation {
+            mapping: id,
+            exporter,
+            range,
+            kind,
+            seq,
+        };
+        importer
+            .invalidate(&notice)
+            .map_err(|err| Error::InvalidateFailed {
+                device: importer.device(),
+                range: range.to_string(),
+                reason: err.to_string(),
+            })?;
+        let taken = {
+            let mut inner = self.registry.inner.lock();
+            let live = inner
+                .entries
+                .get(&id)
+                .is_some_and(|e| matches!(e.state, State::Live(_)));
+            if !live {
+                return Ok(());
+            }
+            self.registry
+                .notify_torn_down(&inner, id, TeardownCause::Invalidated(kind));
+            let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+            match std::mem::replace(&mut e.state, State::Invalidated(kind)) {
+                State::Live(res) => Some((res, e.exporter.clone())),
+                _ => None,
+            }
+        };
+        if let Some((res, exp)) = taken {
+            match res.teardown(&*exp) {
+                Ok(n) => report.bytes_unmapped += n,
+                Err(err) => {
+                    tracing::warn!(mapping = id, %err, "teardown during invalidation failed")
+                }
+            }
+            report.mappings += 1;
+        }
+        Ok(())
+    }
+}
