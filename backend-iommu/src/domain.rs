@@ -132,9 +132,14 @@ impl<F: Format> SoftIommu<F> {
                 access,
             });
         }
-        let leaf = self.table.read().translate(iova)?;
+        // The fill happens while the walk's read lock is held: a strict unmap clears the entry
+        // and invalidates the IOTLB under the write lock, so a fill from a walk that saw the old
+        // entry can never land after that invalidation (it would resurrect the translation).
+        let table = self.table.read();
+        let leaf = table.translate(iova)?;
         let phys = leaf.phys + (iova - leaf.iova);
         self.iotlb.insert(iova, phys & !(SZ_4K - 1), leaf.access);
+        drop(table);
         Some(Translation {
             phys: PhysAddr(phys),
             access: leaf.access,
@@ -174,15 +179,29 @@ impl<F: Format> SoftIommu<F> {
         let mut done = 0u64;
         for &(phys, len) in pieces {
             if let Err(e) = self.map(Iova(iova.0 + done), phys, len, access) {
-                if done > 0 {
-                    self.unmap(iova, done)?;
-                }
-                self.free_iova(iova, total)?;
+                self.undo_partial_map(iova, done, total);
                 return Err(e);
             }
             done += len;
         }
         AddrRange::new(iova, total)
+    }
+
+    /// Rolls back a partial scatter-list map: unmaps the `done` bytes mapped, flushes, and only
+    /// then frees the whole `total`-byte allocation (a lazy domain defers the free to the queued
+    /// flush). Every step runs even if an earlier one failed, so the IOVA is never leaked; the
+    /// caller reports the map's own error, so these are logged.
+    fn undo_partial_map(&self, iova: Iova, done: u64, total: u64) {
+        let unmapped = if done > 0 {
+            self.unmap(iova, done).map(drop)
+        } else {
+            Ok(())
+        };
+        for step in [unmapped, self.flush(), self.free_iova(iova, total)] {
+            if let Err(err) = step {
+                tracing::warn!(%err, %iova, "rolling back a partial scatter-list map");
+            }
+        }
     }
 
     /// Performs the real IOTLB invalidation: drops the cache, frees emptied tables and deferred
@@ -193,8 +212,12 @@ impl<F: Format> SoftIommu<F> {
             q.pending = 0;
             std::mem::take(&mut q.frees)
         };
+        // Under the write lock, so that no walk is filling the IOTLB while it is cleared (a
+        // fill in flight would survive the clear), and tables are freed after the clear.
+        let mut table = self.table.write();
         self.iotlb.clear();
-        self.table.write().release_freelist();
+        table.release_freelist();
+        drop(table);
         for (a, l) in frees {
             self.iova.free(a, l);
         }
@@ -248,9 +271,15 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
                 limit_len: 1u64 << F::OAS,
             });
         }
-        self.table
-            .write()
-            .map(iova.0, phys.0, len, access, attrs.contains(MapAttrs::MMIO))
+        let mut table = self.table.write();
+        let mapped = table.map(iova.0, phys.0, len, access, attrs.contains(MapAttrs::MMIO));
+        if mapped.is_err() && self.policy == FlushPolicy::Strict {
+            // Strict unmaps free their tables at once, so the freelist holds only what this
+            // rollback emptied; no walk saw those tables (the write lock is held), so no IOTLB
+            // entry or cached path can refer to them.
+            table.release_freelist();
+        }
+        mapped
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {

@@ -1,8 +1,11 @@
 //! A 4-level page table in a real format, stored in [`Frames`]. Mapping picks the largest leaf
 //! the page sizes and alignment allow and keeps its place in the last table between pages, so a
-//! long range costs about one entry store per page. Unmapping never splits a leaf: a range that
-//! would cut one is refused before anything changes. Tables left empty are freed (after the next
-//! IOTLB flush, as Linux's gather freelist does).
+//! long range costs about one entry store per page. Unmapping walks across leaves of every size
+//! (a 2 MiB block followed by 4 KiB pages is one range) and stops only at a hole; it never splits
+//! a leaf: a range that would cut one is refused before anything changes. Tables left empty are
+//! unlinked at once and freed only by [`PageTable::release_freelist`], which the owner calls
+//! after the IOTLB flush that follows (Linux's `iommu_iotlb_gather` freelist): a walker that
+//! cached a path through them never reads a reused frame.
 
 use crate::format::{index, level_size, Format, Pte};
 use crate::frames::{Frames, ENTRIES};
@@ -24,6 +27,8 @@ pub struct Leaf {
     pub phys: u64,
     /// Its permissions.
     pub access: Access,
+    /// The raw entry, as the hardware reads it (memory attributes included).
+    pub pte: u64,
 }
 
 /// A page table of format `F`.
@@ -125,7 +130,9 @@ impl<F: Format> PageTable<F> {
             // Tables made for the page that failed may be empty.
             let (path, level, _) = self.path(iova + done);
             self.prune(&path, level, iova + done);
-            self.release_freelist();
+            // The emptied tables join the freelist and wait for the next flush with the tables
+            // earlier unmaps left there: freeing the list here would free those before their
+            // flush.
         }
         result
     }
@@ -203,6 +210,7 @@ impl<F: Format> PageTable<F> {
                         size,
                         phys,
                         access,
+                        pte,
                     });
                 }
             }
@@ -210,9 +218,9 @@ impl<F: Format> PageTable<F> {
         None
     }
 
-    /// Unmaps `[iova, iova+len)`, returning the bytes unmapped: it stops at the first hole. A range
-    /// whose ends would cut a larger leaf is refused with [`Error::Backend`] naming the leaf, and
-    /// nothing is unmapped.
+    /// Unmaps `[iova, iova+len)`, returning the bytes unmapped: it crosses leaves of any size and
+    /// stops at the first hole. A range whose ends would cut a larger leaf is refused with
+    /// [`Error::Backend`] naming the leaf, and nothing is unmapped.
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64> {
         if len == 0 {
             return Ok(0);
@@ -253,12 +261,16 @@ impl<F: Format> PageTable<F> {
         Ok(self.unmap_range_from(iova, len, Some(first_path)))
     }
 
-    /// Clears whole leaves from `iova` until `len` bytes or a hole; frees emptied tables.
+    /// Clears whole leaves from `iova` until `len` bytes or a hole; unlinks emptied tables.
     fn unmap_range(&mut self, iova: u64, len: u64) -> u64 {
         self.unmap_range_from(iova, len, None)
     }
 
     /// [`unmap_range`](Self::unmap_range) given the walk to `iova` if the caller has it.
+    ///
+    /// Each step clears the run of leaves of one size in one table, then walks again from the
+    /// next address: a table entry there (smaller pages follow) or a leaf of another size is
+    /// simply the next step; only an empty entry (a hole) ends the unmap.
     fn unmap_range_from(
         &mut self,
         iova: u64,
@@ -287,11 +299,8 @@ impl<F: Format> PageTable<F> {
             self.frames.add_count(table_id, -(cleared as i32));
             done += cleared as u64 * size;
             self.prune(&path, level, va);
-            if cleared < n {
-                break;
-            }
         }
-        done
+        done.min(len)
     }
 
     /// The tables on the way down to `va`: `path[l]` is the level-`l` table for every `l` from
