@@ -181,3 +181,66 @@ fn an_address_above_the_dma_mask_never_leaves_the_device() {
     assert_eq!(m.platform().memory().read(0xffff_fff0, 16), vec![0; 16]);
     assert_eq!(kinds(m), vec![FindingKind::AboveMask]);
 }
+
+/// An exporter whose memory comes in page-sized chunks (as scattered VRAM or host pages do):
+/// the GPU's own chunks, split per page.
+#[derive(Debug)]
+struct PerPage(std::sync::Arc<backend_mock::MockGpu>);
+
+impl MemoryExporter for PerPage {
+    fn id(&self) -> ExporterId {
+        self.0.id()
+    }
+    fn info(&self) -> ExporterInfo {
+        self.0.info()
+    }
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        self.0.export(range, pin)
+    }
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        self.0.allocate(len, pin)
+    }
+    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+        let mut out = Vec::new();
+        for c in self.0.chunks(grant)? {
+            for p in 0..c.len / 4096 {
+                out.push(Chunk {
+                    offset: Offset(c.offset.0 + p * 4096),
+                    len: 4096,
+                    phys: PhysAddr(c.phys.0 + p * 4096),
+                    bus: BusAddr(c.bus.0 + p * 4096),
+                    mmio: c.mmio,
+                });
+            }
+        }
+        Ok(out)
+    }
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        self.0.release(grant)
+    }
+}
+
+/// A mapping of an exporter with several chunks is unmapped chunk by chunk, as it was mapped:
+/// the sanitizer's unmap checks (dma-debug's `check_unmap`) find nothing.
+#[test]
+fn a_multi_chunk_mapping_is_unmapped_as_it_was_mapped() {
+    let m = Machine::new(presets::acs_switch().unwrap(), &collect(15)).unwrap();
+    let p = pair(&m, 8, odp());
+    let exporter: std::sync::Arc<dyn MemoryExporter> = std::sync::Arc::new(PerPage(p.gpu.clone()));
+    let map = m
+        .negotiator()
+        .map(
+            &exporter,
+            &p.importer,
+            range(0, 4 * 4096),
+            RW,
+            &Policy::default(),
+        )
+        .unwrap();
+    assert_eq!(map.strategy().unwrap(), Strategy::ViaIommu);
+    let seg = map.segments().unwrap()[0];
+    p.nic.dma_write(seg.addr, &[9; 4 * 4096]).unwrap();
+    drop(map);
+    let f = m.finish();
+    assert!(f.is_empty(), "{f:?}");
+}

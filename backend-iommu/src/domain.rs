@@ -5,6 +5,7 @@ use crate::format::Format;
 use crate::iotlb::Iotlb;
 use crate::iova::IovaAllocator;
 use crate::pagetable::{Leaf, PageTable};
+use crate::sync::{Mutex, RwLock};
 use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
@@ -12,7 +13,6 @@ use p2p_core::traits::{
     check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
 };
 use p2p_core::{Error, Result};
-use parking_lot::{Mutex, RwLock};
 
 /// How unmaps reach the IOTLB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,16 @@
 //! The IOTLB: a direct-mapped cache of 4 KiB translations in front of the page-table walk. Reads
 //! take no lock (a tag/data/tag check per slot), so a hit costs a few loads.
 
+use crate::sync::{AtomicU64, Ordering};
 use p2p_core::access::Access;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64 as StatCounter;
 
+/// Slots in the cache. A loom model explores every interleaving of every slot access, so it gets
+/// a cache small enough to explore (collisions included).
+#[cfg(not(loom))]
 const SLOTS: usize = 256;
+#[cfg(loom)]
+const SLOTS: usize = 4;
 const BUSY: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
@@ -18,9 +24,9 @@ struct Slot {
 /// Counters. Exact without contention; approximate when threads race (they are statistics).
 #[derive(Debug, Default)]
 pub struct IotlbStats {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    invalidations: AtomicU64,
+    hits: StatCounter,
+    misses: StatCounter,
+    invalidations: StatCounter,
 }
 
 /// The cache.
@@ -43,9 +49,10 @@ fn slot_of(page: u64) -> usize {
     (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % SLOTS
 }
 
-fn bump(c: &AtomicU64) {
+fn bump(c: &StatCounter) {
+    use std::sync::atomic::Ordering::Relaxed;
     // A plain load/store instead of a locked add: a hit must stay a few nanoseconds.
-    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    c.store(c.load(Relaxed) + 1, Relaxed);
 }
 
 impl Iotlb {
@@ -114,16 +121,17 @@ impl Iotlb {
 
     /// (hits, misses, invalidations).
     pub fn stats(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
         let s = &self.stats;
         (
-            s.hits.load(Ordering::Relaxed),
-            s.misses.load(Ordering::Relaxed),
-            s.invalidations.load(Ordering::Relaxed),
+            s.hits.load(Relaxed),
+            s.misses.load(Relaxed),
+            s.invalidations.load(Relaxed),
         )
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -21,6 +21,7 @@ pub mod frames;
 pub mod iotlb;
 pub mod iova;
 pub mod pagetable;
+mod sync;
 #[allow(unsafe_code)]
 pub mod vfio;
 

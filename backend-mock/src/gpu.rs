@@ -4,7 +4,7 @@
 use crate::events::{Event, EventLog};
 use crate::faults::{FaultInjector, FaultPoint};
 use crate::memory::PhysMemory;
-use p2p_core::addr::{align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use p2p_core::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use p2p_core::page::SZ_4K;
 use p2p_core::topology::Bar;
 use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
@@ -195,7 +195,8 @@ impl MemoryExporter for MockGpu {
         if s.revoked {
             return Err(Error::Revoked(self.id));
         }
-        let pages = align_up(range.len(), SZ_4K).unwrap_or(range.len()) / SZ_4K;
+        // The window holds whole pages: every page the range touches.
+        let pages = range.pages(SZ_4K)?.len() / SZ_4K;
         let in_bar = matches!(s.residency, Residency::Device(_));
         let free = self.window_pages - s.window_used;
         let injected = in_bar
@@ -241,8 +242,8 @@ impl MemoryExporter for MockGpu {
             exporter: self.id,
             grant: grant.id,
         })?;
-        let start = g.range.start().0 & !(SZ_4K - 1);
-        let len = align_up(g.range.end().0, SZ_4K).unwrap_or(g.range.end().0) - start;
+        let span = g.range.pages(SZ_4K)?;
+        let (start, len) = (span.start().0, span.len());
         Ok(vec![match s.residency {
             Residency::Device(_) => Chunk {
                 offset: Offset(start),

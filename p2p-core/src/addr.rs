@@ -231,6 +231,19 @@ impl<A: Address> AddrRange<A> {
     pub fn is_aligned(&self, align: u64) -> bool {
         is_aligned(self.start.raw(), align) && is_aligned(self.len, align)
     }
+
+    /// The whole `page`-sized pages this range touches: `[0x800..0x1800)` in 4 KiB pages is
+    /// `[0x0..0x2000)`, two pages. `page` must be a power of two; an error if the rounded-up end
+    /// wraps.
+    pub fn pages(&self, page: u64) -> Result<Self> {
+        let start = align_down(self.start.raw(), page);
+        let end = align_up(self.end().raw(), page).ok_or(Error::AddressOverflow {
+            kind: A::KIND,
+            addr: self.start.raw(),
+            len: self.len,
+        })?;
+        Self::new(A::new(start), end - start)
+    }
 }
 
 impl<A: Address> fmt::Debug for AddrRange<A> {

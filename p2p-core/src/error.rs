@@ -257,6 +257,15 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// The kernel (or a model of it) answered a call with something malformed.
+    #[error("{call}: malformed reply: {detail}")]
+    KernelReply {
+        /// The call.
+        call: &'static str,
+        /// What was wrong with the reply, with its values.
+        detail: String,
+    },
+
     /// A plan used for another exporter or importer than it was made for.
     #[error("plan made for {plan} used for {given}")]
     PlanMismatch {

@@ -328,8 +328,8 @@ impl TestExporter {
         if s.revoked {
             return Err(Error::Revoked(self.id));
         }
-        let pages =
-            align_up(range.len(), SZ_4K).ok_or(Error::EmptyRange { what: "grant" })? / SZ_4K;
+        // The window holds whole pages: every page the range touches.
+        let pages = range.pages(SZ_4K)?.len() / SZ_4K;
         let slot = if matches!(s.residency, Residency::Device(_)) {
             let used: u64 = s.slots.values().sum();
             let last = self.window_pages.checked_sub(1).ok_or(Error::WindowFull {
@@ -402,21 +402,21 @@ impl MemoryExporter for TestExporter {
             exporter: self.id,
             grant: grant.id,
         })?;
-        let len = g.range.len();
-        let off = g.range.start();
+        let span = g.range.pages(SZ_4K)?;
+        let (off, len) = (span.start(), span.len());
         Ok(vec![match s.residency {
             Residency::Device(_) => Chunk {
                 offset: off,
-                len: align_up(len, SZ_4K).unwrap_or(len),
+                len,
                 phys: PhysAddr(self.bar_cpu.0 + slot * SZ_4K),
                 bus: BusAddr(self.bar_bus.0 + slot * SZ_4K),
                 mmio: true,
             },
             Residency::Host { .. } => {
-                let at = self.host_base.0 + crate::addr::align_down(off.0, SZ_4K);
+                let at = self.host_base.0 + off.0;
                 Chunk {
                     offset: off,
-                    len: align_up(len, SZ_4K).unwrap_or(len),
+                    len,
                     phys: PhysAddr(at),
                     bus: BusAddr(at),
                     mmio: false,
@@ -545,13 +545,12 @@ impl MemoryExporter for TestHostMemory {
             exporter: self.id,
             grant: grant.id,
         })?;
-        let start = crate::addr::align_down(g.range.start().0, SZ_4K);
-        let end = align_up(g.range.end().0, SZ_4K).unwrap_or(g.range.end().0);
+        let span = g.range.pages(SZ_4K)?;
         Ok(vec![Chunk {
-            offset: Offset(start),
-            len: end - start,
-            phys: PhysAddr(start),
-            bus: BusAddr(start),
+            offset: span.start(),
+            len: span.len(),
+            phys: PhysAddr(span.start().0),
+            bus: BusAddr(span.start().0),
             mmio: false,
         }])
     }

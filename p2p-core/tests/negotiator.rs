@@ -703,3 +703,77 @@ fn the_observer_sees_every_mapping_come_and_go() {
         ]
     );
 }
+
+/// A range that straddles a page boundary gets every page it touches: `[0x800..0x1800)` is two
+/// pages, not one (the second page's bytes were lost).
+#[test]
+fn an_unaligned_range_gets_every_page_it_touches() {
+    for topo in [
+        presets::workstation().unwrap(),
+        presets::acs_switch().unwrap(),
+    ] {
+        let r = movable_rig(topo);
+        let (_, imp) = importer(ImporterFlags::ODP | ImporterFlags::P2P, 64);
+        let m = r
+            .map(&imp, AddrRange::new(Offset(0x800), 0x1000).unwrap())
+            .unwrap();
+        let covered: u64 = m.segments().unwrap().iter().map(|s| s.len).sum();
+        assert_eq!(covered, 2 * SZ_4K, "{}", m.strategy().unwrap());
+        let g = r
+            .exporter
+            .export(AddrRange::new(Offset(0x800), 0x1000).unwrap(), false);
+        let chunks = r.exporter.chunks(&g.unwrap()).unwrap();
+        assert_eq!((chunks[0].offset, chunks[0].len), (Offset(0), 2 * SZ_4K));
+    }
+}
+
+/// The plan cache is bounded: a long-running process that makes exporters without end does not
+/// grow it without end.
+#[test]
+fn the_plan_cache_stays_bounded_as_exporters_come_and_go() {
+    let topo = presets::workstation().unwrap();
+    let platform = Arc::new(TestPlatform::new(topo.clone(), DomainKind::Translated));
+    let neg = Negotiator::new(platform);
+    let (_, imp) = importer(ImporterFlags::ODP | ImporterFlags::P2P, 64);
+    let n = p2p_core::negotiate::PLAN_CACHE_CAPACITY + 100;
+    for _ in 0..n {
+        let gpu = TestExporter::new(&topo, a(GPU), 1 << 20, 16, true, true).unwrap();
+        neg.negotiate(&gpu, &*imp, RW, &Policy::default()).unwrap();
+    }
+    let stats = neg.cache_stats();
+    assert_eq!(stats.misses, n as u64);
+    assert!(
+        stats.entries <= p2p_core::negotiate::PLAN_CACHE_CAPACITY,
+        "{stats:?}"
+    );
+    assert_eq!(stats.evictions, 1);
+}
+
+/// An establish with a plan made before the memory moved is refused with a typed error, not
+/// set up at the old place; `map` plans again.
+#[test]
+fn a_plan_made_before_a_move_is_refused_after_it() {
+    let r = movable_rig(presets::workstation().unwrap());
+    let (_, imp) = importer(ImporterFlags::ODP | ImporterFlags::P2P, 64);
+    let plan = r
+        .neg
+        .negotiate(&*r.exporter, &*imp, RW, &Policy::default())
+        .unwrap();
+    let whole = AddrRange::new(Offset(0), 64 << 20).unwrap();
+    let inv = r
+        .neg
+        .begin_invalidation(r.exporter.id(), whole, InvalidationKind::Move)
+        .unwrap();
+    assert_eq!(r.neg.registry().invalidations_running(), 1);
+    r.gpu.migrate_to_host();
+    drop(inv);
+    assert_eq!(r.neg.registry().invalidations_running(), 0);
+    let range = AddrRange::new(Offset(0), SZ_4K).unwrap();
+    assert!(matches!(
+        r.neg.establish(&plan, &r.exporter, &imp, range),
+        Err(Error::StalePlan { .. })
+    ));
+    assert_eq!(r.neg.registry().len(), 0, "nothing left registered");
+    let m = r.map(&imp, range).unwrap();
+    assert!(m.is_live());
+}

@@ -77,6 +77,29 @@ pub struct VfioDomain {
     maps: Mutex<BTreeMap<u64, Mapped>>,
 }
 
+/// Checks the kernel's usable IOVA ranges (inclusive `(start, last)` pairs) before they are used:
+/// at least one, each well formed, in increasing order and disjoint. A reply that breaks this
+/// is refused with [`Error::KernelReply`] naming it, never indexed blindly.
+fn check_iova_ranges(ranges: &[(u64, u64)]) -> Result<()> {
+    let bad = |detail: String| Error::KernelReply {
+        call: "VFIO_IOMMU_GET_INFO (IOVA ranges)",
+        detail,
+    };
+    if ranges.is_empty() {
+        return Err(bad("no usable IOVA range".into()));
+    }
+    if let Some(&(s, l)) = ranges.iter().find(|&&(s, l)| s > l) {
+        return Err(bad(format!("range {s:#x}..={l:#x} ends before it starts")));
+    }
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(bad(format!(
+            "ranges {:#x}..={:#x} and {:#x}..={:#x} overlap or are out of order",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        )));
+    }
+    Ok(())
+}
+
 impl VfioDomain {
     /// The domain of a container that has at least one group attached.
     pub fn new(container: Arc<VfioContainer>) -> Result<Self> {
@@ -87,12 +110,17 @@ impl VfioDomain {
     pub fn over(kernel: Arc<dyn Type1>) -> Result<Self> {
         let info = kernel.info()?;
         let page_sizes = PageSizes::from_bits_truncate(info.page_sizes);
-        let first = info.iova_ranges[0].0;
-        let last = info.iova_ranges[info.iova_ranges.len() - 1].1;
+        check_iova_ranges(&info.iova_ranges)?;
+        let (Some(&(first, _)), Some(&(_, last))) =
+            (info.iova_ranges.first(), info.iova_ranges.last())
+        else {
+            unreachable!("check_iova_ranges refuses an empty list")
+        };
         // The aperture is a half-open range: the very last byte of the 64-bit space is lost.
         let aperture = AddrRange::new(Iova(first), (last - first).saturating_add(1))?;
         let mut reserved = Vec::new();
         for w in info.iova_ranges.windows(2) {
+            // Sorted and disjoint (checked), so w[0].1 < w[1].0 and the + 1 cannot wrap.
             let (gap_start, gap_end) = (w[0].1 + 1, w[1].0);
             if gap_end > gap_start {
                 let kind = if gap_start <= MSI.0 && MSI.1 < gap_end {

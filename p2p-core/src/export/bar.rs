@@ -2,7 +2,7 @@
 //! its addresses come from the topology, so every backend (identity, VFIO, simulated) can use it.
 
 use super::GrantBook;
-use crate::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
 use crate::topology::{Bar, Topology};
@@ -73,10 +73,8 @@ impl MemoryExporter for BarExporter {
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         let range = self.book.lock().get(grant)?.range;
-        let start = align_down(range.start().0, 4096);
-        let end = align_up(range.end().0, 4096)
-            .unwrap_or(range.end().0)
-            .min(self.bar.size);
+        let span = range.pages(4096)?;
+        let (start, end) = (span.start().0, span.end().0.min(self.bar.size));
         Ok(vec![Chunk {
             offset: Offset(start),
             len: end - start,

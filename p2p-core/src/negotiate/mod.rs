@@ -21,7 +21,7 @@ pub use address_space::{AddressSpace, Backing, Registration};
 pub use decide::{decide, Facts};
 pub use invalidation::{Invalidating, InvalidationReport};
 pub use mapping::Mapping;
-pub use negotiator::{CacheStats, Negotiator};
+pub use negotiator::{CacheStats, Negotiator, PLAN_CACHE_CAPACITY};
 pub use observer::{MappingEvent, MappingObserver, TeardownCause};
 pub use plan::{Plan, Reason, Strategy};
 pub use policy::{Fallback, Policy};

@@ -19,7 +19,11 @@ struct PlanCache {
     plans: HashMap<(Facts, Policy), Plan>,
     hits: u64,
     misses: u64,
+    evictions: u64,
 }
+
+/// Plans the cache holds at most.
+pub const PLAN_CACHE_CAPACITY: usize = 4096;
 
 /// Cache counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,8 +32,10 @@ pub struct CacheStats {
     pub hits: u64,
     /// Plans computed.
     pub misses: u64,
-    /// Plans held now.
+    /// Plans held now (at most [`PLAN_CACHE_CAPACITY`]).
     pub entries: usize,
+    /// Times the cache was full and emptied.
+    pub evictions: u64,
 }
 
 /// Plans, establishes and invalidates mappings on one [`Platform`].
@@ -71,6 +77,7 @@ impl Negotiator {
             hits: c.hits,
             misses: c.misses,
             entries: c.plans.len(),
+            evictions: c.evictions,
         }
     }
 
@@ -100,6 +107,13 @@ impl Negotiator {
         let mut c = self.cache.lock();
         c.misses += 1;
         if c.generation == topo.generation() {
+            if c.plans.len() >= PLAN_CACHE_CAPACITY {
+                // Keys name exporters, and a long-running process makes exporters without end:
+                // start over rather than grow. Plans are cheap to recompute; a full cache means
+                // the working set is larger than the cache anyway.
+                c.plans.clear();
+                c.evictions += 1;
+            }
             c.plans.insert(key, plan.clone());
         }
         Ok(plan)

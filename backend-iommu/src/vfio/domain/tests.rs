@@ -219,3 +219,41 @@ proptest! {
         }
     }
 }
+
+/// A kernel whose GET_INFO reply carries the given IOVA ranges (and that maps nothing).
+#[derive(Debug)]
+struct Ranges(Vec<(u64, u64)>);
+
+impl Type1 for Ranges {
+    fn info(&self) -> Result<IommuInfo> {
+        Ok(IommuInfo {
+            page_sizes: 0x1000,
+            iova_ranges: self.0.clone(),
+        })
+    }
+    fn map_dma(&self, _: u64, _: u64, _: u64, _: Access) -> Result<()> {
+        Err(errno("VFIO_IOMMU_MAP_DMA", libc::ENOSYS))
+    }
+    fn unmap_dma(&self, _: u64, _: u64) -> Result<u64> {
+        Err(errno("VFIO_IOMMU_UNMAP_DMA", libc::ENOSYS))
+    }
+}
+
+#[test]
+fn malformed_iova_ranges_are_typed_errors_not_panics() {
+    for ranges in [
+        vec![],
+        vec![(0x2000, 0x1000)],
+        vec![(0, 0xffff), (0x8000, 0x1_ffff)],
+        vec![(0x10_0000, 0x1f_ffff), (0, 0xffff)],
+        vec![(0, u64::MAX), (0, u64::MAX)],
+    ] {
+        let got = VfioDomain::over(Arc::new(Ranges(ranges.clone())));
+        assert!(
+            matches!(got, Err(Error::KernelReply { .. })),
+            "{ranges:x?}: {got:?}"
+        );
+    }
+    let whole = VfioDomain::over(Arc::new(Ranges(vec![(0, u64::MAX)]))).unwrap();
+    assert_eq!(whole.aperture().start(), Iova(0));
+}
