@@ -154,3 +154,17 @@ fn the_sanitizer_sees_every_mapping_event_in_registry_order() {
     });
     eprintln!("{n} machines");
 }
+
+/// The conformance stress check on the mock's reference domain, with the sanitizer watching its
+/// map/unmap pairs (no finding allowed).
+#[test]
+fn the_mock_domain_passes_the_concurrent_stress_check() {
+    use p2pdma::core::conformance::{stress_domain, StressConfig};
+    for seed in 0..3 {
+        let m = Machine::new(presets::acs_switch().unwrap(), &collect(seed)).unwrap();
+        let d = m.platform().mock_domain(a(NIC)).unwrap().clone();
+        stress_domain(d, &StressConfig::quick(seed)).unwrap_or_else(|e| panic!("{e}"));
+        let f = m.finish();
+        assert!(f.is_empty(), "seed {seed}: {f:?}");
+    }
+}

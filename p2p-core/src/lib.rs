@@ -9,6 +9,7 @@
 //! - [`traits`]: [`MemoryExporter`], [`DmaImporter`], [`IommuDomain`], [`Platform`].
 //! - [`negotiate`]: the plan for an (exporter, importer, policy), mappings with merged scatter
 //!   lists, the registry and the invalidation protocol for movable memory.
+//! - [`conformance`]: checks of each trait's contract that any implementation runs in its tests.
 //! - [`testing`]: simple in-memory implementations of the traits.
 //!
 //! ```
@@ -35,6 +36,7 @@
 
 pub mod access;
 pub mod addr;
+pub mod conformance;
 pub mod error;
 pub mod export;
 mod hex;

@@ -777,3 +777,17 @@ fn a_plan_made_before_a_move_is_refused_after_it() {
     let m = r.map(&imp, range).unwrap();
     assert!(m.is_live());
 }
+
+/// The conformance stress check on the in-crate test domain.
+#[test]
+fn the_test_domain_passes_the_concurrent_stress_check() {
+    for seed in 0..3 {
+        let d = Arc::new(TestDomain::new(DomainKind::Translated));
+        p2p_core::conformance::stress_domain(
+            d.clone(),
+            &p2p_core::conformance::StressConfig::quick(seed),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((d.mapped_pages(), d.live_iovas()), (0, 0));
+    }
+}

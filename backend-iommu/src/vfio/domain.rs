@@ -220,19 +220,21 @@ impl IommuDomain for VfioDomain {
         let page = self.page_sizes.min_page().unwrap_or(4096);
         check_map_args(&self.aperture, &self.reserved, iova, phys, len, page)?;
         let r = AddrRange::new(iova, len)?;
+        // The record is locked across the kernel call, so that the check, the MAP_DMA and the
+        // record agree: two racing maps of one range cannot both pass the check, and an unmap
+        // cannot forget a map made between its UNMAP_DMA and its update (the kernel serialises
+        // these calls per container anyway).
+        let mut maps = self.maps.lock();
+        if let Some((&at, _)) = maps
+            .range(..r.end().0)
+            .next_back()
+            .filter(|(&at, m)| AddrRange::new(Iova(at), m.len).is_ok_and(|mr| mr.overlaps(&r)))
         {
-            let maps = self.maps.lock();
-            if let Some((&at, _)) = maps
-                .range(..r.end().0)
-                .next_back()
-                .filter(|(&at, m)| AddrRange::new(Iova(at), m.len).is_ok_and(|mr| mr.overlaps(&r)))
-            {
-                return Err(Error::AlreadyMapped(at.max(iova.0)));
-            }
+            return Err(Error::AlreadyMapped(at.max(iova.0)));
         }
         let va = self.va_of(phys.0, len)?;
         self.kernel.map_dma(va, iova.0, len, access)?;
-        self.maps.lock().insert(
+        maps.insert(
             iova.0,
             Mapped {
                 len,
@@ -245,9 +247,10 @@ impl IommuDomain for VfioDomain {
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
         let r = AddrRange::new(iova, len)?;
+        let mut maps = self.maps.lock();
         let done = self.kernel.unmap_dma(iova.0, len)?;
         // The kernel removed the mappings that lie inside the range: forget them too.
-        self.maps.lock().retain(|&at, m| {
+        maps.retain(|&at, m| {
             let inside = at >= r.start().0 && at + m.len <= r.end().0;
             !inside
         });

@@ -257,3 +257,22 @@ fn malformed_iova_ranges_are_typed_errors_not_panics() {
     let whole = VfioDomain::over(Arc::new(Ranges(vec![(0, u64::MAX)]))).unwrap();
     assert_eq!(whole.aperture().start(), Iova(0));
 }
+
+/// The conformance stress check over the type1 model: every page of the window is backed by a
+/// registered window of this process's memory.
+#[test]
+fn the_domain_passes_the_concurrent_stress_check_over_the_type1_model() {
+    use p2p_core::conformance::{stress_domain, StressConfig};
+    for seed in 0..3 {
+        let fake = Arc::new(FakeType1::default());
+        let d = Arc::new(VfioDomain::over(fake.clone()).unwrap());
+        // The stress check maps 2 MiB-aligned pages from (1 << 21) up to thread 4's last op.
+        d.add_window(VirtAddr(0x7f00_0000_0000), PhysAddr(0), 1 << 40)
+            .unwrap();
+        stress_domain(d, &StressConfig::quick(seed)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            fake.maps.lock().is_empty(),
+            "seed {seed}: type1 still maps something"
+        );
+    }
+}
