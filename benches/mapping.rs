@@ -6,7 +6,8 @@ use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{Constraints, MemoryRegion, Stage2};
 use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, PageTable, SoftIommu, VtdSecondLevel};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use p2pdma::core::testing::{TestExporter, TestImporter, TestPlatform};
+use p2pdma::core::export::BarExporter;
+use p2pdma::core::testing::{TestExporter, TestHostMemory, TestImporter, TestPlatform};
 use p2pdma::core::topology::presets;
 use p2pdma::prelude::*;
 use std::hint::black_box;
@@ -341,6 +342,76 @@ fn negotiate(c: &mut Criterion) {
     g.finish();
 }
 
+/// A platform whose every device's DMA goes through one strict `SoftIommu` (VT-d format): what a
+/// driver sees on an IOMMU-translated machine, with no test double in the mapping path.
+#[derive(Debug)]
+struct SoftPlatform {
+    topology: Arc<Topology>,
+    domain: Arc<SoftIommu<VtdSecondLevel>>,
+    host: Arc<TestHostMemory>,
+}
+
+impl Platform for SoftPlatform {
+    fn topology(&self) -> Arc<Topology> {
+        self.topology.clone()
+    }
+    fn domain(&self, _: PciAddr) -> p2pdma::prelude::Result<Arc<dyn IommuDomain>> {
+        Ok(self.domain.clone())
+    }
+    fn host_memory(&self) -> Arc<dyn MemoryExporter> {
+        self.host.clone()
+    }
+}
+
+/// `Negotiator::map` + drop of `len` bytes by `threads` threads at once (each its own part of
+/// the BAR), through the importer's `SoftIommu` (ACS redirect: via-iommu), the BAR exporter from
+/// p2p-core as the memory. Element throughput: one map + drop per thread per iteration.
+fn end_to_end(c: &mut Criterion) {
+    let mut g = c.benchmark_group("end_to_end");
+    let topo = presets::acs_switch().unwrap();
+    let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
+    let nic: PciAddr = "0000:05:00.0".parse().unwrap();
+    let platform = Arc::new(SoftPlatform {
+        topology: Arc::new(topo.clone()),
+        domain: Arc::new(SoftIommu::new(FlushPolicy::Strict).unwrap()),
+        host: Arc::new(TestHostMemory::new(1 << 30, 1 << 26)),
+    });
+    let neg = Negotiator::new(platform);
+    let exporter: Arc<dyn MemoryExporter> = Arc::new(BarExporter::new(&topo, gpu, 0).unwrap());
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        dma_mask: dma_mask(64),
+        max_segment: 0,
+    };
+    let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic, caps));
+    let p = Policy::default();
+    let plan = neg.negotiate(&*exporter, &*importer, RW, &p).unwrap();
+    assert_eq!(plan.strategy, Strategy::ViaIommu, "{plan}");
+    let map_drop = |off: u64, len: u64| {
+        let r = AddrRange::new(Offset(off), len).unwrap();
+        drop(black_box(neg.map(&exporter, &importer, r, RW, &p).unwrap()));
+    };
+    for (name, len, threads) in [
+        ("map_drop_4k", SZ_4K, 1u64),
+        ("map_drop_4k", SZ_4K, 2),
+        ("map_drop_2m", SZ_2M, 1),
+    ] {
+        g.throughput(Throughput::Elements(threads));
+        g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &n| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..n {
+                        s.spawn(move || (0..iters).for_each(|_| map_drop(t * SZ_2M, len)));
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -348,5 +419,5 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
-criterion_group! { name = benches; config = config(); targets = map_unmap_4k, map_ranges, iova, translate, threads, negotiate }
+criterion_group! { name = benches; config = config(); targets = map_unmap_4k, map_ranges, iova, translate, threads, negotiate, end_to_end }
 criterion_main!(benches);
