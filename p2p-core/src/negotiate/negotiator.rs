@@ -200,12 +200,11 @@ impl Negotiator {
     ) -> Result<Mapping> {
         let first = self.negotiate(&**exporter, &**importer, access, policy)?;
         check_range(&**exporter, range)?;
-        self.register_and_publish(exporter, importer, range, &first, |attempt| {
-            if attempt == 0 {
-                Ok(first.clone())
-            } else {
-                self.negotiate(&**exporter, &**importer, access, policy)
-            }
+        // The plan depends on where the memory is, so every attempt plans again after its
+        // read_begin (the cache makes that cheap): `first` was read before the registration and
+        // may describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
+        self.register_and_publish(exporter, importer, range, &first, |_| {
+            self.negotiate(&**exporter, &**importer, access, policy)
         })
     }
 
