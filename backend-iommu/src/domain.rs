@@ -301,6 +301,11 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         })
     }
 
+    fn dma_translate(&self, iova: Iova) -> Option<Translation> {
+        // The inherent method: IOTLB, then a walk that fills it.
+        SoftIommu::dma_translate(self, iova.0)
+    }
+
     fn flush(&self) -> Result<()> {
         match self.policy {
             // unmap already invalidated what it removed.

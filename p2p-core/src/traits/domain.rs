@@ -91,11 +91,20 @@ bitflags::bitflags! {
 /// - [`unmap`](Self::unmap) returns the bytes unmapped. It walks across leaves of any size and
 ///   stops only at the first IOVA that is not mapped (so it returns less than asked there); a
 ///   range whose ends would cut a larger page is refused with nothing unmapped.
-/// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable.
+/// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable. A
+///   strict domain invalidates in `unmap` already (its `flush` may do nothing); a lazy one queues
+///   flushes and may keep stale translations usable until the queue is performed.
+/// - [`dma_translate`](Self::dma_translate) answers as a device's request is answered (through
+///   the IOTLB); [`translate`](Self::translate) walks the tables. They differ only for an IOVA
+///   unmapped in a lazy domain whose flush has not been performed yet.
 /// - [`alloc_iova`](Self::alloc_iova) returns a size-aligned free range whose last byte is at most
 ///   `limit`, outside reserved regions; [`free_iova`](Self::free_iova) gives it back, but the
-///   domain must not hand it out again before a flush after its unmap has succeeded (a lazy
-///   flush queue, or a flush that failed, defers the reuse).
+///   domain must not hand it out again while a translation of it may still be usable: in a
+///   strict domain that is after its unmap; in a lazy one, or after a flush that failed, after
+///   the next flush that succeeds.
+/// - Every method may be called from several threads at once; map and unmap of disjoint ranges
+///   never disturb each other, and a map of a range any part of which is mapped fails with
+///   `AlreadyMapped` leaving nothing of it mapped.
 pub trait IommuDomain: Send + Sync + fmt::Debug {
     /// Identity, translated or blocked.
     fn kind(&self) -> DomainKind;
@@ -122,6 +131,11 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64>;
     /// Walks the tables for one IOVA.
     fn translate(&self, iova: Iova) -> Option<Translation>;
+    /// Translates one IOVA as a device's request is translated: through the IOTLB, filling it.
+    /// A domain without an IOTLB model answers with the walk.
+    fn dma_translate(&self, iova: Iova) -> Option<Translation> {
+        self.translate(iova)
+    }
     /// Invalidates the IOTLB.
     fn flush(&self) -> Result<()>;
     /// Allocates `len` bytes of IOVA space at or below `limit`.
