@@ -258,9 +258,9 @@ fn translate(c: &mut Criterion) {
     let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
     d.map(Iova(0x12_3456_7000), PhysAddr(0x8000_0000), SZ_4K, RW)
         .unwrap();
-    d.dma_translate(0x12_3456_7000).unwrap();
+    d.dma_translate(Iova(0x12_3456_7000)).unwrap();
     g.bench_function("soft_iommu_iotlb_hit", |b| {
-        b.iter(|| d.dma_translate(black_box(0x12_3456_7008)))
+        b.iter(|| d.dma_translate(Iova(black_box(0x12_3456_7008))))
     });
     g.bench_function("soft_iommu_full_walk", |b| {
         b.iter(|| d.translate(Iova(black_box(0x12_3456_7008))))

@@ -37,7 +37,7 @@ impl AddressSpace for Interleaved {
 }
 
 fn leftovers(m: &Machine, gpu: &backend_mock::MockGpu) -> (usize, usize, usize, usize, usize) {
-    let dom = m.platform().mock_domain(a(NIC)).unwrap();
+    let dom = m.platform().iommu(a(NIC)).unwrap().inner();
     (
         dom.mapped_pages(),
         dom.live_iovas(),
@@ -122,7 +122,7 @@ fn a_flush_timeout_during_teardown_still_gives_everything_back() {
         .set_rate(FaultPoint::FlushTimeout, 1_000_000);
     drop(map);
     m.platform().faults().clear();
-    let dom = m.platform().mock_domain(a(NIC)).unwrap().clone();
+    let dom = m.platform().iommu(a(NIC)).unwrap().clone();
     assert_eq!(
         leftovers(&m, &p.gpu),
         (0, 1, 0, 0, 0),

@@ -378,7 +378,7 @@ fn run(seed: u64, acs: bool, ops: Vec<Op>) -> Result<(), proptest::test_runner::
         prop_assert_eq!(g.dev.grants(), 0);
     }
     for nic in [NIC, NVME] {
-        let dom = m.platform().mock_domain(a(nic)).unwrap();
+        let dom = m.platform().iommu(a(nic)).unwrap().inner();
         prop_assert_eq!((dom.mapped_pages(), dom.live_iovas()), (0, 0));
     }
     prop_assert_eq!(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use backend_mock::{Event, FindingKind, FlushMode, Machine, MockConfig};
+use backend_mock::{DomainChoice, Event, FindingKind, FlushMode, Machine, MockConfig};
 use common::*;
 use p2pdma::core::topology::presets;
 use p2pdma::prelude::*;
@@ -91,6 +91,7 @@ fn dma_after_revoke() {
 fn stale_iotlb_entries_are_usable_until_the_lazy_flush_and_reported() {
     let config = MockConfig {
         flush: FlushMode::Lazy { batch: 256 },
+        domains: DomainChoice::Reference,
         ..collect(15)
     };
     let m = Machine::new(presets::acs_switch().unwrap(), &config).unwrap();
@@ -122,6 +123,31 @@ fn stale_iotlb_entries_are_usable_until_the_lazy_flush_and_reported() {
     );
 }
 
+/// The same stale window through the software IOMMU's real IOTLB (lazy flush queue): the
+/// sanitizer finds it without knowing which domain it watches.
+#[test]
+fn stale_iotlb_entries_of_the_software_iommu_are_reported_too() {
+    let config = MockConfig {
+        flush: FlushMode::Lazy { batch: 256 },
+        ..collect(18)
+    };
+    let m = Machine::new(presets::acs_switch().unwrap(), &config).unwrap();
+    let p = pair(&m, 4, odp());
+    let map = p.map(&m, 0, 4096, RW).unwrap();
+    let iova = map.segments().unwrap()[0].addr;
+    p.nic.dma_write(iova, b"first").unwrap(); // fills the IOTLB
+    drop(map);
+    p.nic.dma_write(iova, b"stale").unwrap();
+    assert_eq!(p.gpu.cpu_read(0, 5), b"stale", "the lazy window is real");
+    m.platform().iommu(a(NIC)).unwrap().flush_all().unwrap();
+    assert!(p.nic.dma_write(iova, b"late").is_err());
+    let k = kinds(m);
+    assert!(
+        k.contains(&FindingKind::StaleIotlb) && k.contains(&FindingKind::AfterUnmap),
+        "{k:?}"
+    );
+}
+
 #[test]
 fn wrong_direction() {
     let m = Machine::new(presets::acs_switch().unwrap(), &collect(16)).unwrap();
@@ -139,7 +165,7 @@ fn wrong_direction() {
 #[test]
 fn double_unmap_and_unmap_of_the_wrong_size() {
     let m = Machine::new(presets::acs_switch().unwrap(), &collect(17)).unwrap();
-    let dom = m.platform().mock_domain(a(NIC)).unwrap().clone();
+    let dom = m.platform().iommu(a(NIC)).unwrap().clone();
     dom.map(Iova(0x10_0000), PhysAddr(0x20_0000), 0x2000, RW)
         .unwrap();
     assert_eq!(

@@ -122,30 +122,6 @@ impl<F: Format> SoftIommu<F> {
         self.iotlb.stats()
     }
 
-    /// Translates as a device's request is translated: the IOTLB first, then a walk that fills
-    /// it. In lazy mode this can return a translation whose page-table entry is gone.
-    pub fn dma_translate(&self, iova: u64) -> Option<Translation> {
-        let off = iova & (SZ_4K - 1);
-        if let Some((page, access)) = self.iotlb.lookup(iova) {
-            return Some(Translation {
-                phys: PhysAddr(page + off),
-                access,
-            });
-        }
-        // The fill happens while the walk's read lock is held: a strict unmap clears the entry
-        // and invalidates the IOTLB under the write lock, so a fill from a walk that saw the old
-        // entry can never land after that invalidation (it would resurrect the translation).
-        let table = self.table.read();
-        let leaf = table.translate(iova)?;
-        let phys = leaf.phys + (iova - leaf.iova);
-        self.iotlb.insert(iova, phys & !(SZ_4K - 1), leaf.access);
-        drop(table);
-        Some(Translation {
-            phys: PhysAddr(phys),
-            access: leaf.access,
-        })
-    }
-
     /// Maps a scatter list into one contiguous IOVA range at or below `limit` (Linux's
     /// `iommu_dma_map_sg`): every piece must be page aligned; all or nothing, and on failure the
     /// IOVA range is freed. Returns the range; piece `i` starts at the sum of the lengths before it.
@@ -301,9 +277,29 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         })
     }
 
+    /// The IOTLB first, then a walk that fills it. In lazy mode this can return a translation
+    /// whose page-table entry is gone.
     fn dma_translate(&self, iova: Iova) -> Option<Translation> {
-        // The inherent method: IOTLB, then a walk that fills it.
-        SoftIommu::dma_translate(self, iova.0)
+        let iova = iova.0;
+        let off = iova & (SZ_4K - 1);
+        if let Some((page, access)) = self.iotlb.lookup(iova) {
+            return Some(Translation {
+                phys: PhysAddr(page + off),
+                access,
+            });
+        }
+        // The fill happens while the walk's read lock is held: a strict unmap clears the entry
+        // and invalidates the IOTLB under the write lock, so a fill from a walk that saw the old
+        // entry can never land after that invalidation (it would resurrect the translation).
+        let table = self.table.read();
+        let leaf = table.translate(iova)?;
+        let phys = leaf.phys + (iova - leaf.iova);
+        self.iotlb.insert(iova, phys & !(SZ_4K - 1), leaf.access);
+        drop(table);
+        Some(Translation {
+            phys: PhysAddr(phys),
+            access: leaf.access,
+        })
     }
 
     fn flush(&self) -> Result<()> {
@@ -322,6 +318,11 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
                 Ok(())
             }
         }
+    }
+
+    fn flush_all(&self) -> Result<()> {
+        self.drain();
+        Ok(())
     }
 
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {

@@ -34,16 +34,11 @@ impl Frames {
         }
     }
 
-    /// Allocates a zeroed frame; fails when the frame limit (fault injection) is reached.
-    pub fn alloc(&mut self) -> Result<u32> {
+    /// Allocates a zeroed frame for a table that maps `for_iova`; fails with
+    /// [`Error::NoTableMemory`] when the frame limit (fault injection) is reached.
+    pub fn alloc(&mut self, for_iova: u64) -> Result<u32> {
         if self.limit.is_some_and(|l| self.live >= l) {
-            return Err(Error::Backend {
-                backend: "soft-iommu",
-                message: format!(
-                    "no page-table frame: {} frames in use, the limit",
-                    self.live
-                ),
-            });
+            return Err(Error::NoTableMemory { iova: for_iova });
         }
         self.live += 1;
         Ok(match self.free.pop() {

@@ -52,7 +52,7 @@ impl<F: Format> PageTable<F> {
     /// An empty table whose frames start at physical `frames_base`.
     pub fn new(frames_base: u64) -> Result<Self> {
         let mut frames = Frames::new(frames_base);
-        let root = frames.alloc()?;
+        let root = frames.alloc(0)?;
         Ok(Self {
             frames,
             root,
@@ -101,7 +101,7 @@ impl<F: Format> PageTable<F> {
                 Pte::Leaf { .. } => return Err(Error::AlreadyMapped(iova & !(level_size(l) - 1))),
                 Pte::Invalid if !create => return Ok(None),
                 Pte::Invalid => {
-                    let child = self.frames.alloc()?;
+                    let child = self.frames.alloc(iova)?;
                     let phys = self.frames.phys(child);
                     self.frames.table_mut(table)[i] = F::table(phys);
                     self.frames.add_count(table, 1);

@@ -16,10 +16,13 @@ fn strict_unmap_leaves_no_stale_translation() {
     let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap();
     let iova = d.alloc_iova(SZ_4K, u64::MAX).unwrap();
     d.map(iova, PhysAddr(0x8000), SZ_4K, RW).unwrap();
-    assert_eq!(d.dma_translate(iova.0).unwrap().phys, PhysAddr(0x8000)); // fills the IOTLB
-    assert_eq!(d.dma_translate(iova.0 + 8).unwrap().phys, PhysAddr(0x8008)); // hit
+    assert_eq!(d.dma_translate(iova).unwrap().phys, PhysAddr(0x8000)); // fills the IOTLB
+    assert_eq!(
+        d.dma_translate(Iova(iova.0 + 8)).unwrap().phys,
+        PhysAddr(0x8008)
+    ); // hit
     assert_eq!(d.unmap(iova, SZ_4K).unwrap(), SZ_4K);
-    assert_eq!(d.dma_translate(iova.0), None);
+    assert_eq!(d.dma_translate(iova), None);
     let (hits, misses, inval) = d.iotlb_stats();
     assert_eq!((hits, misses), (1, 2));
     assert!(inval >= 1);
@@ -30,14 +33,14 @@ fn lazy_unmap_keeps_the_translation_until_the_queue_drains_and_does_not_reuse_th
     let d = SoftIommu::<ArmLpaeS2>::new(FlushPolicy::Lazy { batch: 3 }).unwrap();
     let iova = d.alloc_iova(SZ_4K, u64::MAX).unwrap();
     d.map(iova, PhysAddr(0x8000), SZ_4K, RW).unwrap();
-    d.dma_translate(iova.0).unwrap();
+    d.dma_translate(iova).unwrap();
     d.unmap(iova, SZ_4K).unwrap();
     d.flush().unwrap();
     d.free_iova(iova, SZ_4K).unwrap();
     assert_eq!(d.queued_flushes(), 1);
     assert_eq!(d.translate(iova), None, "the page table no longer maps it");
     assert_eq!(
-        d.dma_translate(iova.0).unwrap().phys,
+        d.dma_translate(iova).unwrap().phys,
         PhysAddr(0x8000),
         "but the IOTLB still does"
     );
@@ -49,7 +52,7 @@ fn lazy_unmap_keeps_the_translation_until_the_queue_drains_and_does_not_reuse_th
     d.flush().unwrap();
     d.flush().unwrap(); // the third queued flush performs the invalidation
     assert_eq!(d.queued_flushes(), 0);
-    assert_eq!(d.dma_translate(iova.0), None);
+    assert_eq!(d.dma_translate(iova), None);
     assert_eq!(
         d.alloc_iova(SZ_4K, u64::MAX).unwrap(),
         iova,
@@ -112,7 +115,7 @@ fn two_threads_map_and_unmap_disjoint_ranges_correctly() {
                     let phys = PhysAddr((t << 40) | (i << 20));
                     d.map(iova, phys, pages * SZ_4K, RW).unwrap();
                     for p in 0..pages {
-                        let got = d.dma_translate(iova.0 + p * SZ_4K + 7).unwrap();
+                        let got = d.dma_translate(Iova(iova.0 + p * SZ_4K + 7)).unwrap();
                         assert_eq!(
                             got.phys,
                             PhysAddr(phys.0 + p * SZ_4K + 7),

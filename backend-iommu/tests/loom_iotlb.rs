@@ -31,15 +31,19 @@ fn a_fill_never_outlives_a_strict_unmap() {
             let d = d.clone();
             loom::thread::spawn(move || {
                 // Whatever it sees is either the live mapping or nothing.
-                if let Some(t) = d.dma_translate(IOVA) {
+                if let Some(t) = d.dma_translate(Iova(IOVA)) {
                     assert_eq!(t.phys, PhysAddr(0x8000));
                 }
             })
         };
         assert_eq!(d.unmap(Iova(IOVA), 4096).unwrap(), 4096);
-        assert_eq!(d.dma_translate(IOVA), None, "stale right after unmap");
+        assert_eq!(d.dma_translate(Iova(IOVA)), None, "stale right after unmap");
         device.join().unwrap();
-        assert_eq!(d.dma_translate(IOVA), None, "stale after the walk finished");
+        assert_eq!(
+            d.dma_translate(Iova(IOVA)),
+            None,
+            "stale after the walk finished"
+        );
     });
 }
 
@@ -52,13 +56,13 @@ fn a_remap_is_never_shadowed_by_the_old_page() {
         let device = {
             let d = d.clone();
             loom::thread::spawn(move || {
-                let _ = d.dma_translate(IOVA);
+                let _ = d.dma_translate(Iova(IOVA));
             })
         };
         d.unmap(Iova(IOVA), 4096).unwrap();
         d.map(Iova(IOVA), PhysAddr(0x9000), 4096, RW).unwrap();
         device.join().unwrap();
-        assert_eq!(d.dma_translate(IOVA).unwrap().phys, PhysAddr(0x9000));
+        assert_eq!(d.dma_translate(Iova(IOVA)).unwrap().phys, PhysAddr(0x9000));
     });
 }
 
@@ -72,13 +76,13 @@ fn a_lazy_drain_leaves_nothing_stale() {
         let device = {
             let d = d.clone();
             loom::thread::spawn(move || {
-                let _ = d.dma_translate(IOVA);
+                let _ = d.dma_translate(Iova(IOVA));
             })
         };
         d.unmap(Iova(IOVA), 4096).unwrap();
         d.flush().unwrap();
         d.drain();
         device.join().unwrap();
-        assert_eq!(d.dma_translate(IOVA), None);
+        assert_eq!(d.dma_translate(Iova(IOVA)), None);
     });
 }

@@ -134,7 +134,7 @@ fn strict_unmap_is_never_undone_by_a_racing_fill<F: Format>(budget: Duration) {
         let (d, stop) = (d.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let _ = d.dma_translate(iova.0);
+                let _ = d.dma_translate(Iova(iova.0));
             }
         })
     };
@@ -144,7 +144,7 @@ fn strict_unmap_is_never_undone_by_a_racing_fill<F: Format>(budget: Duration) {
         let phys = PhysAddr(0x1000_0000 + (rounds % 4096) * SZ_4K);
         d.map(iova, phys, SZ_4K, RW).unwrap();
         assert_eq!(d.unmap(iova, SZ_4K).unwrap(), SZ_4K);
-        let stale = d.dma_translate(iova.0);
+        let stale = d.dma_translate(Iova(iova.0));
         assert_eq!(
             stale,
             None,
@@ -173,7 +173,7 @@ fn strict_unmap_is_never_undone_by_a_racing_fill_arm() {
 fn a_failed_map_leaves_queued_tables_to_the_flush() {
     let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Lazy { batch: 8 }).unwrap();
     d.map(Iova(SZ_1G), PhysAddr(0x8000), SZ_4K, RW).unwrap();
-    d.dma_translate(SZ_1G).unwrap();
+    d.dma_translate(Iova(SZ_1G)).unwrap();
     d.unmap(Iova(SZ_1G), SZ_4K).unwrap(); // three tables emptied: queued, not freed
     let queued = d.live_frames();
     assert_eq!(queued, 4, "root + three tables waiting for the flush");

@@ -36,12 +36,14 @@ pub mod platform;
 pub mod route;
 pub mod sanitizer;
 pub mod story;
+pub mod wrap;
 
 pub use domain::{FlushMode, MockDomain};
 pub use events::{Event, EventLog};
 pub use faults::{FaultInjector, FaultPoint};
 pub use gpu::MockGpu;
 pub use nic::MockNic;
-pub use platform::{Machine, MockConfig, MockPlatform};
+pub use platform::{DomainChoice, DomainFactory, Machine, MockConfig, MockIommu, MockPlatform};
 pub use route::{DmaFault, Routed, Target, Via};
+pub use sanitizer::Sanitizer;
 pub use sanitizer::{Finding, FindingKind, SanitizerMode};

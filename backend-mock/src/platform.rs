@@ -10,6 +10,8 @@ use crate::host::MockHostMemory;
 use crate::memory::PhysMemory;
 use crate::nic::MockNic;
 use crate::sanitizer::{Finding, Sanitizer, SanitizerMode};
+use crate::wrap::{Faulty, Sanitized};
+use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, SoftIommu, VtdSecondLevel};
 use p2p_core::addr::{AddrRange, Iova, Offset, PhysAddr};
 use p2p_core::negotiate::{InvalidationReport, MappingObserver, Negotiator};
 use p2p_core::topology::Topology;
@@ -34,6 +36,9 @@ pub struct MockConfig {
     pub domain_kind: DomainKind,
     /// Strict or lazy IOTLB invalidation.
     pub flush: FlushMode,
+    /// Which domain implementation every translated device gets (wrapped, whatever it is, in
+    /// the sanitizer and the fault injector).
+    pub domains: DomainChoice,
     /// Reserve every BAR's bus range in every domain (Linux's `iova_reserve_pci_windows`).
     pub reserve_pci_windows: bool,
     /// What the sanitizer does with findings.
@@ -49,10 +54,59 @@ impl MockConfig {
             bounce_pool: 64 << 20,
             domain_kind: DomainKind::Translated,
             flush: FlushMode::Strict,
+            domains: DomainChoice::SoftVtd,
             reserve_pci_windows: true,
             sanitizer: SanitizerMode::Panic,
         }
     }
+}
+
+/// Makes the domain of one device, given the regions it must reserve.
+pub type DomainFactory =
+    Arc<dyn Fn(PciAddr, &[ReservedRegion]) -> Result<Arc<dyn IommuDomain>> + Send + Sync>;
+
+/// The implementation behind every translated device's domain.
+#[derive(Clone, Default)]
+pub enum DomainChoice {
+    /// `SoftIommu<VtdSecondLevel>`, with the configured flush mode: the default, so every mock
+    /// test runs the real page-table code.
+    #[default]
+    SoftVtd,
+    /// `SoftIommu<ArmLpaeS2>`.
+    SoftArm,
+    /// The reference [`MockDomain`] (a map of 4 KiB pages), which [`MockPlatform::mock_domain`]
+    /// then hands out for inspection.
+    Reference,
+    /// Any domain, out-of-tree ones included.
+    Custom(DomainFactory),
+}
+
+impl std::fmt::Debug for DomainChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DomainChoice::SoftVtd => "SoftVtd",
+            DomainChoice::SoftArm => "SoftArm",
+            DomainChoice::Reference => "Reference",
+            DomainChoice::Custom(_) => "Custom(..)",
+        })
+    }
+}
+
+/// A device's domain as the machine holds it: the chosen implementation, its calls logged and
+/// checked by the sanitizer, its faults injected by the machine's injector.
+pub type MockIommu = Faulty<Sanitized<Arc<dyn IommuDomain>>>;
+
+/// A `SoftIommu` of format `F` with `reserved` regions and the flush mode's policy.
+fn soft<F: Format>(flush: FlushMode, reserved: &[ReservedRegion]) -> Result<Arc<dyn IommuDomain>> {
+    let policy = match flush {
+        FlushMode::Strict => FlushPolicy::Strict,
+        FlushMode::Lazy { batch } => FlushPolicy::Lazy { batch },
+    };
+    let mut d = SoftIommu::<F>::new(policy)?;
+    for r in reserved {
+        d.reserve(r.range, r.kind);
+    }
+    Ok(Arc::new(d))
 }
 
 /// The simulated platform handed to the negotiator.
@@ -60,7 +114,9 @@ impl MockConfig {
 pub struct MockPlatform {
     topology: Arc<Topology>,
     memory: Arc<PhysMemory>,
-    domains: HashMap<PciAddr, Arc<MockDomain>>,
+    domains: HashMap<PciAddr, Arc<MockIommu>>,
+    /// The reference domains, when the machine was built with [`DomainChoice::Reference`].
+    reference: HashMap<PciAddr, Arc<MockDomain>>,
     host: Arc<MockHostMemory>,
     log: Arc<EventLog>,
     faults: Arc<FaultInjector>,
@@ -96,25 +152,33 @@ impl MockPlatform {
         if !config.reserve_pci_windows {
             windows.clear();
         }
-        let domains = topology
-            .endpoints()
-            .map(|(a, _)| {
-                let d = MockDomain::new(
-                    a,
-                    config.domain_kind,
-                    config.flush,
-                    windows.clone(),
-                    log.clone(),
-                    faults.clone(),
-                    sanitizer.clone(),
-                );
-                (a, Arc::new(d))
-            })
-            .collect();
+        let mut domains = HashMap::new();
+        let mut reference = HashMap::new();
+        for (a, _) in topology.endpoints() {
+            let inner: Arc<dyn IommuDomain> = match (&config.domains, config.domain_kind) {
+                (DomainChoice::Custom(make), _) => make(a, &windows)?,
+                (DomainChoice::SoftVtd, DomainKind::Translated) => {
+                    soft::<VtdSecondLevel>(config.flush, &windows)?
+                }
+                (DomainChoice::SoftArm, DomainKind::Translated) => {
+                    soft::<ArmLpaeS2>(config.flush, &windows)?
+                }
+                // The reference, and every identity or blocked domain (SoftIommu only translates).
+                (_, kind) => {
+                    let d = Arc::new(MockDomain::new(kind, config.flush, windows.clone()));
+                    reference.insert(a, d.clone());
+                    d
+                }
+            };
+            let sanitized = Sanitized::new(inner, a, log.clone(), sanitizer.clone());
+            let stack = Faulty::new(sanitized, faults.clone(), log.clone());
+            domains.insert(a, Arc::new(stack));
+        }
         Ok(Self {
             topology: Arc::new(topology),
             memory: Arc::default(),
             domains,
+            reference,
             host,
             log,
             faults,
@@ -156,8 +220,20 @@ impl MockPlatform {
         &self.host
     }
 
-    /// A device's domain as its concrete type.
+    /// A device's reference domain, for inspection (its pages, IOTLB, flush queue): there is one
+    /// when the machine was built with [`DomainChoice::Reference`] or the device's domain is
+    /// identity or blocked; otherwise [`Error::WrongDomainKind`].
     pub fn mock_domain(&self, device: PciAddr) -> Result<&Arc<MockDomain>> {
+        self.topology.endpoint(device)?;
+        self.reference.get(&device).ok_or(Error::WrongDomainKind {
+            op: "inspect as the reference domain",
+            kind: "non-reference",
+        })
+    }
+
+    /// `device`'s domain as the machine holds it (any implementation, sanitized and with
+    /// injectable faults).
+    pub fn iommu(&self, device: PciAddr) -> Result<&Arc<MockIommu>> {
         self.domains
             .get(&device)
             .ok_or(Error::UnknownDevice(device))
@@ -170,7 +246,7 @@ impl Platform for MockPlatform {
     }
 
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
-        Ok(self.mock_domain(device)?.clone())
+        Ok(self.iommu(device)?.clone())
     }
 
     fn host_memory(&self) -> Arc<dyn MemoryExporter> {

@@ -4,9 +4,9 @@
 //! host bridge through the importer's IOMMU domain, then to RAM or, if the host bridge forwards
 //! peer traffic, to a peer's BAR. A request nothing claims is an unsupported request.
 
-use crate::domain::Lookup;
 use crate::platform::MockPlatform;
 use crate::sanitizer::FindingKind;
+use crate::wrap::Lookup;
 use p2p_core::access::Access;
 use p2p_core::topology::{AcsFlags, NodeId, NodeKind, Route};
 use p2p_core::traits::{DomainKind, IommuDomain};
@@ -147,9 +147,7 @@ impl MockPlatform {
             }
         }
         // The host bridge: the importer's IOMMU domain.
-        let domain = self
-            .mock_domain(device)
-            .map_err(|e| unsupported(e.to_string()))?;
+        let domain = self.iommu(device).map_err(|e| unsupported(e.to_string()))?;
         let phys = match domain.kind() {
             DomainKind::Blocked => {
                 return Err(DmaFault::IommuFault {
@@ -161,8 +159,8 @@ impl MockPlatform {
             DomainKind::Identity => self.bus_to_phys(addr),
             DomainKind::Translated => {
                 let need = if write { Access::WRITE } else { Access::READ };
-                let t = match domain.translate_dma(addr) {
-                    Lookup::Hit(t) | Lookup::Walk(t) => t,
+                let t = match domain.inner().lookup(addr) {
+                    Lookup::Fresh(t) => t,
                     Lookup::Stale(t) => {
                         let (mapping, created_by) =
                             self.sanitizer().mapping_at(device, addr).unzip();

@@ -257,6 +257,21 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// A domain had no memory left for the page tables a map needs; nothing of the map stays.
+    #[error("no page-table memory to map iova {iova:#x}")]
+    NoTableMemory {
+        /// The IOVA being mapped when the allocation failed.
+        iova: u64,
+    },
+
+    /// An IOTLB invalidation did not complete; IOVAs unmapped before it stay out of the
+    /// allocator until a flush succeeds.
+    #[error("IOTLB flush failed: {detail}")]
+    FlushTimeout {
+        /// What timed out.
+        detail: String,
+    },
+
     /// The kernel (or a model of it) answered a call with something malformed.
     #[error("{call}: malformed reply: {detail}")]
     KernelReply {

@@ -10,6 +10,8 @@
 //! - [`negotiate`]: the plan for an (exporter, importer, policy), mappings with merged scatter
 //!   lists, the registry and the invalidation protocol for movable memory.
 //! - [`conformance`]: checks of each trait's contract that any implementation runs in its tests.
+//! - [`wrap`]: wrappers that add a behaviour to any implementation ([`wrap::Traced`]); a shared
+//!   `Arc<D>` is a domain too.
 //! - [`testing`]: simple in-memory implementations of the traits.
 //!
 //! ```
@@ -47,6 +49,7 @@ mod sync;
 pub mod testing;
 pub mod topology;
 pub mod traits;
+pub mod wrap;
 
 pub use access::{Access, DmaDirection};
 pub use addr::{dma_mask, AddrRange, Address, BusAddr, DmaAddr, Iova, Offset, PhysAddr, VirtAddr};

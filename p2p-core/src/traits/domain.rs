@@ -93,7 +93,8 @@ bitflags::bitflags! {
 ///   range whose ends would cut a larger page is refused with nothing unmapped.
 /// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable. A
 ///   strict domain invalidates in `unmap` already (its `flush` may do nothing); a lazy one queues
-///   flushes and may keep stale translations usable until the queue is performed.
+///   flushes and may keep stale translations usable until the queue is performed, which
+///   [`flush_all`](Self::flush_all) forces.
 /// - [`dma_translate`](Self::dma_translate) answers as a device's request is answered (through
 ///   the IOTLB); [`translate`](Self::translate) walks the tables. They differ only for an IOVA
 ///   unmapped in a lazy domain whose flush has not been performed yet.
@@ -136,8 +137,14 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     fn dma_translate(&self, iova: Iova) -> Option<Translation> {
         self.translate(iova)
     }
-    /// Invalidates the IOTLB.
+    /// Invalidates the IOTLB (a lazy domain may queue it).
     fn flush(&self) -> Result<()>;
+    /// Performs every queued invalidation now, and the IOVA frees waiting on them (Linux's
+    /// `iommu_flush_iotlb_all`, a flush queue's timeout). Defaults to [`flush`](Self::flush),
+    /// which is right for a domain that queues nothing.
+    fn flush_all(&self) -> Result<()> {
+        self.flush()
+    }
     /// Allocates `len` bytes of IOVA space at or below `limit`.
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova>;
     /// Frees an allocation.
