@@ -74,10 +74,24 @@ fn with_grant(
     let caps = importer.caps();
     let chunks = exporter.chunks(grant)?;
     let (iova, pieces, bounce) = match &plan.strategy {
-        Strategy::Direct | Strategy::Identity => (None, bus_pieces(&chunks, importer)?, None),
+        Strategy::Direct | Strategy::Identity => {
+            let pieces = bus_pieces(&chunks, importer)?;
+            (
+                None,
+                exact(pieces, &chunks, grant, grant.range.len())?,
+                None,
+            )
+        }
         Strategy::ViaIommu => {
             let (mapped, pieces) = map_into(&**domain, &chunks, importer, plan.access)?;
-            (Some(mapped), pieces, None)
+            let pieces = exact(pieces, &chunks, grant, grant.range.len());
+            match pieces {
+                Ok(p) => (Some(mapped), p, None),
+                Err(e) => {
+                    undo_map(&**domain, &mapped);
+                    return Err(e);
+                }
+            }
         }
         Strategy::Bounce => {
             let host = platform.host_memory();
@@ -93,6 +107,20 @@ fn with_grant(
                         kind: "blocked",
                     }),
                 });
+            let staged = staged.and_then(|(mapped, pieces)| {
+                let exact = host
+                    .chunks(&bgrant)
+                    .and_then(|hchunks| exact(pieces, &hchunks, &bgrant, grant.range.len()));
+                match exact {
+                    Ok(p) => Ok((mapped, p)),
+                    Err(e) => {
+                        if let Some(m) = &mapped {
+                            undo_map(&**domain, m);
+                        }
+                        Err(e)
+                    }
+                }
+            });
             match staged {
                 Ok((iova, pieces)) => (iova, pieces, Some((host, bgrant))),
                 Err(e) => {
@@ -104,6 +132,57 @@ fn with_grant(
         Strategy::Refused(_) => unreachable!("refused plans return before the grant"),
     };
     Ok((iova, merge_segments(pieces, caps.max_segment), bounce))
+}
+
+/// The pieces of whole pages cut down to exactly the grant's bytes: the first address is that of
+/// the byte at `grant.range.start()` (as Linux's `dma_map_*` returns the address of the first
+/// byte, in-page offset included) and the lengths add up to the grant's length.
+///
+/// A bounce buffer may be larger than the range (its allocator rounds up): `len` is the range's.
+fn exact(pieces: Pieces, chunks: &[Chunk], grant: &ExportGrant, len: u64) -> Result<Pieces> {
+    let first = chunks.first().map_or(grant.range.start().0, |c| c.offset.0);
+    let mut skip = grant
+        .range
+        .start()
+        .0
+        .checked_sub(first)
+        .ok_or(Error::Misaligned {
+            what: "first chunk offset (after the grant's start)",
+            value: first,
+            align: 4096,
+        })?;
+    let mut keep = len;
+    let mut out = Vec::with_capacity(pieces.len());
+    for (addr, len) in pieces {
+        if keep == 0 {
+            break;
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let take = (len - skip).min(keep);
+        out.push((DmaAddr(addr.0 + skip), take));
+        keep -= take;
+        skip = 0;
+    }
+    if keep != 0 {
+        return Err(Error::OutOfBounds {
+            kind: "chunks",
+            start: grant.range.start().0,
+            len,
+            limit_start: first,
+            limit_len: len - keep,
+        });
+    }
+    Ok(out)
+}
+
+/// Gives back a whole `map_into` (unmap, flush, free) when a later step fails.
+fn undo_map(domain: &dyn IommuDomain, mapped: &Mapped) {
+    if let Err(err) = unmap_flush_free(domain, mapped.range, &mapped.pieces) {
+        tracing::warn!(%err, "rollback of an IOMMU map failed");
+    }
 }
 
 fn release_quietly(exporter: &dyn MemoryExporter, grant: &ExportGrant) {
@@ -189,9 +268,13 @@ fn map_into(
         };
         if let Err(e) = domain.map_attrs(at, c.phys, c.len, access, attrs) {
             // Undo what was mapped, flush, and free the whole allocation.
-            if let Err(err) = unmap_flush_free(domain, range, &mapped) {
-                tracing::warn!(%err, "rollback of a partial IOMMU map failed");
-            }
+            undo_map(
+                domain,
+                &Mapped {
+                    range,
+                    pieces: mapped,
+                },
+            );
             return Err(e);
         }
         mapped.push((at, c.len));

@@ -32,7 +32,11 @@ impl Mapping {
         self.range
     }
 
-    /// The scatter list to program into the device.
+    /// The scatter list to program into the device. It describes exactly the bytes of
+    /// [`range`](Self::range): the first segment's address is that of the byte at
+    /// `range().start()` (in-page offset included, as Linux's `dma_map_*` returns), and the
+    /// lengths add up to `range().len()`. For a [`Strategy::Bounce`] mapping the addresses are
+    /// those of the bounce buffer.
     pub fn segments(&self) -> Result<Vec<Segment>> {
         self.with_live(|r| r.segments.clone())
     }
