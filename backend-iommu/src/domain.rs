@@ -32,6 +32,9 @@ pub enum FlushPolicy {
 struct Queue {
     pending: usize,
     frees: Vec<(u64, u64)>,
+    /// A lazy unmap removed entries the IOTLB may still hold, and no drain has run since: a
+    /// freed IOVA range must wait for the drain even when no flush is queued yet.
+    unflushed: bool,
 }
 
 /// A software IOMMU domain in page-table format `F`.
@@ -183,14 +186,17 @@ impl<F: Format> SoftIommu<F> {
     /// Performs the real IOTLB invalidation: drops the cache, frees emptied tables and deferred
     /// IOVA ranges.
     pub fn drain(&self) {
+        // Under the write lock, so that no walk is filling the IOTLB while it is cleared (a
+        // fill in flight would survive the clear), and tables are freed after the clear. The
+        // queue is emptied under it too (table, then queue, as `unmap` takes them), so that no
+        // unmap can mark the queue between the reset and the clear.
+        let mut table = self.table.write();
         let frees = {
             let mut q = self.queue.lock();
             q.pending = 0;
+            q.unflushed = false;
             std::mem::take(&mut q.frees)
         };
-        // Under the write lock, so that no walk is filling the IOTLB while it is cleared (a
-        // fill in flight would survive the clear), and tables are freed after the clear.
-        let mut table = self.table.write();
         self.iotlb.clear();
         table.release_freelist();
         drop(table);
@@ -265,6 +271,9 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         if self.policy == FlushPolicy::Strict && n > 0 {
             self.iotlb.invalidate_range(iova.0, n);
             table.release_freelist();
+        } else if n > 0 {
+            // Lazy: the IOTLB may keep these entries until the next drain.
+            self.queue.lock().unflushed = true;
         }
         Ok(n)
     }
@@ -333,8 +342,9 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
         {
             let mut q = self.queue.lock();
-            if q.pending > 0 {
-                // Not reusable before the queued flush is performed.
+            if q.pending > 0 || q.unflushed {
+                // Not reusable before the queued flush is performed: a stale IOTLB entry of
+                // it may still be usable.
                 q.frees.push((iova.0, len));
                 return Ok(());
             }

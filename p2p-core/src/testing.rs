@@ -238,6 +238,10 @@ struct ExporterState {
     grants: HashMap<u64, (ExportGrant, u64)>,
     /// window slots in use: first slot → count
     slots: BTreeMap<u64, u64>,
+    /// Ranges of the object handed out by `allocate`: start → length.
+    carved: BTreeMap<u64, u64>,
+    /// grant id → start of the range `allocate` carved for it.
+    carved_by: HashMap<u64, u64>,
 }
 
 /// Device memory exported through a BAR window of `window_pages` 4 KiB pages: a GPU whose VRAM
@@ -294,6 +298,8 @@ impl TestExporter {
                 next_grant: 0,
                 grants: HashMap::new(),
                 slots: BTreeMap::new(),
+                carved: BTreeMap::new(),
+                carved_by: HashMap::new(),
             }),
         })
     }
@@ -393,15 +399,46 @@ impl MemoryExporter for TestExporter {
         self.grant(range, pin)
     }
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        let range = AddrRange::new(Offset(0), len)?;
-        self.export(range, pin)
+        // Fresh bytes: a page-aligned range of the object no other allocation holds.
+        let size = align_up(len, SZ_4K)
+            .filter(|&s| s > 0)
+            .ok_or(Error::EmptyRange { what: "allocation" })?;
+        let at = {
+            let mut s = self.state.lock();
+            let used: u64 = s.carved.values().sum();
+            let at = alloc_top_down(&s.carved, 0, self.size.saturating_sub(1), size, SZ_4K)
+                .filter(|_| self.size > 0)
+                .ok_or(Error::WindowFull {
+                    exporter: self.id,
+                    requested: len,
+                    available: self.size - used,
+                })?;
+            s.carved.insert(at, size);
+            at
+        };
+        let granted = AddrRange::new(Offset(at), size).and_then(|r| self.export(r, pin));
+        let mut s = self.state.lock();
+        match granted {
+            Ok(g) => {
+                s.carved_by.insert(g.id, at);
+                Ok(g)
+            }
+            Err(e) => {
+                s.carved.remove(&at);
+                Err(e)
+            }
+        }
     }
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         let s = self.state.lock();
-        let (g, slot) = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
+        let (g, slot) = s
+            .grants
+            .get(&grant.id)
+            .filter(|(g, _)| g.exporter == grant.exporter)
+            .ok_or(Error::UnknownGrant {
+                exporter: self.id,
+                grant: grant.id,
+            })?;
         let span = g.range.pages(SZ_4K)?;
         let (off, len) = (span.start(), span.len());
         Ok(vec![match s.residency {
@@ -426,11 +463,19 @@ impl MemoryExporter for TestExporter {
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {
         let mut s = self.state.lock();
-        let (_, slot) = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
+        let unknown = Error::UnknownGrant {
             exporter: self.id,
             grant: grant.id,
-        })?;
+        };
+        // Another exporter's grant is unknown here, whatever its id.
+        if grant.exporter != self.id {
+            return Err(unknown);
+        }
+        let (_, slot) = s.grants.remove(&grant.id).ok_or(unknown)?;
         s.slots.remove(&slot);
+        if let Some(at) = s.carved_by.remove(&grant.id) {
+            s.carved.remove(&at);
+        }
         Ok(())
     }
 }
@@ -541,10 +586,14 @@ impl MemoryExporter for TestHostMemory {
     }
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         let s = self.state.lock();
-        let g = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
+        let g = s
+            .grants
+            .get(&grant.id)
+            .filter(|g| g.exporter == grant.exporter)
+            .ok_or(Error::UnknownGrant {
+                exporter: self.id,
+                grant: grant.id,
+            })?;
         let span = g.range.pages(SZ_4K)?;
         Ok(vec![Chunk {
             offset: span.start(),
@@ -556,10 +605,15 @@ impl MemoryExporter for TestHostMemory {
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {
         let mut s = self.state.lock();
-        let g = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
+        let unknown = Error::UnknownGrant {
             exporter: self.id,
             grant: grant.id,
-        })?;
+        };
+        // Another exporter's grant is unknown here, whatever its id.
+        if grant.exporter != self.id {
+            return Err(unknown);
+        }
+        let g = s.grants.remove(&grant.id).ok_or(unknown)?;
         s.pool.remove(&g.range.start().0);
         Ok(())
     }

@@ -81,28 +81,35 @@ bitflags::bitflags! {
 ///
 /// Contract, from Linux's `iommu_map` / `iommu_unmap`:
 /// - [`map_attrs`](Self::map_attrs) (and [`map`](Self::map), the same without attributes) needs
-///   a translated domain, `iova`, `phys` and `len` aligned to the
-///   smallest page size, and a range inside the aperture that touches no reserved region. It is
-///   all or nothing: a failure midway undoes what it did; mapping over a live entry fails with
-///   [`Error::AlreadyMapped`](crate::Error::AlreadyMapped).
+///   a translated domain (else [`Error::WrongDomainKind`](crate::Error::WrongDomainKind)),
+///   `iova`, `phys` and `len` aligned to the smallest page size (else
+///   [`Error::Misaligned`](crate::Error::Misaligned)), `len` non-zero (else
+///   [`Error::EmptyRange`](crate::Error::EmptyRange)), and a range inside the aperture (else
+///   [`Error::OutOfBounds`](crate::Error::OutOfBounds)) that touches no reserved region (else
+///   [`Error::Reserved`](crate::Error::Reserved)); [`check_map_args`] checks all but the kind,
+///   in that order. It is all or nothing: a failure midway undoes what it did; mapping over a
+///   live entry fails with [`Error::AlreadyMapped`](crate::Error::AlreadyMapped).
 ///   A domain whose entries have memory types honours [`MapAttrs::MMIO`]; one whose entries have
 ///   none (VT-d second level without snoop control, a kernel that picks attributes itself, an
 ///   identity domain) ignores it.
 /// - [`unmap`](Self::unmap) returns the bytes unmapped. It walks across leaves of any size and
-///   stops only at the first IOVA that is not mapped (so it returns less than asked there); a
-///   range whose ends would cut a larger page is refused with nothing unmapped.
+///   stops only at the first IOVA that is not mapped (so it returns less than asked there, and 0
+///   if nothing is mapped at `iova`); a range whose ends would cut a larger page is refused with
+///   an error and nothing unmapped.
 /// - [`flush`](Self::flush) invalidates the IOTLB: after it no stale translation is usable. A
 ///   strict domain invalidates in `unmap` already (its `flush` may do nothing); a lazy one queues
-///   flushes and may keep stale translations usable until the queue is performed, which
+///   flushes, performs the queue within a bounded number of them, and until then may keep stale
+///   translations (of the page that was mapped, never another) usable, which
 ///   [`flush_all`](Self::flush_all) forces.
 /// - [`dma_translate`](Self::dma_translate) answers as a device's request is answered (through
 ///   the IOTLB); [`translate`](Self::translate) walks the tables. They differ only for an IOVA
-///   unmapped in a lazy domain whose flush has not been performed yet.
+///   unmapped in a lazy domain whose flush has not been performed yet: `translate` answers
+///   nothing for an IOVA as soon as its unmap returns, in every domain.
 /// - [`alloc_iova`](Self::alloc_iova) returns a size-aligned free range whose last byte is at most
 ///   `limit`, outside reserved regions; [`free_iova`](Self::free_iova) gives it back, but the
 ///   domain must not hand it out again while a translation of it may still be usable: in a
 ///   strict domain that is after its unmap; in a lazy one, or after a flush that failed, after
-///   the next flush that succeeds.
+///   the next flush that succeeds has performed the invalidation (a lazy domain: its queue).
 /// - Every method may be called from several threads at once; map and unmap of disjoint ranges
 ///   never disturb each other, and a map of a range any part of which is mapped fails with
 ///   `AlreadyMapped` leaving nothing of it mapped.

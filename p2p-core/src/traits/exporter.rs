@@ -95,13 +95,24 @@ pub struct Chunk {
 /// Owns memory that devices DMA to, and hands out grants of it.
 ///
 /// Contract:
-/// - [`export`](Self::export) reserves exactly the range asked or fails with no reservation
-///   made (a BAR window can be full: [`Error::WindowFull`](crate::Error::WindowFull)); a pinned
-///   grant of memory that cannot be pinned fails with
-///   [`Error::NotPinnable`](crate::Error::NotPinnable); after a revoke every call fails with
-///   [`Error::Revoked`](crate::Error::Revoked).
-/// - [`chunks`](Self::chunks) reports where a grant's bytes are now, in offset order, covering
-///   the grant exactly.
+/// - [`export`](Self::export) reserves exactly the range asked (the grant carries that range,
+///   this exporter's id and the pin asked) or fails with no reservation made (a BAR window can
+///   be full: [`Error::WindowFull`](crate::Error::WindowFull)); a range that is empty or not
+///   inside `0..size` fails with [`Error::OutOfBounds`](crate::Error::OutOfBounds); a pinned
+///   grant (or allocation) of memory that cannot be pinned fails with
+///   [`Error::NotPinnable`](crate::Error::NotPinnable).
+/// - [`allocate`](Self::allocate) reserves `len` fresh bytes: a range of at least `len` bytes
+///   inside `0..size` that overlaps no other live allocation.
+/// - After a revoke, `export` and `allocate` fail with [`Error::Revoked`](crate::Error::Revoked);
+///   a grant made before can still be released.
+/// - [`chunks`](Self::chunks) reports where a grant's bytes are now, in offset order: page-aligned
+///   chunks (4 KiB: offset, length, `phys` and `bus`) covering the pages the grant's range
+///   touches ([`AddrRange::pages`]), exactly those; within a grant every chunk has the same
+///   `bus - phys` offset and lies in [`ExporterInfo::bus_window`], and a chunk is `mmio` exactly
+///   when the memory is in a device ([`Residency::Device`]).
+/// - [`chunks`](Self::chunks) and [`release`](Self::release) of a grant that is not outstanding
+///   (released already, or another exporter's) fail with
+///   [`Error::UnknownGrant`](crate::Error::UnknownGrant).
 /// - Moving or revoking memory is the exporter owner's act, and goes through
 ///   [`Negotiator::invalidate`](crate::negotiate::Negotiator::invalidate) first, which tells every
 ///   importer and tears their mappings down; pinned grants make that fail.
@@ -114,7 +125,8 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant>;
     /// Reserves `len` fresh bytes anywhere (a bounce buffer, a new GPU allocation).
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant>;
-    /// The physically contiguous pieces of a grant, in offset order.
+    /// The physically contiguous pieces of a grant, in offset order: page-aligned chunks covering
+    /// the pages the grant's range touches.
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>>;
     /// Gives a grant back; an error if it is unknown (released twice).
     fn release(&self, grant: &ExportGrant) -> Result<()>;

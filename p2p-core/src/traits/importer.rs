@@ -26,7 +26,8 @@ bitflags! {
 pub struct ImporterCaps {
     /// Capabilities.
     pub flags: ImporterFlags,
-    /// The highest address it can emit (`dma_mask(bits)`).
+    /// The highest address it can emit: a mask `2^n - 1` with `n >= 12`, as
+    /// [`dma_mask(bits)`](crate::addr::dma_mask) makes.
     pub dma_mask: u64,
     /// The longest scatter-list segment it takes.
     pub max_segment: u64,
@@ -58,6 +59,9 @@ pub struct Invalidation {
 }
 
 /// A device that issues DMA.
+///
+/// [`device`](Self::device) and [`caps`](Self::caps) answer the same on every call: the
+/// negotiator caches plans made from them.
 ///
 /// Contract for [`invalidate`](Self::invalidate): when it returns `Ok`, the device has stopped
 /// using the mapping (its PTEs are zapped, outstanding DMA is fenced), so the IOMMU mapping can go

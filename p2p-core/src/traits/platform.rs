@@ -13,11 +13,14 @@ use std::sync::Arc;
 /// are offsets into a locked buffer).
 pub trait Platform: Send + Sync + std::fmt::Debug {
     /// The topology now. A new topology (hot plug, ACS change) has a new generation, which drops
-    /// cached plans.
+    /// cached plans; while the topology is unchanged, so is the generation.
     fn topology(&self) -> Arc<Topology>;
-    /// The domain a device's DMA goes through.
+    /// The domain a device's DMA goes through: the same one (the same `Arc`) on every call while
+    /// the topology is unchanged, with a page size and a non-empty aperture if it translates;
+    /// an error for a device the topology does not have.
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>>;
-    /// Host RAM.
+    /// Host RAM: the same exporter on every call, resident in host RAM, whose pinned
+    /// allocations (bounce buffers) have chunks.
     fn host_memory(&self) -> Arc<dyn MemoryExporter>;
     /// Who is told of every mapping made and torn down (a DMA sanitizer); none by default.
     fn observer(&self) -> Option<Arc<dyn MappingObserver>> {

@@ -1,0 +1,107 @@
+//! The conformance suite against p2p-core's own implementations: the test doubles of
+//! `p2p_core::testing` and the BAR exporter. `cargo test --workspace conformance` runs these
+//! with every backend's.
+
+use p2p_core::conformance::{
+    check_domain, check_domain_with, check_exporter, check_importer, check_platform, DomainConfig,
+};
+use p2p_core::export::BarExporter;
+use p2p_core::prelude::*;
+use p2p_core::testing::{TestDomain, TestExporter, TestHostMemory, TestImporter, TestPlatform};
+use p2p_core::topology::presets;
+use std::sync::Arc;
+
+const GPU: &str = "0000:03:00.0";
+
+fn gpu() -> PciAddr {
+    GPU.parse().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn topo() -> Topology {
+    presets::workstation().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn domain_of(kind: DomainKind) -> impl Fn() -> Arc<dyn IommuDomain> {
+    move || Arc::new(TestDomain::new(kind)) as Arc<dyn IommuDomain>
+}
+
+#[test]
+fn conformance_test_domain_translated() {
+    check_domain(domain_of(DomainKind::Translated)).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_test_domain_identity_and_blocked() {
+    for kind in [DomainKind::Identity, DomainKind::Blocked] {
+        check_domain(domain_of(kind)).unwrap_or_else(|v| panic!("{kind}: {v}"));
+    }
+}
+
+#[test]
+fn conformance_test_domain_with_a_reserved_pci_window() {
+    let fresh = || {
+        let mut d = TestDomain::new(DomainKind::Translated);
+        let window =
+            AddrRange::new(Iova(0xe000_0000), 0x1000_0000).unwrap_or_else(|e| panic!("{e}"));
+        d.reserve(window, ReservedKind::PciWindow);
+        Arc::new(d) as Arc<dyn IommuDomain>
+    };
+    check_domain_with(fresh, &DomainConfig::strict()).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_test_exporter_with_a_window_and_revoke() {
+    let e = TestExporter::new(&topo(), gpu(), 1 << 20, 64, true, true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_exporter(&e, Some(&|| e.revoke())).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_test_exporter_unpinnable_and_in_host_ram() {
+    let e = TestExporter::new(&topo(), gpu(), 1 << 20, 64, true, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_exporter(&e, None).unwrap_or_else(|v| panic!("unpinnable: {v}"));
+    e.migrate_to_host();
+    check_exporter(&e, Some(&|| e.revoke())).unwrap_or_else(|v| panic!("in host RAM: {v}"));
+}
+
+#[test]
+fn conformance_test_host_memory() {
+    let e = TestHostMemory::new(1 << 30, 1 << 20);
+    check_exporter(&e, None).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_bar_exporter() {
+    let topo = topo();
+    for (dev, ep) in topo.endpoints() {
+        for bar in &ep.bars {
+            let e = BarExporter::new(&topo, dev, bar.index).unwrap_or_else(|e| panic!("{e}"));
+            check_exporter(&e, None).unwrap_or_else(|v| panic!("{dev} BAR{}: {v}", bar.index));
+        }
+    }
+}
+
+#[test]
+fn conformance_test_platform_and_importer() {
+    for kind in [DomainKind::Translated, DomainKind::Identity] {
+        check_platform(&TestPlatform::new(topo(), kind)).unwrap_or_else(|v| panic!("{v}"));
+    }
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        dma_mask: dma_mask(32),
+        max_segment: 1 << 16,
+    };
+    check_importer(&TestImporter::new(gpu(), caps)).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_refuses_an_importer_whose_mask_is_not_a_mask() {
+    let caps = ImporterCaps {
+        flags: ImporterFlags::P2P,
+        dma_mask: 0x1234_5678,
+        max_segment: 0,
+    };
+    let v = check_importer(&TestImporter::new(gpu(), caps)).expect_err("0x12345678 is no mask");
+    assert!(v.to_string().contains("dma_mask"), "{v}");
+}
