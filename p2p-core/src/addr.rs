@@ -21,7 +21,7 @@ pub trait Address: Copy + Ord + fmt::Debug + fmt::Display + Send + Sync + 'stati
         self.raw()
             .checked_add(off)
             .map(Self::new)
-            .ok_or(Error::AddressOverflow {
+            .ok_or_else(|| Error::AddressOverflow {
                 kind: Self::KIND,
                 addr: self.raw(),
                 len: off,
@@ -237,7 +237,7 @@ impl<A: Address> AddrRange<A> {
     /// wraps.
     pub fn pages(&self, page: u64) -> Result<Self> {
         let start = align_down(self.start.raw(), page);
-        let end = align_up(self.end().raw(), page).ok_or(Error::AddressOverflow {
+        let end = align_up(self.end().raw(), page).ok_or_else(|| Error::AddressOverflow {
             kind: A::KIND,
             addr: self.start.raw(),
             len: self.len,

@@ -35,16 +35,6 @@ pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
 pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
 impl<T> Mutex<T> {
-    /// A mutex holding `value`.
-    pub(crate) fn new(value: T) -> Self {
-        Self {
-            #[cfg(not(loom))]
-            inner: parking_lot::Mutex::new(value),
-            #[cfg(loom)]
-            inner: loom::sync::Mutex::new(value),
-        }
-    }
-
     /// Waits for the lock.
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
         #[cfg(not(loom))]

@@ -1,42 +1,14 @@
 //! The negotiator: plans (cached), establishes mappings, and runs the invalidation protocol.
 
+use super::plan_cache::{CacheStats, PlanCache};
 use super::registry::{Entry, Registry, Resources, State};
 use super::{decide, establish, Facts, Mapping, Plan, Policy, Sequence, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
-use crate::sync::Mutex;
 use crate::topology::Topology;
 use crate::traits::{DmaImporter, ImporterFlags, InvalidationKind, MemoryExporter, Platform};
-use std::collections::HashMap;
 use std::sync::Arc;
-
-#[derive(Debug, Default)]
-struct PlanCache {
-    generation: u64,
-    /// A plan is a pure function of the facts and the policy (and the topology, whose
-    /// generation guards the whole map), so they are the key.
-    plans: HashMap<(Facts, Policy), Plan>,
-    hits: u64,
-    misses: u64,
-    evictions: u64,
-}
-
-/// Plans the cache holds at most.
-pub const PLAN_CACHE_CAPACITY: usize = 4096;
-
-/// Cache counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CacheStats {
-    /// Plans served from the cache.
-    pub hits: u64,
-    /// Plans computed.
-    pub misses: u64,
-    /// Plans held now (at most [`PLAN_CACHE_CAPACITY`]).
-    pub entries: usize,
-    /// Times the cache was full and emptied.
-    pub evictions: u64,
-}
 
 /// Plans, establishes and invalidates mappings on one [`Platform`].
 ///
@@ -46,7 +18,7 @@ pub struct CacheStats {
 #[derive(Debug)]
 pub struct Negotiator {
     platform: Arc<dyn Platform>,
-    cache: Mutex<PlanCache>,
+    cache: PlanCache,
     pub(super) registry: Arc<Registry>,
 }
 
@@ -54,7 +26,7 @@ impl Negotiator {
     /// A negotiator for a platform.
     pub fn new(platform: Arc<dyn Platform>) -> Self {
         Self {
-            cache: Mutex::new(PlanCache::default()),
+            cache: PlanCache::default(),
             registry: Arc::new(Registry::with_observer(platform.observer())),
             platform,
         }
@@ -72,13 +44,7 @@ impl Negotiator {
 
     /// Cache counters.
     pub fn cache_stats(&self) -> CacheStats {
-        let c = self.cache.lock();
-        CacheStats {
-            hits: c.hits,
-            misses: c.misses,
-            entries: c.plans.len(),
-            evictions: c.evictions,
-        }
+        self.cache.stats()
     }
 
     /// The plan for `importer` to reach `exporter`'s memory with `access`, from the cache when
@@ -90,33 +56,24 @@ impl Negotiator {
         access: Access,
         policy: &Policy,
     ) -> Result<Plan> {
+        self.cached_plan(exporter, importer, access, policy)
+            .map(|p| (*p).clone())
+    }
+
+    /// [`negotiate`](Self::negotiate) without copying the plan out of the cache.
+    fn cached_plan(
+        &self,
+        exporter: &dyn MemoryExporter,
+        importer: &dyn DmaImporter,
+        access: Access,
+        policy: &Policy,
+    ) -> Result<Arc<Plan>> {
         let topo = self.platform.topology();
         let key = (self.facts(exporter, importer, access)?, *policy);
-        {
-            let mut c = self.cache.lock();
-            if c.generation != topo.generation() {
-                c.plans.clear();
-                c.generation = topo.generation();
-            }
-            if let Some(p) = c.plans.get(&key).cloned() {
-                c.hits += 1;
-                return Ok(p);
-            }
-        }
-        let plan = self.plan(&topo, &key.0, policy)?;
-        let mut c = self.cache.lock();
-        c.misses += 1;
-        if c.generation == topo.generation() {
-            if c.plans.len() >= PLAN_CACHE_CAPACITY {
-                // Keys name exporters, and a long-running process makes exporters without end:
-                // start over rather than grow. Plans are cheap to recompute; a full cache means
-                // the working set is larger than the cache anyway.
-                c.plans.clear();
-                c.evictions += 1;
-            }
-            c.plans.insert(key, plan.clone());
-        }
-        Ok(plan)
+        self.cache
+            .get_or_make(topo.generation(), key, |(facts, policy)| {
+                self.plan(&topo, facts, policy)
+            })
     }
 
     /// The plan computed from scratch, bypassing the cache.
@@ -175,7 +132,16 @@ impl Negotiator {
             });
         }
         check_range(&**exporter, range)?;
-        self.register_and_publish(exporter, importer, range, plan, |_| {
+        if let Strategy::Refused(why) = &plan.strategy {
+            // Refused plans touch nothing: no registration, no grant, no IOVA.
+            return Err(Error::Refused {
+                exporter: plan.exporter,
+                importer: plan.importer,
+                refusal: why.clone(),
+            });
+        }
+        let shared = Arc::new(plan.clone());
+        self.register_and_publish(exporter, importer, range, plan.access, |_| {
             let now = exporter.info().residency;
             if now != plan.residency {
                 return Err(Error::StalePlan {
@@ -184,7 +150,7 @@ impl Negotiator {
                     now: now.to_string(),
                 });
             }
-            Ok(plan.clone())
+            Ok(shared.clone())
         })
     }
 
@@ -198,13 +164,12 @@ impl Negotiator {
         access: Access,
         policy: &Policy,
     ) -> Result<Mapping> {
-        let first = self.negotiate(&**exporter, &**importer, access, policy)?;
         check_range(&**exporter, range)?;
-        // The plan depends on where the memory is, so every attempt plans again after its
-        // read_begin (the cache makes that cheap): `first` was read before the registration and
-        // may describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
-        self.register_and_publish(exporter, importer, range, &first, |_| {
-            self.negotiate(&**exporter, &**importer, access, policy)
+        // The plan depends on where the memory is, so it is made after each attempt's
+        // read_begin (the cache makes that cheap): a plan made before the registration could
+        // describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
+        self.register_and_publish(exporter, importer, range, access, |_| {
+            self.cached_plan(&**exporter, &**importer, access, policy)
         })
     }
 
@@ -215,24 +180,18 @@ impl Negotiator {
         exporter: &Arc<dyn MemoryExporter>,
         importer: &Arc<dyn DmaImporter>,
         range: AddrRange<Offset>,
-        first: &Plan,
-        mut plan_for: impl FnMut(u32) -> Result<Plan>,
+        access: Access,
+        mut plan_for: impl FnMut(u32) -> Result<Arc<Plan>>,
     ) -> Result<Mapping> {
-        if let Strategy::Refused(why) = &first.strategy {
-            // Refused plans touch nothing: no registration, no grant, no IOVA.
-            return Err(Error::Refused {
-                exporter: first.exporter,
-                importer: first.importer,
-                refusal: why.clone(),
-            });
-        }
         let seq = Arc::new(Sequence::default());
         let id = self.registry.inner.lock().insert(Entry {
             exporter: exporter.clone(),
             importer: importer.clone(),
             range,
-            access: first.access,
-            pinned: first.pin,
+            access,
+            // Until it is published the entry pins nothing: an invalidation meanwhile makes the
+            // set-up start over, and its grant (pinned or not) is taken at the new place.
+            pinned: false,
             seq: seq.clone(),
             state: State::Building,
         });
@@ -265,8 +224,8 @@ impl Negotiator {
         id: u64,
         seq: &Sequence,
         exporter: &Arc<dyn MemoryExporter>,
-        mut build: impl FnMut(u32) -> Result<(Plan, Resources)>,
-    ) -> Result<Plan> {
+        mut build: impl FnMut(u32) -> Result<(Arc<Plan>, Resources)>,
+    ) -> Result<Arc<Plan>> {
         for attempt in 0..MAX_ATTEMPTS {
             let begin = seq.read_begin();
             let (plan, res) = build(attempt)?;
@@ -347,7 +306,7 @@ impl Negotiator {
             (e.exporter.clone(), e.importer.clone(), e.access)
         };
         let published = self.publish(mapping.id, &mapping.seq, &exporter, |_| {
-            let plan = self.negotiate(&*exporter, &*importer, access, policy)?;
+            let plan = self.cached_plan(&*exporter, &*importer, access, policy)?;
             let res =
                 establish::build(&*self.platform, &plan, &exporter, &*importer, mapping.range)?;
             Ok((plan, res))
@@ -357,7 +316,7 @@ impl Negotiator {
                 e.state = State::Invalidated(InvalidationKind::Move);
             }
         }
-        published
+        published.map(|p| (*p).clone())
     }
 }
 

@@ -1,0 +1,232 @@
+//! The plan cache: plans keyed by everything a decision reads (the facts) and the policy, valid
+//! for one topology generation, bounded in size. Its hot path does not take a lock shared between
+//! threads: each thread keeps a few recent plans of each cache in a thread-local memo, in front of
+//! the shared map. The key is hashed with a multiply-rotate hash (as rustc's FxHash), not SipHash:
+//! the keys come from the process's own devices, not from an adversary.
+
+use super::{Facts, Plan, Policy};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+/// Plans the cache holds at most.
+pub const PLAN_CACHE_CAPACITY: usize = 4096;
+
+/// Plans a thread remembers per cache, most recent first.
+const MEMO_ENTRIES: usize = 4;
+
+/// What a plan is cached under.
+pub(crate) type Key = (Facts, Policy);
+
+/// rustc's FxHasher: one multiply and rotate per word.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    generation: u64,
+    plans: HashMap<Key, Arc<Plan>, BuildHasherDefault<FxHasher>>,
+    evictions: u64,
+}
+
+/// Counters of one cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Plans served from the cache (the shared map or a thread's memo).
+    pub hits: u64,
+    /// Plans computed.
+    pub misses: u64,
+    /// Plans held now (at most [`PLAN_CACHE_CAPACITY`]).
+    pub entries: usize,
+    /// Times the cache was full and emptied.
+    pub evictions: u64,
+}
+
+/// One remembered plan.
+struct Memo {
+    cache: u64,
+    generation: u64,
+    key: Key,
+    plan: Arc<Plan>,
+}
+
+/// A thread's memo and its hit counters (one per cache it used; each counter is written by this
+/// thread only, so counting costs no shared cache line).
+#[derive(Default)]
+struct ThreadMemo {
+    recent: Vec<Memo>,
+    counters: Vec<(u64, Arc<AtomicU64>)>,
+}
+
+thread_local! {
+    static MEMO: RefCell<ThreadMemo> = RefCell::default();
+}
+
+static NEXT_CACHE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A negotiator's plan cache.
+#[derive(Debug)]
+pub(crate) struct PlanCache {
+    id: u64,
+    shared: Mutex<Shared>,
+    misses: AtomicU64,
+    /// Every thread's hit counter for this cache.
+    hit_counters: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        Self {
+            id: NEXT_CACHE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shared: Mutex::default(),
+            misses: AtomicU64::new(0),
+            hit_counters: Mutex::default(),
+        }
+    }
+}
+
+impl PlanCache {
+    /// The cached plan for `key` on topology `generation`, or `make()`'s, which is then cached.
+    pub fn get_or_make(
+        &self,
+        generation: u64,
+        key: Key,
+        make: impl FnOnce(&Key) -> crate::Result<Plan>,
+    ) -> crate::Result<Arc<Plan>> {
+        if let Some(plan) = self.memo_lookup(generation, &key) {
+            return Ok(plan);
+        }
+        let shared_hit = {
+            let mut s = self.shared.lock();
+            if s.generation != generation {
+                s.plans.clear();
+                s.generation = generation;
+            }
+            s.plans.get(&key).cloned()
+        };
+        let plan = match shared_hit {
+            Some(plan) => {
+                self.count_hit();
+                plan
+            }
+            None => {
+                let plan = Arc::new(make(&key)?);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.insert_shared(generation, key.clone(), plan.clone());
+                plan
+            }
+        };
+        self.memo_store(generation, key, plan.clone());
+        Ok(plan)
+    }
+
+    fn insert_shared(&self, generation: u64, key: Key, plan: Arc<Plan>) {
+        let mut s = self.shared.lock();
+        if s.generation != generation {
+            return;
+        }
+        if s.plans.len() >= PLAN_CACHE_CAPACITY {
+            // Keys name exporters, and a long-running process makes exporters without end:
+            // start over rather than grow. Plans are cheap to recompute; a full cache means the
+            // working set is larger than the cache anyway.
+            s.plans.clear();
+            s.evictions += 1;
+        }
+        s.plans.insert(key, plan);
+    }
+
+    fn memo_lookup(&self, generation: u64, key: &Key) -> Option<Arc<Plan>> {
+        let plan = MEMO.with(|m| {
+            let m = m.borrow();
+            m.recent
+                .iter()
+                .find(|e| e.cache == self.id && e.generation == generation && &e.key == key)
+                .map(|e| e.plan.clone())
+        })?;
+        self.count_hit();
+        Some(plan)
+    }
+
+    fn memo_store(&self, generation: u64, key: Key, plan: Arc<Plan>) {
+        MEMO.with(|m| {
+            let mut m = m.borrow_mut();
+            m.recent.retain(|e| !(e.cache == self.id && e.key == key));
+            m.recent.insert(
+                0,
+                Memo {
+                    cache: self.id,
+                    generation,
+                    key,
+                    plan,
+                },
+            );
+            m.recent.truncate(MEMO_ENTRIES);
+        });
+    }
+
+    /// Counts a hit in this thread's own counter for this cache.
+    fn count_hit(&self) {
+        let mine = MEMO.with(|m| {
+            let m = m.borrow();
+            m.counters
+                .iter()
+                .find(|(c, _)| *c == self.id)
+                .map(|(_, c)| c.clone())
+        });
+        // The first hit of this thread registers its counter (no borrow held across the lock).
+        let counter = mine.unwrap_or_else(|| {
+            let c = Arc::new(AtomicU64::new(0));
+            self.hit_counters.lock().push(c.clone());
+            MEMO.with(|m| m.borrow_mut().counters.push((self.id, c.clone())));
+            c
+        });
+        // Only this thread writes it: a load and a store, no locked instruction.
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        let s = self.shared.lock();
+        CacheStats {
+            hits: self
+                .hit_counters
+                .lock()
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum(),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: s.plans.len(),
+            evictions: s.evictions,
+        }
+    }
+}
