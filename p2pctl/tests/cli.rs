@@ -291,3 +291,65 @@ fn topo_reads_sysfs_and_nccl_files() {
     let o = p2pctl(&["topo", "--preset", "dgx", "--sysfs"]);
     assert_eq!(o.status.code(), Some(2), "one input at a time");
 }
+
+/// A scratch directory removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("p2pctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn hostile_inputs_end_in_an_error_not_a_crash() {
+    let dir = Scratch::new("hostile");
+    // 2000 nested <pci>: the NCCL reader overflowed its stack and p2pctl aborted.
+    let mut xml = String::from("<system version=\"1\">\n<cpu numaid=\"0\">\n");
+    for i in 0..2000 {
+        xml.push_str(&format!(
+            "<pci busid=\"{:04x}:{:02x}:00.0\" class=\"0x060400\">\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    xml.push_str(&"</pci>".repeat(2000));
+    xml.push_str("</cpu></system>\n");
+    let bomb = dir.0.join("bomb.xml");
+    std::fs::write(&bomb, xml).unwrap();
+    let o = p2pctl(&["topo", "--nccl-xml", bomb.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bomb.xml:67: nesting depth exceeds the limit of 64"),
+        "{err}"
+    );
+
+    // A resource line of 2^64 bytes: an add overflow made p2pctl exit 101.
+    let dev = dir.0.join("devices/pci0000:00/0000:00:02.0");
+    std::fs::create_dir_all(&dev).unwrap();
+    for (file, text) in [
+        ("vendor", "0x10de"),
+        ("device", "0x20b0"),
+        ("class", "0x030200"),
+        ("resource", "0x0 0xffffffffffffffff 0x40200"),
+    ] {
+        std::fs::write(dev.join(file), format!("{text}\n")).unwrap();
+    }
+    let o = p2pctl(&["topo", "--sysfs", dir.0.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("0000:00:02.0/resource") && err.contains("line 1"),
+        "{err}"
+    );
+}

@@ -36,6 +36,10 @@ use std::collections::{HashMap, HashSet};
 pub struct TopologyBuilder {
     nodes: Vec<Node>,
     addrs: HashSet<PciAddr>,
+    /// Host bridges' names and (segment, root bus), so a file of thousands of `<cpu>`s is
+    /// checked in linear time.
+    bridge_names: HashSet<String>,
+    bridge_buses: HashSet<(u16, u8)>,
     cpu_p2p: bool,
     class_counts: HashMap<DeviceClass, usize>,
 }
@@ -65,15 +69,13 @@ impl TopologyBuilder {
         if name.is_empty() {
             return Err(Error::InvalidTopology("a host bridge needs a name".into()));
         }
-        let dup = self.nodes.iter().any(|n| match &n.kind {
-            NodeKind::HostBridge(h) => h.name == name || (h.segment == segment && h.bus == bus),
-            _ => false,
-        });
-        if dup {
+        if self.bridge_names.contains(name) || self.bridge_buses.contains(&(segment, bus)) {
             return Err(Error::InvalidTopology(format!(
                 "host bridge {name} (segment {segment:04x}, bus {bus:02x}) duplicates another"
             )));
         }
+        self.bridge_names.insert(name.to_owned());
+        self.bridge_buses.insert((segment, bus));
         Ok(self.push(Node {
             kind: NodeKind::HostBridge(HostBridge {
                 name: name.to_owned(),
@@ -253,6 +255,12 @@ impl TopologyBuilder {
             )));
         }
         let depth = p.depth + 1;
+        if depth > super::limits::MAX_DEPTH {
+            return Err(Error::InvalidTopology(format!(
+                "{what} {addr} would sit {depth} levels below its host bridge (at most {})",
+                super::limits::MAX_DEPTH
+            )));
+        }
         self.addrs.insert(addr);
         Ok(self.push(Node {
             kind,

@@ -32,6 +32,7 @@
 //! `accelerator` or `other`; `name` on an endpoint is optional; addresses and sizes are `"0x…"`
 //! strings or plain numbers. Unknown fields are errors, so a typo never goes unnoticed.
 
+use super::limits::{self, MAX_FILE_BYTES};
 use super::{
     AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, NodeKind, Topology, TopologyBuilder,
 };
@@ -109,11 +110,30 @@ enum FileNode {
 }
 
 /// Reads a topology from JSON text; `origin` names the file in errors.
+///
+/// Text above [`MAX_FILE_BYTES`] is refused unread; nesting deeper than serde_json's recursion
+/// limit (128 levels of JSON, about 60 of tree) is a parse error, and the builder refuses a tree
+/// deeper than [`limits::MAX_DEPTH`]. Every error names `origin`.
 pub fn from_json(text: &str, origin: &str) -> Result<Topology> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(limits::exceeded(
+            origin,
+            None,
+            "file size in bytes",
+            MAX_FILE_BYTES,
+        ));
+    }
     let file: FileTopology = serde_json::from_str(text).map_err(|e| Error::TopologyFile {
         path: origin.to_owned(),
         message: e.to_string(),
     })?;
+    build(&file).map_err(|e| Error::TopologyFile {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn build(file: &FileTopology) -> Result<Topology> {
     let mut b = TopologyBuilder::new();
     b.cpu_routes_p2p(file.cpu_routes_p2p);
     for hb in &file.host_bridges {
@@ -122,19 +142,17 @@ pub fn from_json(text: &str, origin: &str) -> Result<Topology> {
             add(&mut b, id, child)?;
         }
     }
-    b.build().map_err(|e| Error::TopologyFile {
-        path: origin.to_owned(),
-        message: e.to_string(),
-    })
+    b.build()
 }
 
-/// Reads a topology file.
+/// Reads a topology file (at most [`MAX_FILE_BYTES`]).
 pub fn from_path(path: &std::path::Path) -> Result<Topology> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::TopologyFile {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    let origin = path.display().to_string();
+    let text = limits::read_text_capped(path, MAX_FILE_BYTES, |message| Error::TopologyFile {
+        path: origin.clone(),
+        message,
     })?;
-    from_json(&text, &path.display().to_string())
+    from_json(&text, &origin)
 }
 
 fn parse_acs(addr: PciAddr, names: &[String]) -> Result<AcsFlags> {

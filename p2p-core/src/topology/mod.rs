@@ -8,6 +8,7 @@ mod acs;
 pub mod allowlist;
 mod builder;
 pub mod file;
+pub mod limits;
 pub mod nccl;
 mod path;
 pub mod presets;

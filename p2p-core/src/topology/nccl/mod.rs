@@ -25,10 +25,11 @@
 //! are ignored; elements it cannot place are reported in [`NcclImport::notes`].
 
 use super::allowlist;
+use super::limits;
 use super::{DeviceClass, HostBridgeP2p, NodeId, Topology, TopologyBuilder};
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
-use roxmltree::{Document, Node};
+use roxmltree::{Document, Node, ParsingOptions};
 
 /// A topology read from an NCCL file, with what could not be placed.
 #[derive(Debug, Clone)]
@@ -40,8 +41,24 @@ pub struct NcclImport {
 }
 
 /// Parses an NCCL topology file's text; `origin` names it in errors.
+///
+/// Text above [`MAX_FILE_BYTES`](limits::MAX_FILE_BYTES) or with more than
+/// [`MAX_XML_NODES`](limits::MAX_XML_NODES) nodes is refused, and so is `<pci>` nesting deeper
+/// than [`MAX_DEPTH`](limits::MAX_DEPTH), at the line where it goes too deep.
 pub fn from_xml(text: &str, origin: &str) -> Result<NcclImport> {
-    let doc = Document::parse(text).map_err(|e| Error::TopologyFile {
+    if text.len() as u64 > limits::MAX_FILE_BYTES {
+        return Err(limits::exceeded(
+            origin,
+            None,
+            "file size in bytes",
+            limits::MAX_FILE_BYTES,
+        ));
+    }
+    let options = ParsingOptions {
+        nodes_limit: limits::MAX_XML_NODES,
+        ..ParsingOptions::default()
+    };
+    let doc = Document::parse_with_options(text, options).map_err(|e| Error::TopologyFile {
         path: origin.to_owned(),
         message: format!("line {}, column {}: {e}", e.pos().row, e.pos().col),
     })?;
@@ -79,13 +96,16 @@ pub fn from_xml(text: &str, origin: &str) -> Result<NcclImport> {
     })
 }
 
-/// Reads an NCCL topology file.
+/// Reads an NCCL topology file (at most [`MAX_FILE_BYTES`](limits::MAX_FILE_BYTES)).
 pub fn from_path(path: &std::path::Path) -> Result<NcclImport> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::TopologyFile {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    let origin = path.display().to_string();
+    let text = limits::read_text_capped(path, limits::MAX_FILE_BYTES, |message| {
+        Error::TopologyFile {
+            path: origin.clone(),
+            message,
+        }
     })?;
-    from_xml(&text, &path.display().to_string())
+    from_xml(&text, &origin)
 }
 
 struct Reader<'d, 'i> {
@@ -132,22 +152,23 @@ impl<'d, 'i> Reader<'d, 'i> {
         parsed.map_err(|_| self.err(node, format!("{name}={t:?} is not a number")))
     }
 
+    /// An optional 32-bit number attribute (0 when absent).
+    fn optional_u32(&self, node: Node, name: &str) -> Result<u32> {
+        let Some(text) = node.attribute(name) else {
+            return Ok(0);
+        };
+        let n = self.number(node, name, text)?;
+        u32::try_from(n).map_err(|_| self.err(node, format!("{name}={n} is out of range")))
+    }
+
     /// One `<cpu>`: a host bridge. Returns whether this CPU routes P2P between host bridges.
     fn cpu(&mut self, cpu: Node) -> Result<bool> {
         let numa = self.number(cpu, "numaid", self.attr(cpu, "numaid")?)?;
         let numa = u32::try_from(numa)
             .map_err(|_| self.err(cpu, format!("numaid={numa} is out of range")))?;
         let vendor = cpu.attribute("vendor").unwrap_or("");
-        let family = cpu
-            .attribute("familyid")
-            .map(|f| self.number(cpu, "familyid", f))
-            .transpose()?
-            .unwrap_or(0) as u32;
-        let model = cpu
-            .attribute("modelid")
-            .map(|m| self.number(cpu, "modelid", m))
-            .transpose()?
-            .unwrap_or(0) as u32;
+        let family = self.optional_u32(cpu, "familyid")?;
+        let model = self.optional_u32(cpu, "modelid")?;
         let routes = allowlist::cpu_routes_p2p(vendor == "AuthenticAMD", family);
         let p2p = if vendor == "GenuineIntel" {
             allowlist::intel_model_host_bridge_p2p(family, model)
@@ -181,7 +202,7 @@ impl<'d, 'i> Reader<'d, 'i> {
             .host_bridge(&name, first_addr.segment, first_addr.bus, numa, numa, p2p)
             .map_err(|e| self.err(cpu, e.to_string()))?;
         for pci in pcis {
-            self.pci(hb, pci)?;
+            self.pci(hb, pci, 1)?;
         }
         Ok(routes)
     }
@@ -192,7 +213,9 @@ impl<'d, 'i> Reader<'d, 'i> {
             .map_err(|e: Error| self.err(pci, format!("busid: {e}")))
     }
 
-    fn pci(&mut self, parent: NodeId, pci: Node) -> Result<()> {
+    /// One `<pci>` at `depth` below its `<cpu>`, and (for a bridge) everything inside it.
+    fn pci(&mut self, parent: NodeId, pci: Node, depth: u32) -> Result<()> {
+        limits::check_depth(depth, self.origin, || Some(self.line(pci)))?;
         let addr = self.busid(pci)?;
         let class = self.number(pci, "class", self.attr(pci, "class")?)?;
         let class = u32::try_from(class)
@@ -206,7 +229,7 @@ impl<'d, 'i> Reader<'d, 'i> {
                 .map_err(|e| self.err(pci, e.to_string()))?;
             for child in pci.children().filter(Node::is_element) {
                 match child.tag_name().name() {
-                    "pci" => self.pci(id, child)?,
+                    "pci" => self.pci(id, child, depth + 1)?,
                     other => {
                         let other = other.to_owned();
                         self.note(

@@ -120,3 +120,66 @@ fn malformed_files_give_line_numbered_errors() {
         );
     }
 }
+
+/// The `i`th of many distinct bus ids.
+fn nth_busid(i: usize) -> String {
+    format!("{:04x}:{:02x}:00.0", i / 256, i % 256)
+}
+
+/// `depth` nested bridges with distinct bus ids, one per line from line 3.
+fn nested_bridges(depth: usize) -> String {
+    let mut xml = String::from("<system version=\"1\">\n<cpu numaid=\"0\">\n");
+    for i in 0..depth {
+        let busid = nth_busid(i);
+        xml.push_str(&format!("<pci busid=\"{busid}\" class=\"0x060400\">\n"));
+    }
+    xml.push_str(&"</pci>".repeat(depth));
+    xml.push_str("</cpu></system>\n");
+    xml
+}
+
+#[test]
+fn a_depth_bomb_is_refused_at_the_line_it_goes_too_deep() {
+    // 2000 nested <pci> overflowed the stack (p2pctl aborted) before readers had a depth limit.
+    let err = from_xml(&nested_bridges(2000), "bomb.xml").unwrap_err();
+    let limit = u64::from(crate::topology::limits::MAX_DEPTH);
+    assert_eq!(
+        err,
+        Error::InputLimit {
+            path: "bomb.xml".into(),
+            // <pci> number i (from 0) is on line 3 + i at depth i + 1: depth 65 is line 67.
+            line: Some(67),
+            what: "nesting depth",
+            limit,
+        }
+    );
+    // At the limit itself the file reads.
+    let deepest = from_xml(&nested_bridges(limit as usize), "ok.xml").unwrap();
+    assert_eq!(deepest.topology.node_ids().count(), 1 + limit as usize);
+}
+
+#[test]
+fn size_and_width_bombs_end_quickly() {
+    let limit = crate::topology::limits::MAX_FILE_BYTES;
+    let huge = format!("<system>{}</system>", " ".repeat(limit as usize));
+    assert!(matches!(
+        from_xml(&huge, "huge.xml"),
+        Err(Error::InputLimit {
+            what: "file size in bytes",
+            ..
+        })
+    ));
+    // Thousands of <cpu>s: host bridges are checked for duplicates in linear time.
+    let mut wide = String::from("<system>");
+    for i in 0..5000 {
+        let busid = nth_busid(i);
+        wide.push_str(&format!(
+            "<cpu numaid=\"{i}\"><pci busid=\"{busid}\" class=\"0x020000\"/></cpu>"
+        ));
+    }
+    wide.push_str("</system>");
+    let started = std::time::Instant::now();
+    let imp = from_xml(&wide, "wide.xml").unwrap();
+    assert_eq!(imp.topology.host_bridges().count(), 5000);
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+}

@@ -29,7 +29,7 @@ mod host;
 
 pub use config::{AcsState, ConfigImage, ConfigSpace, PortType};
 
-use super::{Bar, DeviceClass, NodeId, Topology, TopologyBuilder};
+use super::{limits, Bar, DeviceClass, NodeId, Topology, TopologyBuilder};
 use crate::addr::{BusAddr, PhysAddr};
 use crate::error::Result;
 use crate::pci::PciAddr;
@@ -126,11 +126,19 @@ pub fn read_topology(root: &Path) -> Result<Topology> {
     scan(root).map(|s| s.topology)
 }
 
-/// The entries of a directory, sorted.
+/// The entries of a directory, sorted (at most [`MAX_DIR_ENTRIES`](limits::MAX_DIR_ENTRIES)).
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| sysfs_err(dir, format!("cannot list: {e}")))?;
     let mut out = Vec::new();
     for entry in rd {
+        if out.len() == limits::MAX_DIR_ENTRIES {
+            return Err(limits::exceeded(
+                &dir.display().to_string(),
+                None,
+                "directory entries",
+                limits::MAX_DIR_ENTRIES as u64,
+            ));
+        }
         out.push(
             entry
                 .map_err(|e| sysfs_err(dir, format!("cannot list: {e}")))?
@@ -313,7 +321,11 @@ impl Scanner {
         Ok(())
     }
 
+    /// The functions below a bridge. The depth check comes first: a directory that links back
+    /// to itself must end here, not in a stack overflow.
     fn subtree(&mut self, parent: NodeId, place: Place, dir: &Path) -> Result<()> {
+        let depth = self.builder.depth_of(parent) + 1;
+        limits::check_depth(depth, &dir.display().to_string(), || None)?;
         for (addr, path) in pci_children(dir)? {
             let f = Facts::read(&path)?;
             self.place(parent, place, addr, &path, f)?;
@@ -429,11 +441,20 @@ impl Scanner {
                     bus.wrapping_sub(r.start)
                 ));
             }
+            let size = r.len().ok_or_else(|| {
+                sysfs_err(
+                    &resource,
+                    format!(
+                        "line {}: region {:#x}..={:#x} spans 2^64 bytes, more than a BAR decodes",
+                        r.line, r.start, r.end
+                    ),
+                )
+            })?;
             bars.push(Bar {
                 index,
                 cpu: PhysAddr(r.start),
                 bus: BusAddr(bus),
-                size: r.end - r.start + 1,
+                size,
             });
         }
         Ok(bars)
