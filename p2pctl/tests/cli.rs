@@ -27,7 +27,7 @@ fn presets() -> Vec<String> {
 }
 
 /// Checks the documented shape exactly:
-/// `{"devices":[{"id","class","numa"}],"pairs":[{"a","b","path","route"}]}`.
+/// `{"devices":[{"id","class","numa"}],"pairs":[{"a","b","path","route"[,"nvlinks"]}]}`.
 fn validate(json: &Value) -> Result<usize, String> {
     let top = json.as_object().ok_or("top level is not an object")?;
     let keys: HashSet<&str> = top.keys().map(String::as_str).collect();
@@ -63,7 +63,20 @@ fn validate(json: &Value) -> Result<usize, String> {
     for p in pairs {
         let p = p.as_object().ok_or("pair is not an object")?;
         let keys: HashSet<&str> = p.keys().map(String::as_str).collect();
-        if keys != HashSet::from(["a", "b", "path", "route"]) {
+        let nvlinks = p.get("nvlinks").map(|n| n.as_u64().filter(|&n| n > 0));
+        if nvlinks == Some(None) {
+            return Err(format!(
+                "nvlinks {:?} is not a positive count",
+                p["nvlinks"]
+            ));
+        }
+        let required = HashSet::from(["a", "b", "path", "route"]);
+        if keys
+            .difference(&HashSet::from(["nvlinks"]))
+            .copied()
+            .collect::<HashSet<_>>()
+            != required
+        {
             return Err(format!("pair keys {keys:?}"));
         }
         let a: PciAddr = p["a"]
@@ -351,5 +364,30 @@ fn hostile_inputs_end_in_an_error_not_a_crash() {
     assert!(
         err.contains("0000:00:02.0/resource") && err.contains("line 1"),
         "{err}"
+    );
+}
+
+#[test]
+fn cloud_nccl_files_import_and_show_nvlinks() {
+    let xml = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/topologies/nccl-cloud.xml"
+    );
+    let o = p2pctl(&["topo", "--nccl-xml", xml, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    validate(&json).unwrap();
+    let nv = json["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["nvlinks"] == 18)
+        .count();
+    assert_eq!(nv, 8 * 7 / 2, "every GPU pair over the NVSwitch fabric");
+    let o = p2pctl(&["topo", "--nccl-xml", xml]);
+    let m = stdout(&o);
+    assert!(
+        m.contains("NV18") && m.contains("SYS") && m.contains("PIX"),
+        "{m}"
     );
 }

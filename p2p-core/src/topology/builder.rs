@@ -1,5 +1,6 @@
 //! Building a [`Topology`] node by node, with every structural rule checked as it is added.
 
+use super::nvlink::{NvLinkTarget, NvLinks};
 use super::{
     AcsFlags, Bar, DeviceClass, Endpoint, HostBridge, HostBridgeP2p, Node, NodeId, NodeKind,
     Topology,
@@ -42,6 +43,7 @@ pub struct TopologyBuilder {
     bridge_buses: HashSet<(u16, u8)>,
     cpu_p2p: bool,
     class_counts: HashMap<DeviceClass, usize>,
+    nvlinks: NvLinks,
 }
 
 impl TopologyBuilder {
@@ -121,6 +123,32 @@ impl TopologyBuilder {
                     | NodeKind::Bridge
             )
         })
+    }
+
+    /// [`bridge`](Self::bridge) without a PCI address: a bridge that an input names only by a
+    /// label another node also uses (NCCL files of cloud VMs give synthetic switches such ids).
+    pub fn unaddressed_bridge(&mut self, parent: NodeId) -> Result<NodeId> {
+        self.child_at(parent, None, NodeKind::Bridge, |k| {
+            matches!(
+                k,
+                NodeKind::HostBridge(_)
+                    | NodeKind::RootPort
+                    | NodeKind::SwitchDownstream
+                    | NodeKind::Bridge
+            )
+        })
+    }
+
+    /// Whether a node with this address was added.
+    pub fn contains(&self, addr: PciAddr) -> bool {
+        self.addrs.contains(&addr)
+    }
+
+    /// Records `count` NVLinks from GPU `gpu` to `target`; [`build`](Self::build) checks that
+    /// both ends are endpoints.
+    pub fn nvlink(&mut self, gpu: PciAddr, target: NvLinkTarget, count: u32) -> &mut Self {
+        self.nvlinks.add(gpu, target, count);
+        self
     }
 
     /// Adds a downstream port to a switch (named by its upstream port).
@@ -229,7 +257,34 @@ impl TopologyBuilder {
                 )));
             }
         }
-        Ok(Topology::from_nodes(self.nodes.clone(), self.cpu_p2p))
+        self.check_nvlinks()?;
+        Ok(Topology::from_nodes(self.nodes.clone(), self.cpu_p2p)
+            .with_nvlinks(self.nvlinks.clone()))
+    }
+
+    /// Every NVLink end must be an endpoint that was added.
+    fn check_nvlinks(&self) -> Result<()> {
+        let endpoints: HashSet<PciAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Endpoint(_)))
+            .filter_map(|n| n.addr)
+            .collect();
+        for (gpu, target, _) in self.nvlinks.iter() {
+            let far = match target {
+                NvLinkTarget::Gpu(g) => Some(g),
+                NvLinkTarget::NvSwitch => None,
+            };
+            if let Some(a) = std::iter::once(gpu)
+                .chain(far)
+                .find(|a| !endpoints.contains(a))
+            {
+                return Err(Error::InvalidTopology(format!(
+                    "an NVLink ends at {a}, which is not an endpoint"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn child(
@@ -239,32 +294,46 @@ impl TopologyBuilder {
         kind: NodeKind,
         parent_ok: impl Fn(&NodeKind) -> bool,
     ) -> Result<NodeId> {
+        self.child_at(parent, Some(addr), kind, parent_ok)
+    }
+
+    fn child_at(
+        &mut self,
+        parent: NodeId,
+        addr: Option<PciAddr>,
+        kind: NodeKind,
+        parent_ok: impl Fn(&NodeKind) -> bool,
+    ) -> Result<NodeId> {
         let what = kind_name(&kind);
+        let addr_text = addr.map_or_else(|| "(no address)".to_owned(), |a| a.to_string());
+        let addr = (addr, addr_text);
         let p = self.nodes.get(parent.index()).ok_or_else(|| {
-            Error::InvalidTopology(format!("{what} {addr}: no parent node {}", parent.0))
+            Error::InvalidTopology(format!("{what} {}: no parent node {}", addr.1, parent.0))
         })?;
         if !parent_ok(&p.kind) {
             return Err(Error::InvalidTopology(format!(
-                "{what} {addr} cannot hang below a {}",
+                "{what} {} cannot hang below a {}",
+                addr.1,
                 kind_name(&p.kind)
             )));
         }
-        if self.addrs.contains(&addr) {
+        if let Some(a) = addr.0.filter(|a| self.addrs.contains(a)) {
             return Err(Error::InvalidTopology(format!(
-                "PCI address {addr} is used twice"
+                "PCI address {a} is used twice"
             )));
         }
         let depth = p.depth + 1;
         if depth > super::limits::MAX_DEPTH {
             return Err(Error::InvalidTopology(format!(
-                "{what} {addr} would sit {depth} levels below its host bridge (at most {})",
+                "{what} {} would sit {depth} levels below its host bridge (at most {})",
+                addr.1,
                 super::limits::MAX_DEPTH
             )));
         }
-        self.addrs.insert(addr);
+        self.addrs.extend(addr.0);
         Ok(self.push(Node {
             kind,
-            addr: Some(addr),
+            addr: addr.0,
             parent: Some(parent),
             acs: AcsFlags::empty(),
             depth,

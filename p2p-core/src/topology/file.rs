@@ -27,12 +27,17 @@
 //! A `"kind": "bridge"` node is a bridge known only as a bridge (a conventional PCI bridge, or a
 //! switch as NCCL names it); it may hold anything but a downstream port.
 //!
+//! A `bridge` may lack `addr` (an NCCL file labels synthetic switches with ids other nodes use).
+//! An optional top-level `"nvlinks": [{"gpu": "0000:1b:00.0", "peer": "0000:1c:00.0",
+//! "count": 12}]` lists NVLinks; without `peer` the link goes into the NVSwitch fabric.
+//!
 //! Fields: `p2p` is `none`, `same-bridge` or `any` (the host bridge's P2P allow-list entry);
 //! `acs` lists ACS Control bits by name (`SV TB RR CR UF EC DT`); `class` is `gpu`, `nic`, `nvme`,
 //! `accelerator` or `other`; `name` on an endpoint is optional; addresses and sizes are `"0x…"`
 //! strings or plain numbers. Unknown fields are errors, so a typo never goes unnoticed.
 
 use super::limits::{self, MAX_FILE_BYTES};
+use super::nvlink::NvLinkTarget;
 use super::{
     AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, NodeKind, Topology, TopologyBuilder,
 };
@@ -46,6 +51,18 @@ struct FileTopology {
     #[serde(default)]
     cpu_routes_p2p: bool,
     host_bridges: Vec<FileHostBridge>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nvlinks: Vec<FileNvLink>,
+}
+
+/// `peer` absent: the link goes into the NVSwitch fabric.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNvLink {
+    gpu: PciAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<PciAddr>,
+    count: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,7 +108,8 @@ enum FileNode {
         children: Vec<FileNode>,
     },
     Bridge {
-        addr: PciAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<PciAddr>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         acs: Vec<String>,
         #[serde(default)]
@@ -142,6 +160,10 @@ fn build(file: &FileTopology) -> Result<Topology> {
             add(&mut b, id, child)?;
         }
     }
+    for l in &file.nvlinks {
+        let target = l.peer.map_or(NvLinkTarget::NvSwitch, NvLinkTarget::Gpu);
+        b.nvlink(l.gpu, target, l.count);
+    }
     b.build()
 }
 
@@ -155,11 +177,12 @@ pub fn from_path(path: &std::path::Path) -> Result<Topology> {
     from_json(&text, &origin)
 }
 
-fn parse_acs(addr: PciAddr, names: &[String]) -> Result<AcsFlags> {
+fn parse_acs(addr: Option<PciAddr>, names: &[String]) -> Result<AcsFlags> {
     names.iter().try_fold(AcsFlags::empty(), |acc, n| {
         AcsFlags::from_name_ci(n).map(|f| acc | f).ok_or_else(|| {
+            let at = addr.map_or_else(|| "a bridge without address".to_owned(), |a| a.to_string());
             Error::InvalidTopology(format!(
-                "{addr}: unknown ACS bit {n:?} (known: SV TB RR CR UF EC DT)"
+                "{at}: unknown ACS bit {n:?} (known: SV TB RR CR UF EC DT)"
             ))
         })
     })
@@ -171,12 +194,22 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
             addr,
             acs,
             children,
-        } => (b.root_port(parent, *addr)?, acs, children.as_slice(), *addr),
+        } => (
+            b.root_port(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            Some(*addr),
+        ),
         FileNode::Switch {
             addr,
             acs,
             children,
-        } => (b.switch(parent, *addr)?, acs, children.as_slice(), *addr),
+        } => (
+            b.switch(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            Some(*addr),
+        ),
         FileNode::DownstreamPort {
             addr,
             acs,
@@ -185,13 +218,28 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
             b.downstream_port(parent, *addr)?,
             acs,
             children.as_slice(),
-            *addr,
+            Some(*addr),
         ),
         FileNode::Bridge {
-            addr,
+            addr: Some(addr),
             acs,
             children,
-        } => (b.bridge(parent, *addr)?, acs, children.as_slice(), *addr),
+        } => (
+            b.bridge(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            Some(*addr),
+        ),
+        FileNode::Bridge {
+            addr: None,
+            acs,
+            children,
+        } => (
+            b.unaddressed_bridge(parent)?,
+            acs,
+            children.as_slice(),
+            None,
+        ),
         FileNode::Endpoint {
             addr,
             class,
@@ -203,7 +251,7 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
                 Some(n) => b.named_endpoint(parent, *addr, *class, bars.clone(), n.clone())?,
                 None => b.endpoint(parent, *addr, *class, bars.clone())?,
             };
-            (id, acs, &[][..], *addr)
+            (id, acs, &[][..], Some(*addr))
         }
     };
     b.set_acs(id, parse_acs(addr, acs)?)?;
@@ -230,6 +278,18 @@ pub fn to_json(t: &Topology) -> String {
                 children: t.children(id).iter().map(|&c| file_node(t, c)).collect(),
             })
             .collect(),
+        nvlinks: t
+            .nvlinks()
+            .iter()
+            .map(|(gpu, target, count)| FileNvLink {
+                gpu,
+                peer: match target {
+                    NvLinkTarget::Gpu(p) => Some(p),
+                    NvLinkTarget::NvSwitch => None,
+                },
+                count,
+            })
+            .collect(),
     };
     // Serialising plain data with string keys cannot fail.
     serde_json::to_string_pretty(&file).unwrap_or_default()
@@ -237,11 +297,19 @@ pub fn to_json(t: &Topology) -> String {
 
 fn file_node(t: &Topology, id: NodeId) -> FileNode {
     let n = t.node(id);
-    let addr = n
-        .addr
-        .unwrap_or_else(|| unreachable!("only host bridges lack an address"));
     let acs = n.acs.names().into_iter().map(str::to_owned).collect();
     let children = || t.children(id).iter().map(|&c| file_node(t, c)).collect();
+    if n.kind == NodeKind::Bridge {
+        return FileNode::Bridge {
+            addr: n.addr,
+            acs,
+            children: children(),
+        };
+    }
+    // The builder gives every node but host bridges and some bridges an address.
+    let addr = n
+        .addr
+        .unwrap_or_else(|| unreachable!("only host bridges and bridges lack an address"));
     match &n.kind {
         NodeKind::RootPort => FileNode::RootPort {
             addr,
@@ -258,11 +326,6 @@ fn file_node(t: &Topology, id: NodeId) -> FileNode {
             acs,
             children: children(),
         },
-        NodeKind::Bridge => FileNode::Bridge {
-            addr,
-            acs,
-            children: children(),
-        },
         NodeKind::Endpoint(e) => FileNode::Endpoint {
             addr,
             class: e.class,
@@ -270,7 +333,9 @@ fn file_node(t: &Topology, id: NodeId) -> FileNode {
             acs,
             bars: e.bars.clone(),
         },
-        NodeKind::HostBridge(_) => unreachable!("host bridges are written by to_json"),
+        NodeKind::HostBridge(_) | NodeKind::Bridge => {
+            unreachable!("host bridges are written by to_json, bridges above")
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod builder;
 pub mod file;
 pub mod limits;
 pub mod nccl;
+pub mod nvlink;
 mod path;
 pub mod presets;
 pub mod render;
@@ -89,12 +90,13 @@ pub enum DeviceClass {
 
 impl DeviceClass {
     /// The class of a device from its 24-bit PCI class code (`0x030200`): display controllers
-    /// are GPUs, network controllers NICs (Ethernet and InfiniBand), `0x010802` NVMe, processing
+    /// are GPUs, network controllers and InfiniBand controllers (`0x0c06`) NICs, `0x010802` NVMe, processing
     /// accelerators and co-processors accelerators.
     pub fn from_pci_class(code: u32) -> Self {
         match (code >> 16, (code >> 8) & 0xff) {
             (0x03, _) => DeviceClass::Gpu,
-            (0x02, _) => DeviceClass::Nic,
+            // 0x0c06: InfiniBand controllers (serial bus class) as older HCAs report it.
+            (0x02, _) | (0x0c, 0x06) => DeviceClass::Nic,
             (0x01, 0x08) if code & 0xff == 0x02 => DeviceClass::Nvme,
             (0x12, _) | (0x0b, 0x40) => DeviceClass::Accelerator,
             _ => DeviceClass::Other,
@@ -203,6 +205,7 @@ pub struct Topology {
     children: Vec<Vec<NodeId>>,
     by_addr: HashMap<PciAddr, NodeId>,
     cpu_p2p: bool,
+    nvlinks: nvlink::NvLinks,
     generation: u64,
 }
 
@@ -225,8 +228,19 @@ impl Topology {
             children,
             by_addr,
             cpu_p2p,
+            nvlinks: nvlink::NvLinks::default(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    pub(crate) fn with_nvlinks(mut self, nvlinks: nvlink::NvLinks) -> Self {
+        self.nvlinks = nvlinks;
+        self
+    }
+
+    /// The NVLinks between GPUs (beside the PCIe tree; routes never use them).
+    pub fn nvlinks(&self) -> &nvlink::NvLinks {
+        &self.nvlinks
     }
 
     /// A number no other topology built in this process has: caches compare it to notice change.

@@ -29,6 +29,9 @@ pub struct PairEntry {
     pub path: PathClass,
     /// `bus-addr`, `host-bridge` or `unsupported`.
     pub route: String,
+    /// NVLinks joining the two (beside the PCIe path and route); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvlinks: Option<u32>,
 }
 
 /// What `p2pctl topo --json` prints: every endpoint, and one entry per unordered pair of distinct
@@ -64,6 +67,7 @@ pub fn pairs(t: &Topology) -> Result<PairsReport> {
                 b: *b,
                 path: p.class,
                 route: p.route.name().to_owned(),
+                nvlinks: Some(t.nvlinks().between(*a, *b)).filter(|&n| n > 0),
             });
         }
     }
@@ -87,8 +91,13 @@ pub fn matrix(t: &Topology) -> Result<String> {
     for (i, &a) in eps.iter().enumerate() {
         let _ = write!(out, "{:<w$}", names[i]);
         for &b in &eps {
+            let nv = t.nvlinks().between(a, b);
             let cell = if a == b {
                 "X".to_owned()
+            } else if nv > 0 {
+                // As nvidia-smi: NVLink shown in place of the PCIe class; the route matrix
+                // below stays PCIe.
+                format!("NV{nv}")
             } else {
                 t.path(a, b)?.class.name().to_owned()
             };
@@ -119,6 +128,12 @@ pub fn matrix(t: &Topology) -> Result<String> {
         .filter(|&c| c != PathClass::Loc)
     {
         let _ = writeln!(out, "  {:<4} = {}", c.name(), c.legend());
+    }
+    if !t.nvlinks().is_empty() {
+        let _ = writeln!(
+            out,
+            "  NV#  = Connection traversing a bonded set of # NVLinks (P2P DMA still routes over PCIe)"
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(
@@ -239,5 +254,25 @@ mod tests {
                 && m.contains("PIX  = Connection traversing at most a single PCIe bridge")
         );
         assert!(d.starts_with("graph topology {") && d.trim_end().ends_with('}'));
+    }
+
+    #[test]
+    fn nvlinks_show_as_nv_count_beside_the_pcie_route() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/topologies/nccl-2socket.xml");
+        let t = crate::topology::nccl::from_path(&path).unwrap().topology;
+        let m = matrix(&t).unwrap();
+        let row = m.lines().find(|l| l.starts_with("GPU0 ")).unwrap();
+        assert_eq!(row.split_whitespace().nth(2), Some("NV12"), "{m}");
+        assert!(m.contains("NV#  = "), "{m}");
+        let r = pairs(&t).unwrap();
+        let nv: Vec<&PairEntry> = r.pairs.iter().filter(|p| p.nvlinks.is_some()).collect();
+        assert_eq!(nv.len(), 1);
+        assert_eq!(
+            (nv[0].path, nv[0].route.as_str(), nv[0].nvlinks),
+            (PathClass::Pix, "bus-addr", Some(12))
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["pairs"][1].get("nvlinks").is_none());
     }
 }
