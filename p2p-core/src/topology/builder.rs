@@ -40,7 +40,7 @@ pub struct TopologyBuilder {
     /// Host bridges' names and (segment, root bus), so a file of thousands of `<cpu>`s is
     /// checked in linear time.
     bridge_names: HashSet<String>,
-    bridge_buses: HashSet<(u16, u8)>,
+    bridge_buses: HashSet<(u32, u8)>,
     cpu_p2p: bool,
     class_counts: HashMap<DeviceClass, usize>,
     nvlinks: NvLinks,
@@ -62,7 +62,7 @@ impl TopologyBuilder {
     pub fn host_bridge(
         &mut self,
         name: &str,
-        segment: u16,
+        segment: u32,
         bus: u8,
         numa: u32,
         socket: u32,
@@ -92,6 +92,22 @@ impl TopologyBuilder {
             acs: AcsFlags::empty(),
             depth: 0,
         }))
+    }
+
+    /// Moves a host bridge to another NUMA node and socket: readers that learn the node from the
+    /// devices below a host bridge know it only after placing them.
+    pub fn place_host_bridge(&mut self, id: NodeId, numa: u32, socket: u32) -> Result<&mut Self> {
+        match self.nodes.get_mut(id.index()).map(|n| &mut n.kind) {
+            Some(NodeKind::HostBridge(hb)) => {
+                hb.numa = numa;
+                hb.socket = socket;
+                Ok(self)
+            }
+            _ => Err(Error::InvalidTopology(format!(
+                "node {} is not a host bridge",
+                id.0
+            ))),
+        }
     }
 
     /// Adds a root port below a host bridge.

@@ -70,7 +70,7 @@ struct FileNvLink {
 struct FileHostBridge {
     name: String,
     #[serde(default)]
-    segment: u16,
+    segment: u32,
     #[serde(default)]
     bus: u8,
     #[serde(default)]

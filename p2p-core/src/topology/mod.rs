@@ -58,8 +58,8 @@ pub enum HostBridgeP2p {
 pub struct HostBridge {
     /// A name for messages and output ("pci0000:00").
     pub name: String,
-    /// PCI segment.
-    pub segment: u16,
+    /// PCI segment (32-bit, as Linux numbers domains).
+    pub segment: u32,
     /// The root bus number.
     pub bus: u8,
     /// The NUMA node it belongs to.

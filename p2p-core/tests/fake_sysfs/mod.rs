@@ -146,7 +146,7 @@ impl FakeSysfs {
     }
 
     /// `devices/pci<seg>:<bus>`, with the files Linux puts there.
-    pub fn host_bridge(&self, segment: u16, bus: u8) -> PathBuf {
+    pub fn host_bridge(&self, segment: u32, bus: u8) -> PathBuf {
         let dir = self
             .root
             .join(format!("devices/pci{segment:04x}:{bus:02x}"));

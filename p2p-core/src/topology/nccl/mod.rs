@@ -132,7 +132,7 @@ struct Reader<'o> {
     /// Busids of devices (not switches) anywhere in the file: a switch may not take them.
     devices: HashSet<PciAddr>,
     /// (segment, bus) given to host bridges so far.
-    roots: HashSet<(u16, u8)>,
+    roots: HashSet<(u32, u8)>,
     host_names: HashSet<String>,
     nvlinks: Vec<PendingNvLink>,
 }
@@ -269,16 +269,16 @@ impl<'o> Reader<'o> {
     /// NCCL does not number host bridges. The model wants a (segment, root bus) per host
     /// bridge: the first one of a device below this `<cpu>` that no other host bridge has, else
     /// the first free one.
-    fn root_bus(&mut self, cpu: Node) -> (u16, u8) {
+    fn root_bus(&mut self, cpu: Node) -> (u32, u8) {
         let below = cpu
             .descendants()
             .filter(|n| n.tag_name().name() == "pci")
             .filter_map(|n| n.attribute("busid")?.parse::<PciAddr>().ok())
             .map(|a| (a.segment, a.bus));
         let free = below
-            .chain((0..=u16::MAX).flat_map(|s| (0..=u8::MAX).map(move |b| (s, b))))
+            .chain((0..=u32::MAX).flat_map(|s| (0..=u8::MAX).map(move |b| (s, b))))
             .find(|r| !self.roots.contains(r))
-            .unwrap_or((u16::MAX, u8::MAX));
+            .unwrap_or((u32::MAX, u8::MAX));
         self.roots.insert(free);
         free
     }
