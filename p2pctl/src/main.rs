@@ -1,7 +1,7 @@
 //! `p2pctl`: look at a PCIe topology the way p2pdma sees it.
 //!
-//! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`), `--json` the pairs
-//!   report, `--dot` Graphviz, `--export` the topology file format. The topology comes from
+//! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`) of the DMA-capable
+//!   endpoints (`--all`: every function), `--json` the pairs report, `--dot` Graphviz, `--export` the topology file format. The topology comes from
 //!   `--preset`, `--file` (p2pdma's JSON), `--nccl-xml` (an NCCL topology file) or `--sysfs [DIR]`;
 //!   with none of them, from this machine's `/sys`.
 //! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
@@ -71,6 +71,10 @@ enum Command {
         /// Print the topology in p2pdma's JSON file format.
         #[arg(long)]
         export: bool,
+        /// Show every PCI function, not only the DMA-capable endpoints (GPUs, NICs, NVMe,
+        /// accelerators, other devices with a memory BAR that are not bridges).
+        #[arg(long)]
+        all: bool,
     },
     /// Explain the plan for IMPORTER doing DMA to memory of EXPORTER.
     Explain(explain::ExplainArgs),
@@ -135,16 +139,25 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             json,
             dot,
             export,
+            all,
         } => {
             let t = input.load()?;
+            let shown = if all {
+                render::Shown::All
+            } else {
+                render::Shown::DmaCapable
+            };
             if json {
-                outln!("{}", serde_json::to_string_pretty(&render::pairs(&t)?)?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::pairs(&t, shown)?)?
+                );
             } else if dot {
-                out!("{}", render::dot(&t));
+                out!("{}", render::dot(&t, shown));
             } else if export {
                 outln!("{}", file::to_json(&t));
             } else {
-                out!("{}", render::matrix(&t)?);
+                out!("{}", render::matrix(&t, shown)?);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -391,3 +391,29 @@ fn cloud_nccl_files_import_and_show_nvlinks() {
         "{m}"
     );
 }
+
+#[test]
+fn topo_shows_this_machines_dma_endpoints_and_all_with_all() {
+    let ids = |args: &[&str]| -> Vec<String> {
+        let o = p2pctl(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let json: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        validate(&json).unwrap();
+        json["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let shown = ids(&["topo", "--json"]);
+    let all = ids(&["topo", "--json", "--all"]);
+    assert!(shown.iter().all(|d| all.contains(d)), "{shown:?} {all:?}");
+    // Bridges and the host bridge's own function (class 0x06....) are never DMA endpoints.
+    for d in &all {
+        let class = std::fs::read_to_string(format!("/sys/bus/pci/devices/{d}/class"));
+        if class.is_ok_and(|c| c.starts_with("0x06")) {
+            assert!(!shown.contains(d), "{d} is a bridge function");
+        }
+    }
+}

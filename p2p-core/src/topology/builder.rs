@@ -220,7 +220,12 @@ impl TopologyBuilder {
         self.child(
             parent,
             addr,
-            NodeKind::Endpoint(Endpoint { class, bars, name }),
+            NodeKind::Endpoint(Endpoint {
+                class,
+                bars,
+                name,
+                pci_class: None,
+            }),
             |k| {
                 matches!(
                     k,
@@ -231,6 +236,20 @@ impl TopologyBuilder {
                 )
             },
         )
+    }
+
+    /// Records an endpoint's 24-bit PCI class code.
+    pub fn set_pci_class(&mut self, node: NodeId, code: u32) -> Result<&mut Self> {
+        match self.nodes.get_mut(node.index()).map(|n| &mut n.kind) {
+            Some(NodeKind::Endpoint(e)) => {
+                e.pci_class = Some(code);
+                Ok(self)
+            }
+            _ => Err(Error::InvalidTopology(format!(
+                "node {} is not an endpoint",
+                node.0
+            ))),
+        }
     }
 
     /// Sets the ACS control bits of a port or device.

@@ -161,6 +161,23 @@ pub struct Endpoint {
     pub bars: Vec<Bar>,
     /// A name for output ("GPU0"); defaults to the class and an index.
     pub name: String,
+    /// Its 24-bit PCI class code, when the input says (sysfs and NCCL files do).
+    pub pci_class: Option<u32>,
+}
+
+impl Endpoint {
+    /// Whether the device can take part in DMA as p2pdma sees it: a GPU, NIC, NVMe drive or
+    /// accelerator, or any other function with a memory BAR that is not a bridge (class 0x06:
+    /// the host bridge's own function, ISA and other bridges). A real root complex holds dozens
+    /// of system-peripheral functions that no one maps.
+    pub fn is_dma_capable(&self) -> bool {
+        match self.class {
+            DeviceClass::Other => {
+                !self.bars.is_empty() && self.pci_class.is_none_or(|c| c >> 16 != 0x06)
+            }
+            _ => true,
+        }
+    }
 }
 
 /// What a node of the tree is.

@@ -88,7 +88,11 @@ impl Reader<'_> {
                 .named_endpoint(parent, addr, kind, Vec::new(), n),
             None => self.builder.endpoint(parent, addr, kind, Vec::new()),
         };
-        added.map_err(|e| self.err(pci, e.to_string()))?;
+        let id = added.map_err(|e| self.err(pci, e.to_string()))?;
+        if class != 0 {
+            let set = self.builder.set_pci_class(id, class).map(|_| ());
+            set.map_err(|e| self.err(pci, e.to_string()))?;
+        }
         Ok(())
     }
 

@@ -290,6 +290,9 @@ impl Scanner {
                 .builder
                 .endpoint(parent, addr, class, bars)
                 .map_err(|e| sysfs_err(path, e.to_string()))?;
+            self.builder
+                .set_pci_class(id, f.class_code)
+                .map_err(|e| sysfs_err(path, e.to_string()))?;
             self.set_acs(id, &f, path)?;
             self.push_device(addr, path, &f, id);
             Ok(())
