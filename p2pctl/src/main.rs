@@ -5,6 +5,7 @@
 //!   `--preset`, `--file` (p2pdma's JSON), `--nccl-xml` (an NCCL topology file) or `--sysfs [DIR]`;
 //!   with none of them, from this machine's `/sys`.
 //! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
+//! - `p2pctl rank DEVICE [--class nic]` lists the endpoints nearest to DEVICE.
 //! - `p2pctl demo` runs the seed story on the simulated machine.
 //! - `p2pctl presets` lists the built-in machines.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ macro_rules! outln {
 }
 
 mod explain;
+mod rank;
 
 fn emit(s: &str) {
     use std::io::Write;
@@ -78,6 +80,9 @@ enum Command {
     },
     /// Explain the plan for IMPORTER doing DMA to memory of EXPORTER.
     Explain(explain::ExplainArgs),
+    /// Rank the endpoints nearest to DEVICE: which NIC a GPU should use, which GPU an NVMe
+    /// drive should feed.
+    Rank(rank::RankArgs),
     /// Run the seed story on the simulated machine: GPU memory mapped peer-to-peer by an ODP NIC,
     /// migrated to host RAM, re-faulted; a NIC without ODP refused.
     Demo {
@@ -162,6 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => explain::run(&args),
+        Command::Rank(args) => rank::run(&args),
         Command::Demo { seed, log } => {
             outln!("p2pdma demo on a simulated two-socket 8-GPU/8-NIC machine (seed {seed})");
             let report = backend_mock::story::run(seed, &mut |line| outln!("{line}"))?;

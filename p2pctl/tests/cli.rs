@@ -417,3 +417,40 @@ fn topo_shows_this_machines_dma_endpoints_and_all_with_all() {
         }
     }
 }
+
+#[test]
+fn rank_lists_peers_nearest_first_and_filters_by_class() {
+    let o = p2pctl(&["rank", "0000:03:00.0", "--preset", "workstation"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(
+        rows[0].contains("PIX") && rows[0].contains("bus-addr"),
+        "{out}"
+    );
+    // The drive behind a host bridge that forwards no P2P comes last, with the reason.
+    assert!(
+        rows[3].contains("0000:10:00.0") && rows[3].contains("allow-list"),
+        "{out}"
+    );
+    let o = p2pctl(&[
+        "rank",
+        "0000:03:00.0",
+        "--preset",
+        "workstation",
+        "--class",
+        "nvme",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("NVME0") && !out.contains("NIC0") && !out.contains("GPU1"),
+        "{out}"
+    );
+    let o = p2pctl(&["rank", "0000:99:00.0", "--preset", "workstation"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0000:99:00.0"));
+}

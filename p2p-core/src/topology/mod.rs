@@ -13,6 +13,7 @@ pub mod nccl;
 pub mod nvlink;
 mod path;
 pub mod presets;
+pub mod rank;
 pub mod render;
 pub mod sysfs;
 
