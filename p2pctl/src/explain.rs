@@ -70,6 +70,9 @@ pub struct ExplainArgs {
     /// What to do when P2P is not possible.
     #[arg(long, value_enum, default_value = "refuse")]
     fallback: FallbackArg,
+    /// Print the plan and the ACS advice as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_class(s: &str) -> Result<PathClass, String> {
@@ -134,14 +137,34 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
     };
     let plan = decide(&topo, &facts, &policy)?;
-    outln!(
-        "{} ({}) memory -> DMA by {} ({})",
-        topo.display_name(a.exporter),
-        a.exporter,
-        topo.display_name(a.importer),
-        a.importer
-    );
-    out!("{plan}");
+    // Advice is about peer-to-peer routes: memory already in host RAM has none.
+    let advice = match a.memory {
+        Memory::Device => Some(topo.acs_advice(a.exporter, a.importer)?),
+        Memory::Host => None,
+    };
+    if a.json {
+        let report = serde_json::json!({
+            "exporter": a.exporter,
+            "importer": a.importer,
+            "strategy": plan.strategy.name(),
+            "refused": plan.is_refused(),
+            "plan": plan.to_string().lines().collect::<Vec<_>>(),
+            "acs_advice": advice,
+        });
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        outln!(
+            "{} ({}) memory -> DMA by {} ({})",
+            topo.display_name(a.exporter),
+            a.exporter,
+            topo.display_name(a.importer),
+            a.importer
+        );
+        out!("{plan}");
+        if let Some(advice) = advice {
+            out!("\n{advice}");
+        }
+    }
     Ok(if plan.is_refused() {
         ExitCode::from(3)
     } else {

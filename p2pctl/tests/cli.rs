@@ -192,17 +192,19 @@ fn matrix_dot_and_export() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `explain` for the ACS switch's GPU memory and an ODP NIC: the pair ACS redirects.
+const ACS_SWITCH_PAIR: [&str; 6] = [
+    "explain",
+    "0000:03:00.0",
+    "0000:05:00.0",
+    "--preset",
+    "acs-switch",
+    "--odp",
+];
+
 #[test]
 fn explain_prints_the_plan_and_exits_3_on_refusal() {
-    let o = p2pctl(&[
-        "explain",
-        "0000:03:00.0",
-        "0000:05:00.0",
-        "--preset",
-        "acs-switch",
-        "--odp",
-        "--movable",
-    ]);
+    let o = p2pctl(&[&ACS_SWITCH_PAIR[..], &["--movable"]].concat());
     assert!(o.status.success());
     let s = stdout(&o);
     assert!(
@@ -453,4 +455,41 @@ fn rank_lists_peers_nearest_first_and_filters_by_class() {
     let o = p2pctl(&["rank", "0000:99:00.0", "--preset", "workstation"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("0000:99:00.0"));
+}
+
+#[test]
+fn explain_gives_acs_advice_under_the_verdict_and_in_json() {
+    let args = ACS_SWITCH_PAIR;
+    let o = p2pctl(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    let verdict = text.find("plan: ").unwrap();
+    let advice = text.find("ACS advice").unwrap();
+    assert!(verdict < advice, "{text}");
+    assert!(
+        text.contains("0000:02:00.0: RR CR (keeping SV UF)"),
+        "{text}"
+    );
+
+    let o = p2pctl(&[&args[..], &["--json"]].concat());
+    assert!(o.status.success());
+    let json: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json["strategy"], "via-iommu");
+    assert_eq!(json["acs_advice"]["kind"], "clear-redirect");
+    assert_eq!(json["acs_advice"]["route_after"], "bus-addr");
+    assert_eq!(json["acs_advice"]["changes"][1]["port"], "0000:02:02.0");
+
+    // Refused because the host bridge forwards nothing: no ACS change helps; exit status 3.
+    let o = p2pctl(&[
+        "explain",
+        "0000:03:00.0",
+        "0000:10:00.0",
+        "--preset",
+        "workstation",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let json: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json["refused"], true);
+    assert_eq!(json["acs_advice"]["kind"], "no-shared-switch");
 }

@@ -5,9 +5,11 @@
 //! Linux [`sysfs`] tree, from an [`nccl`] topology file, or take a [`presets`] machine.
 
 mod acs;
+pub mod advice;
 pub mod allowlist;
 mod builder;
 pub mod file;
+mod groups;
 pub mod limits;
 pub mod nccl;
 pub mod nvlink;
@@ -19,6 +21,7 @@ pub mod sysfs;
 
 pub use acs::AcsFlags;
 pub use builder::TopologyBuilder;
+pub use groups::REQUIRED_FOR_ISOLATION;
 pub use path::{PathClass, PathInfo, Route, Unsupported};
 
 use crate::addr::{BusAddr, PhysAddr};
@@ -352,5 +355,16 @@ impl Topology {
             Ok(e) => e.name.clone(),
             Err(_) => addr.to_string(),
         }
+    }
+}
+
+/// Helpers for this module's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::pci::PciAddr;
+
+    /// A PCI address from a literal the test controls.
+    pub fn a(s: &str) -> PciAddr {
+        s.parse().expect("a test's PCI address literal")
     }
 }

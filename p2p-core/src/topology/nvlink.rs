@@ -75,9 +75,7 @@ impl NvLinks {
 mod tests {
     use super::*;
 
-    fn a(s: &str) -> PciAddr {
-        s.parse().unwrap()
-    }
+    use crate::topology::test_util::a;
 
     #[test]
     fn direct_links_are_symmetric_and_fabric_links_join_every_pair() {

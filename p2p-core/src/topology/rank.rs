@@ -135,9 +135,7 @@ mod tests {
     use super::super::presets;
     use super::*;
 
-    fn a(s: &str) -> PciAddr {
-        s.parse().unwrap()
-    }
+    use crate::topology::test_util::a;
 
     #[test]
     fn peers_rank_by_route_then_class_then_distance() {
