@@ -200,15 +200,7 @@ fn mutated_sysfs(seed: u64) -> Result<(), TestCaseError> {
         })
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let dir = &devices[rng.below(devices.len() as u64) as usize];
-    let attrs = [
-        "vendor",
-        "device",
-        "class",
-        "resource",
-        "numa_node",
-        "dma_mask_bits",
-        "config",
-    ];
+    let attrs = sysfs::FUNCTION_FILES;
     let path = dir.join(attrs[rng.below(attrs.len() as u64) as usize]);
     let old = std::fs::read(&path).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let new = if path.ends_with("config") {

@@ -168,15 +168,7 @@ fn tree_under(name: &str, under: &str) -> FakeSysfs {
         &rp,
         &Dev::endpoint("0000:01:00.0", 0x144d, 0xa80a, 0x010802),
     );
-    let moved = fs.root.join("devices").join(under).join("pci0000:00");
-    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
-    std::fs::rename(&hb, &moved).unwrap();
-    for (dev, rel) in [("0000:00:00.0", ""), ("0000:01:00.0", "0000:00:00.0/")] {
-        let link = fs.root.join("bus/pci/devices").join(dev);
-        std::fs::remove_file(&link).unwrap();
-        let target = format!("../../../devices/{under}/pci0000:00/{rel}{dev}");
-        std::os::unix::fs::symlink(target, link).unwrap();
-    }
+    fs.move_host_bridge(&hb, under);
     fs
 }
 

@@ -6,6 +6,7 @@
 //!   with none of them, from this machine's `/sys`.
 //! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
 //! - `p2pctl rank DEVICE [--class nic]` lists the endpoints nearest to DEVICE.
+//! - `p2pctl snapshot OUT` copies what `topo` reads of `/sys` to OUT, to share.
 //! - `p2pctl demo` runs the seed story on the simulated machine.
 //! - `p2pctl presets` lists the built-in machines.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ macro_rules! outln {
 
 mod explain;
 mod rank;
+mod snapshot;
 
 fn emit(s: &str) {
     use std::io::Write;
@@ -83,6 +85,9 @@ enum Command {
     /// Rank the endpoints nearest to DEVICE: which NIC a GPU should use, which GPU an NVMe
     /// drive should feed.
     Rank(rank::RankArgs),
+    /// Copy the part of this machine's /sys that `topo` reads to OUT, to share: `p2pctl topo
+    /// --sysfs OUT` reads it back to the same topology.
+    Snapshot(snapshot::SnapshotArgs),
     /// Run the seed story on the simulated machine: GPU memory mapped peer-to-peer by an ODP NIC,
     /// migrated to host RAM, re-faulted; a NIC without ODP refused.
     Demo {
@@ -168,6 +173,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Explain(args) => explain::run(&args),
         Command::Rank(args) => rank::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
         Command::Demo { seed, log } => {
             outln!("p2pdma demo on a simulated two-socket 8-GPU/8-NIC machine (seed {seed})");
             let report = backend_mock::story::run(seed, &mut |line| outln!("{line}"))?;

@@ -9,7 +9,7 @@ pub mod advice;
 pub mod allowlist;
 mod builder;
 pub mod file;
-mod groups;
+pub mod groups;
 pub mod limits;
 pub mod nccl;
 pub mod nvlink;

@@ -261,6 +261,35 @@ impl FakeSysfs {
     }
 }
 
+impl FakeSysfs {
+    /// Moves a host bridge directory below `devices/<under>` (where ARM SoCs and Hyper-V put
+    /// them) and points the `bus/pci/devices` links of its functions there, relative as Linux
+    /// writes them. Returns the new directory.
+    pub fn move_host_bridge(&self, hb: &Path, under: &str) -> PathBuf {
+        let name = hb.file_name().unwrap();
+        let moved = self.root.join("devices").join(under).join(name);
+        fs::create_dir_all(moved.parent().unwrap()).unwrap();
+        fs::rename(hb, &moved).unwrap();
+        let links = self.root.join("bus/pci/devices");
+        for entry in fs::read_dir(&links).unwrap() {
+            let link = entry.unwrap().path();
+            let Ok(old) = fs::read_link(&link) else {
+                continue;
+            };
+            let Ok(rest) = old.strip_prefix(hb) else {
+                continue;
+            };
+            let rel = Path::new("../../../devices")
+                .join(under)
+                .join(name)
+                .join(rest);
+            fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(rel, &link).unwrap();
+        }
+        moved
+    }
+}
+
 impl Drop for FakeSysfs {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);

@@ -124,36 +124,46 @@ fn entry_name(p: &Path) -> Option<&str> {
     p.file_name()?.to_str()
 }
 
-/// The host bridge directory on the way to a device that `link` (in `bus/pci/devices`) points
-/// to: the target resolved without following links, an absolute target (`/sys/devices/…` in a
-/// copied tree) taken below `root`.
+/// The host bridge directory on the way to the device a `bus/pci/devices` link points to.
 fn host_dir_of(root: &Path, link: &Path, target: &Path) -> Option<HostDir> {
-    let joined = if target.starts_with(root) {
-        target.to_owned()
-    } else if target.is_absolute() {
+    let dir = function_dir(root, link, target)?;
+    dir.ancestors().find_map(|d| {
+        let (seg, bus) = entry_name(d).and_then(parse_host_bridge_name)?;
+        Some((seg, bus, d.to_owned()))
+    })
+}
+
+/// The directory a `bus/pci/devices` link (whose target is `target`) leads to, resolved without
+/// following links: a relative target from the link's directory, an absolute one into another
+/// sysfs (`/sys/devices/…` in a copied tree) taken below `root/devices`.
+pub fn function_dir(root: &Path, link: &Path, target: &Path) -> Option<PathBuf> {
+    if target.starts_with(root) {
+        return Some(lexical(target));
+    }
+    if target.is_absolute() {
         let mut parts = target
             .components()
             .skip_while(|c| c.as_os_str() != "devices");
         parts.next()?;
         let below: PathBuf = parts.collect();
-        root.join("devices").join(below)
-    } else {
-        link.parent()?.join(target)
-    };
-    let mut dir = PathBuf::new();
-    for c in joined.components() {
+        return Some(lexical(&root.join("devices").join(below)));
+    }
+    Some(lexical(&link.parent()?.join(target)))
+}
+
+/// A path with `.` and `..` resolved by its text (a `..` after a name removes the name).
+pub fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
         match c {
             Component::ParentDir
-                if matches!(dir.components().next_back(), Some(Component::Normal(_))) =>
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
             {
-                dir.pop();
+                out.pop();
             }
             Component::CurDir => {}
-            other => dir.push(other),
-        }
-        if let Some((seg, bus)) = entry_name(&dir).and_then(parse_host_bridge_name) {
-            return Some((seg, bus, dir));
+            other => out.push(other),
         }
     }
-    None
+    out
 }

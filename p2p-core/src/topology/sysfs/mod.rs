@@ -30,6 +30,7 @@ mod host;
 mod place;
 
 pub use config::{AcsState, ConfigImage, ConfigSpace, PortType};
+pub use host::{function_dir, lexical};
 
 use super::{limits, Bar, DeviceClass, NodeId, Topology, TopologyBuilder};
 use crate::addr::{BusAddr, PhysAddr};
@@ -39,6 +40,18 @@ use attr::sysfs_err;
 use facts::Facts;
 use place::Place;
 use std::path::{Path, PathBuf};
+
+/// The files [`scan`] reads in each PCI function's directory, besides the `iommu_group` link:
+/// what a copy of a sysfs tree must hold to read back the same (`p2pctl snapshot` copies them).
+pub const FUNCTION_FILES: &[&str] = &[
+    "vendor",
+    "device",
+    "class",
+    "resource",
+    "numa_node",
+    "dma_mask_bits",
+    "config",
+];
 
 /// What sysfs says about one PCI function.
 #[derive(Debug, Clone, PartialEq, Eq)]
