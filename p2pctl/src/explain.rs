@@ -82,52 +82,6 @@ fn parse_class(s: &str) -> Result<PathClass, String> {
 /// Prints the plan; exit status 0 when a plan exists, 3 when it is refused.
 pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let topo = a.input.load()?;
-    let exp = topo.endpoint(a.exporter)?;
-    topo.endpoint(a.importer)?;
-    let bar = exp
-        .bars
-        .iter()
-        .max_by_key(|b| b.size)
-        .ok_or_else(|| format!("exporter {} has no BAR to export", a.exporter))?;
-    let residency = match a.memory {
-        Memory::Device => Residency::Device(a.exporter),
-        Memory::Host => Residency::Host {
-            numa: topo.numa_of(a.exporter)?,
-        },
-    };
-    let bus_window = match a.memory {
-        Memory::Device => AddrRange::new(bar.bus, bar.size)?,
-        // Host RAM as far as the CPU's physical address width reaches.
-        Memory::Host => AddrRange::new(BusAddr(0), 1 << 46)?,
-    };
-    let mut flags = ImporterFlags::empty();
-    flags.set(ImporterFlags::ODP, a.odp);
-    flags.set(ImporterFlags::P2P, !a.no_p2p);
-    flags.set(ImporterFlags::ATOMICS, a.atomics);
-    let mut access = Access::READ | Access::WRITE;
-    access.set(Access::ATOMIC, a.atomics);
-    let facts = Facts {
-        exporter: ExporterId(0),
-        info: ExporterInfo {
-            residency,
-            size: bar.size,
-            movable: a.movable,
-            pinnable: !a.unpinnable,
-            bus_window,
-        },
-        importer: a.importer,
-        caps: ImporterCaps {
-            flags,
-            dma_mask: dma_mask(a.dma_bits),
-            max_segment: 1 << 16,
-        },
-        domain: match a.iommu {
-            Iommu::Translated => DomainKind::Translated,
-            Iommu::Identity => DomainKind::Identity,
-            Iommu::Blocked => DomainKind::Blocked,
-        },
-        access,
-    };
     let policy = Policy {
         max_path: a.max_path,
         allow_host_bridge: !a.no_host_bridge,
@@ -136,7 +90,7 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             FallbackArg::Refuse => Fallback::Refuse,
         },
     };
-    let plan = decide(&topo, &facts, &policy)?;
+    let plan = decide(&topo, &facts(a, &topo)?, &policy)?;
     // Advice is about peer-to-peer routes: memory already in host RAM has none.
     let advice = match a.memory {
         Memory::Device => Some(topo.acs_advice(a.exporter, a.importer)?),
@@ -169,5 +123,56 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// What the negotiator is told: the exporter's largest BAR (or host RAM), the importer as the
+/// options describe it.
+fn facts(a: &ExplainArgs, topo: &Topology) -> Result<Facts, Box<dyn std::error::Error>> {
+    let exp = topo.endpoint(a.exporter)?;
+    topo.endpoint(a.importer)?;
+    let bar = exp
+        .bars
+        .iter()
+        .max_by_key(|b| b.size)
+        .ok_or_else(|| format!("exporter {} has no BAR to export", a.exporter))?;
+    let residency = match a.memory {
+        Memory::Device => Residency::Device(a.exporter),
+        Memory::Host => Residency::Host {
+            numa: topo.numa_of(a.exporter)?,
+        },
+    };
+    let bus_window = match a.memory {
+        Memory::Device => AddrRange::new(bar.bus, bar.size)?,
+        // Host RAM as far as the CPU's physical address width reaches.
+        Memory::Host => AddrRange::new(BusAddr(0), 1 << 46)?,
+    };
+    let mut flags = ImporterFlags::empty();
+    flags.set(ImporterFlags::ODP, a.odp);
+    flags.set(ImporterFlags::P2P, !a.no_p2p);
+    flags.set(ImporterFlags::ATOMICS, a.atomics);
+    let mut access = Access::READ | Access::WRITE;
+    access.set(Access::ATOMIC, a.atomics);
+    Ok(Facts {
+        exporter: ExporterId(0),
+        info: ExporterInfo {
+            residency,
+            size: bar.size,
+            movable: a.movable,
+            pinnable: !a.unpinnable,
+            bus_window,
+        },
+        importer: a.importer,
+        caps: ImporterCaps {
+            flags,
+            dma_mask: dma_mask(a.dma_bits),
+            max_segment: 1 << 16,
+        },
+        domain: match a.iommu {
+            Iommu::Translated => DomainKind::Translated,
+            Iommu::Identity => DomainKind::Identity,
+            Iommu::Blocked => DomainKind::Blocked,
+        },
+        access,
     })
 }
