@@ -147,11 +147,17 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Keeps a GPU's `<nvlink>`s until every GPU is placed.
+    /// Keeps a GPU's `<nvlink>`s until every GPU is placed; says what else it holds (`<c2c>`,
+    /// the CPU-GPU link of Grace Hopper) is not modelled.
     fn gpu_links(&mut self, gpu: PciAddr, node: Node) {
-        for link in subs(node, "nvlink") {
-            let get = |name| link.attribute(name).unwrap_or("").trim().to_owned();
+        for link in node.children().filter(Node::is_element) {
             let line = self.line(link);
+            if link.tag_name().name() != "nvlink" {
+                let what = link.tag_name().name().to_owned();
+                self.note_at(line, format!("<{what}> of GPU {gpu} is not modelled"));
+                continue;
+            }
+            let get = |name| link.attribute(name).unwrap_or("").trim().to_owned();
             self.nvlinks
                 .push((gpu, line, get("target"), get("tclass"), get("count")));
         }
