@@ -33,7 +33,8 @@
 //!
 //! Fields: `p2p` is `none`, `same-bridge` or `any` (the host bridge's P2P allow-list entry);
 //! `acs` lists ACS Control bits by name (`SV TB RR CR UF EC DT`); `class` is `gpu`, `nic`, `nvme`,
-//! `accelerator` or `other`; `name` on an endpoint is optional; addresses and sizes are `"0x…"`
+//! `accelerator` or `other`; `name` and `pci_class` (the 24-bit class code, `"0x060000"`: what
+//! tells a host bridge's own function from a device) on an endpoint are optional; addresses and sizes are `"0x…"`
 //! strings or plain numbers. Unknown fields are errors, so a typo never goes unnoticed.
 
 use super::limits::{self, MAX_FILE_BYTES};
@@ -124,8 +125,15 @@ enum FileNode {
         acs: Vec<String>,
         #[serde(default)]
         bars: Vec<Bar>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pci_class: Option<ClassCode>,
     },
 }
+
+/// A 24-bit PCI class code, written `"0x030200"`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+struct ClassCode(#[serde(with = "crate::hex")] u64);
 
 /// Reads a topology from JSON text; `origin` names the file in errors.
 ///
@@ -246,11 +254,23 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
             name,
             acs,
             bars,
+            pci_class,
         } => {
             let id = match name {
                 Some(n) => b.named_endpoint(parent, *addr, *class, bars.clone(), n.clone())?,
                 None => b.endpoint(parent, *addr, *class, bars.clone())?,
             };
+            if let Some(ClassCode(code)) = *pci_class {
+                let code = u32::try_from(code)
+                    .ok()
+                    .filter(|c| *c <= 0xff_ffff)
+                    .ok_or_else(|| {
+                        Error::InvalidTopology(format!(
+                            "{addr}: pci_class {code:#x} is not 24 bits"
+                        ))
+                    })?;
+                b.set_pci_class(id, code)?;
+            }
             (id, acs, &[][..], Some(*addr))
         }
     };
@@ -332,6 +352,7 @@ fn file_node(t: &Topology, id: NodeId) -> FileNode {
             name: Some(e.name.clone()),
             acs,
             bars: e.bars.clone(),
+            pci_class: e.pci_class.map(|c| ClassCode(u64::from(c))),
         },
         NodeKind::HostBridge(_) | NodeKind::Bridge => {
             unreachable!("host bridges are written by to_json, bridges above")
@@ -393,6 +414,11 @@ mod tests {
         assert!(err.to_string().contains("colour"), "{err}");
         let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"endpoint","addr":"0000:00:20.0","class":"gpu"}]}]}"#, "t.json").unwrap_err();
         assert!(err.to_string().contains("above 31"), "{err}");
+        let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"endpoint","addr":"0000:00:02.0","class":"other","pci_class":"0x1000000"}]}]}"#, "t.json").unwrap_err();
+        assert!(
+            err.to_string().contains("24 bits") && err.to_string().contains("t.json"),
+            "{err}"
+        );
         let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"downstream-port","addr":"0000:00:01.0"}]}]}"#, "t.json").unwrap_err();
         assert!(err.to_string().contains("cannot hang below"), "{err}");
     }

@@ -271,4 +271,12 @@ fn every_cloud_shape_imports() {
     let back = crate::topology::file::from_json(&crate::topology::file::to_json(t), "t").unwrap();
     assert_eq!(back.nvlinks(), t.nvlinks());
     assert_eq!(back.node_ids().count(), t.node_ids().count());
+    let endpoints = |t: &Topology| -> Vec<(PciAddr, crate::topology::Endpoint)> {
+        t.endpoints().map(|(a, e)| (a, e.clone())).collect()
+    };
+    assert_eq!(endpoints(&back), endpoints(t));
+    assert_eq!(
+        back.endpoint(a("0002:02:00.0")).unwrap().pci_class,
+        Some(0x010802)
+    );
 }
