@@ -452,6 +452,23 @@ fn rank_lists_peers_nearest_first_and_filters_by_class() {
         out.contains("NVME0") && !out.contains("NIC0") && !out.contains("GPU1"),
         "{out}"
     );
+    // Several devices: the providers for all of them, the unreachable drive last.
+    let o = p2pctl(&[
+        "rank",
+        "0000:03:00.0",
+        "0000:05:00.0",
+        "--class",
+        "nvme",
+        "--preset",
+        "workstation",
+    ]);
+    let out = stdout(&o);
+    let first = out.find("0000:06:00.0").unwrap();
+    let last = out.find("0000:10:00.0").unwrap();
+    assert!(
+        out.starts_with("Providers for GPU0, NIC0") && first < last,
+        "{out}"
+    );
     let o = p2pctl(&["rank", "0000:99:00.0", "--preset", "workstation"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("0000:99:00.0"));
