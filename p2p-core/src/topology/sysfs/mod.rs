@@ -28,6 +28,7 @@ pub mod config;
 mod facts;
 mod host;
 mod place;
+mod unknowns;
 
 pub use config::{AcsState, ConfigImage, ConfigSpace, PortType};
 pub use host::{function_dir, lexical};
@@ -104,6 +105,7 @@ pub fn scan(root: &Path) -> Result<SysfsScan> {
         builder: TopologyBuilder::new(),
         devices: Vec::new(),
         notes: Vec::new(),
+        unknowns: Default::default(),
     };
     let cpu = host::cpu_routes_p2p(root)?;
     s.builder.cpu_routes_p2p(cpu);
@@ -111,6 +113,7 @@ pub fn scan(root: &Path) -> Result<SysfsScan> {
     for (segment, bus, dir) in host::host_bridge_dirs(root)? {
         s.host_bridge(root, segment, bus, &dir)?;
     }
+    s.notes.extend(std::mem::take(&mut s.unknowns).into_notes());
     let topology = s
         .builder
         .build()
@@ -169,6 +172,7 @@ struct Scanner {
     builder: TopologyBuilder,
     devices: Vec<SysfsDevice>,
     notes: Vec<String>,
+    unknowns: unknowns::Unknowns,
 }
 
 impl Scanner {
@@ -269,23 +273,17 @@ impl Scanner {
         f: Facts,
     ) -> Result<()> {
         match &f.config {
-            Some(c) if c.is_short() => self.notes.push(format!(
-                "{addr}: config is readable only in part (reading all of it needs CAP_SYS_ADMIN): \
-                 ACS unknown{}",
-                if f.is_bridge() {
-                    " and its port type unknown"
-                } else {
-                    ""
-                }
-            )),
-            None => self
-                .notes
-                .push(format!("{addr}: no config file: ACS and port type unknown")),
+            Some(c) if c.is_short() => self.unknowns.short_config.push(addr),
+            None => self.unknowns.no_config.push(addr),
             Some(_) => {}
         }
         if f.is_bridge() {
-            let (place, note) = place::bridge_place(addr, &f, parent_place, path)?;
-            self.notes.extend(note);
+            let (place, how) = place::bridge_place(addr, &f, parent_place, path)?;
+            match how {
+                place::How::Read => {}
+                place::How::Inferred => self.unknowns.inferred.push((addr, place)),
+                place::How::Moved(note) => self.notes.push(note),
+            }
             let id = match place {
                 Place::RootPort => self.builder.root_port(parent, addr),
                 Place::SwitchUpstream => self.builder.switch(parent, addr),

@@ -2,7 +2,7 @@
 //! in the tree makes it. Without the PCIe capability (an unprivileged reader gets 64 bytes of
 //! `config`) a switch is inferred from its shape, as `nvidia-smi` does: a bridge whose secondary
 //! bus holds only bridges is a switch's upstream port, and the bridges below an upstream port
-//! are its downstream ports; a bridge on a root bus is a root port. Each inference is said in a
+//! are its downstream ports; a bridge on a root bus is a root port. The inferences are said in a
 //! note; ACS stays unknown.
 
 use super::attr;
@@ -46,24 +46,35 @@ impl Place {
     }
 }
 
-/// The place of bridge `addr` (facts `f`, directory `dir`) below a `parent`, with a note when
-/// it was inferred or had to be changed to fit.
+/// How a bridge's place was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum How {
+    /// From its PCIe port type, or as a plain bridge when it has none to read.
+    Read,
+    /// From the shape of the tree: its port type could not be read.
+    Inferred,
+    /// Its port type does not fit where it sits: the note says what it was taken as.
+    Moved(String),
+}
+
+/// The place of bridge `addr` (facts `f`, directory `dir`) below a `parent`, and how it was
+/// decided.
 pub(super) fn bridge_place(
     addr: PciAddr,
     f: &Facts,
     parent: Place,
     dir: &Path,
-) -> Result<(Place, Option<String>)> {
+) -> Result<(Place, How)> {
     let known = f.config.as_ref().is_some_and(|c| !c.is_short());
     let wanted = match f.port_type() {
         Some(PortType::RootPort) => Place::RootPort,
         Some(PortType::SwitchUpstream) => Place::SwitchUpstream,
         Some(PortType::SwitchDownstream) => Place::SwitchDownstream,
-        _ if !known => return inferred(addr, parent, dir),
+        _ if !known => return inferred(parent, dir),
         _ => Place::Bridge,
     };
     if wanted.fits_below(parent) {
-        return Ok((wanted, None));
+        return Ok((wanted, How::Read));
     }
     let fallback = if Place::Bridge.fits_below(parent) {
         Place::Bridge
@@ -76,28 +87,19 @@ pub(super) fn bridge_place(
         parent.name(),
         fallback.name()
     );
-    Ok((fallback, Some(note)))
+    Ok((fallback, How::Moved(note)))
 }
 
-/// A bridge whose port type cannot be read, placed by the shape of the tree.
-fn inferred(addr: PciAddr, parent: Place, dir: &Path) -> Result<(Place, Option<String>)> {
-    let (place, why) = match parent {
-        Place::HostBridge => (Place::RootPort, "it sits on a root bus"),
-        Place::SwitchUpstream => (
-            Place::SwitchDownstream,
-            "it sits below a switch upstream port",
-        ),
-        _ if only_bridges_below(dir)? => (
-            Place::SwitchUpstream,
-            "its secondary bus holds only bridges",
-        ),
-        _ => return Ok((Place::Bridge, None)),
+/// A bridge whose port type cannot be read, placed by the shape of the tree: on a root bus a
+/// root port, below an upstream port a downstream port, holding only bridges an upstream port.
+fn inferred(parent: Place, dir: &Path) -> Result<(Place, How)> {
+    let place = match parent {
+        Place::HostBridge => Place::RootPort,
+        Place::SwitchUpstream => Place::SwitchDownstream,
+        _ if only_bridges_below(dir)? => Place::SwitchUpstream,
+        _ => return Ok((Place::Bridge, How::Read)),
     };
-    let note = format!(
-        "{addr}: port type unknown, taken as a {} because {why} (inferred from the tree)",
-        place.name()
-    );
-    Ok((place, Some(note)))
+    Ok((place, How::Inferred))
 }
 
 /// Whether a bridge's directory holds functions, all of them bridges (by class).
