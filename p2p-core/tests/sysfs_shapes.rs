@@ -141,8 +141,14 @@ fn wide_domains_and_infiniband_class_are_read() {
         &hb,
         &Dev::endpoint("0000:00:03.0", MELLANOX, 0x1003, 0x0c0600),
     );
-    // A VMD domain: Linux numbers it 10000 and up.
-    let vmd = fs.host_bridge(0x10000, 0xe0);
+    // A VMD domain: Linux numbers it 10000 and up, and puts its host bridge inside the VMD
+    // controller's own directory, where only the bus/pci/devices links lead.
+    let controller = fs.device(
+        &hb,
+        &Dev::endpoint("0000:00:0e.0", 0x8086, 0x467f, 0x010400),
+    );
+    let vmd = controller.join("pci10000:e0");
+    std::fs::create_dir(&vmd).unwrap();
     let rp = fs.device(&vmd, &Dev::port("10000:e0:1d.0", 0x8086, 0x09ab, 4));
     fs.device(
         &rp,
