@@ -95,6 +95,20 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Input that a reader refuses before it can exhaust memory or stack: a file larger than
+    /// the reader's cap, a tree nested deeper than a PCI hierarchy can be, a directory with more
+    /// entries than a PCI bus can hold. The limits are in `topology::limits`.
+    #[error("{path}{}: {what} exceeds the limit of {limit}", at_line(.line))]
+    InputLimit {
+        /// The file or directory (or `<input>` for text given in memory).
+        path: String,
+        /// The line the limit was hit at, where the input has lines.
+        line: Option<u32>,
+        /// What was too large ("file size in bytes", "nesting depth", ...).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// A named preset that does not exist.
     #[error("no topology preset named {name:?} (known: {known})")]
     UnknownPreset {
@@ -297,4 +311,9 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+}
+
+/// `:12` for a known line, nothing otherwise: `file.xml:12: ...` reads as editors expect.
+fn at_line(line: &Option<u32>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
 }

@@ -7,8 +7,9 @@ use std::str::FromStr;
 /// A PCI function address: segment (domain), bus, device, function.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PciAddr {
-    /// PCI segment (domain).
-    pub segment: u16,
+    /// PCI segment (domain). 32 bits, as Linux and lspci have them: VMD and Hyper-V domains
+    /// are numbered above 0xffff (`10000:00:04.0`).
+    pub segment: u32,
     /// Bus number.
     pub bus: u8,
     /// Device number, 0..=31.
@@ -19,7 +20,7 @@ pub struct PciAddr {
 
 impl PciAddr {
     /// Builds an address, checking the device (≤ 31) and function (≤ 7) fields.
-    pub fn new(segment: u16, bus: u8, device: u8, function: u8) -> Result<Self> {
+    pub fn new(segment: u32, bus: u8, device: u8, function: u8) -> Result<Self> {
         if device > 31 {
             return Err(Error::InvalidPciAddr {
                 input: format!("{segment:04x}:{bus:02x}:{device:02x}.{function}"),
@@ -89,7 +90,7 @@ impl FromStr for PciAddr {
             }
             u32::from_str_radix(text, 16).map_err(|_| bad(what))
         };
-        let segment = field(seg, 4, "segment must be 1 to 4 hex digits")?;
+        let segment = field(seg, 8, "segment must be 1 to 8 hex digits")?;
         let bus = field(bus, 2, "bus must be 1 or 2 hex digits")?;
         let device = field(dev, 2, "device must be 1 or 2 hex digits")?;
         let function = field(func, 1, "function must be one digit 0-7")?;
@@ -100,7 +101,7 @@ impl FromStr for PciAddr {
             return Err(bad("function number above 7"));
         }
         Ok(Self {
-            segment: segment as u16,
+            segment,
             bus: bus as u8,
             device: device as u8,
             function: function as u8,
@@ -134,7 +135,12 @@ mod tests {
         let b: PciAddr = "3B:1f.7".parse().unwrap();
         assert_eq!(b.to_string(), "0000:3b:1f.7");
         assert_eq!(b.devfn(), 0xff);
-        assert!("10000:00:00.0"
+        let vmd: PciAddr = "10000:e1:00.0".parse().unwrap();
+        assert_eq!(
+            (vmd.segment, vmd.to_string()),
+            (0x10000, "10000:e1:00.0".into())
+        );
+        assert!("100000000:00:00.0"
             .parse::<PciAddr>()
             .unwrap_err()
             .to_string()
@@ -167,7 +173,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn print_parse_round_trip(seg: u16, bus: u8, dev in 0u8..32, func in 0u8..8) {
+        fn print_parse_round_trip(seg: u32, bus: u8, dev in 0u8..32, func in 0u8..8) {
             let a = PciAddr::new(seg, bus, dev, func).unwrap();
             prop_assert_eq!(a.to_string().parse::<PciAddr>().unwrap(), a);
         }

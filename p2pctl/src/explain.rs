@@ -70,6 +70,9 @@ pub struct ExplainArgs {
     /// What to do when P2P is not possible.
     #[arg(long, value_enum, default_value = "refuse")]
     fallback: FallbackArg,
+    /// Print the plan and the ACS advice as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_class(s: &str) -> Result<PathClass, String> {
@@ -79,6 +82,53 @@ fn parse_class(s: &str) -> Result<PathClass, String> {
 /// Prints the plan; exit status 0 when a plan exists, 3 when it is refused.
 pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let topo = a.input.load()?;
+    let policy = Policy {
+        max_path: a.max_path,
+        allow_host_bridge: !a.no_host_bridge,
+        fallback: match a.fallback {
+            FallbackArg::Bounce => Fallback::Bounce,
+            FallbackArg::Refuse => Fallback::Refuse,
+        },
+    };
+    let plan = decide(&topo, &facts(a, &topo)?, &policy)?;
+    // Advice is about peer-to-peer routes: memory already in host RAM has none.
+    let advice = match a.memory {
+        Memory::Device => Some(topo.acs_advice(a.exporter, a.importer)?),
+        Memory::Host => None,
+    };
+    if a.json {
+        let report = serde_json::json!({
+            "exporter": a.exporter,
+            "importer": a.importer,
+            "strategy": plan.strategy.name(),
+            "refused": plan.is_refused(),
+            "plan": plan.to_string().lines().collect::<Vec<_>>(),
+            "acs_advice": advice,
+        });
+        outln!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        outln!(
+            "{} ({}) memory -> DMA by {} ({})",
+            topo.display_name(a.exporter),
+            a.exporter,
+            topo.display_name(a.importer),
+            a.importer
+        );
+        out!("{plan}");
+        if let Some(advice) = advice {
+            out!("\n{advice}");
+        }
+    }
+    Ok(if plan.is_refused() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What the negotiator is told: the exporter's largest BAR (or host RAM), the importer as the
+/// options describe it.
+fn facts(a: &ExplainArgs, topo: &Topology) -> Result<Facts, Box<dyn std::error::Error>> {
     let exp = topo.endpoint(a.exporter)?;
     topo.endpoint(a.importer)?;
     let bar = exp
@@ -103,7 +153,7 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     flags.set(ImporterFlags::ATOMICS, a.atomics);
     let mut access = Access::READ | Access::WRITE;
     access.set(Access::ATOMIC, a.atomics);
-    let facts = Facts {
+    Ok(Facts {
         exporter: ExporterId(0),
         info: ExporterInfo {
             residency,
@@ -124,27 +174,5 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Iommu::Blocked => DomainKind::Blocked,
         },
         access,
-    };
-    let policy = Policy {
-        max_path: a.max_path,
-        allow_host_bridge: !a.no_host_bridge,
-        fallback: match a.fallback {
-            FallbackArg::Bounce => Fallback::Bounce,
-            FallbackArg::Refuse => Fallback::Refuse,
-        },
-    };
-    let plan = decide(&topo, &facts, &policy)?;
-    outln!(
-        "{} ({}) memory -> DMA by {} ({})",
-        topo.display_name(a.exporter),
-        a.exporter,
-        topo.display_name(a.importer),
-        a.importer
-    );
-    out!("{plan}");
-    Ok(if plan.is_refused() {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
     })
 }

@@ -1,10 +1,12 @@
 //! `p2pctl`: look at a PCIe topology the way p2pdma sees it.
 //!
-//! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`), `--json` the pairs
-//!   report, `--dot` Graphviz, `--export` the topology file format. The topology comes from
+//! - `p2pctl topo` prints the path-class matrix (as `nvidia-smi topo -m`) of the DMA-capable
+//!   endpoints (`--all`: every function), `--json` the pairs report, `--dot` Graphviz, `--export` the topology file format. The topology comes from
 //!   `--preset`, `--file` (p2pdma's JSON), `--nccl-xml` (an NCCL topology file) or `--sysfs [DIR]`;
 //!   with none of them, from this machine's `/sys`.
 //! - `p2pctl explain A B` prints the plan for device B doing DMA to memory of device A.
+//! - `p2pctl rank DEVICE [--class nic]` lists the endpoints nearest to DEVICE.
+//! - `p2pctl snapshot OUT` copies what `topo` reads of `/sys` to OUT, to share.
 //! - `p2pctl demo` runs the seed story on the simulated machine.
 //! - `p2pctl presets` lists the built-in machines.
 #![forbid(unsafe_code)]
@@ -28,6 +30,8 @@ macro_rules! outln {
 }
 
 mod explain;
+mod rank;
+mod snapshot;
 
 fn emit(s: &str) {
     use std::io::Write;
@@ -71,9 +75,19 @@ enum Command {
         /// Print the topology in p2pdma's JSON file format.
         #[arg(long)]
         export: bool,
+        /// Show every PCI function, not only the DMA-capable endpoints (GPUs, NICs, NVMe,
+        /// accelerators, other devices with a memory BAR that are not bridges).
+        #[arg(long)]
+        all: bool,
     },
     /// Explain the plan for IMPORTER doing DMA to memory of EXPORTER.
     Explain(explain::ExplainArgs),
+    /// Rank the endpoints nearest to DEVICE: which NIC a GPU should use, which GPU an NVMe
+    /// drive should feed.
+    Rank(rank::RankArgs),
+    /// Copy the part of this machine's /sys that `topo` reads to OUT, to share: `p2pctl topo
+    /// --sysfs OUT` reads it back to the same topology.
+    Snapshot(snapshot::SnapshotArgs),
     /// Run the seed story on the simulated machine: GPU memory mapped peer-to-peer by an ODP NIC,
     /// migrated to host RAM, re-faulted; a NIC without ODP refused.
     Demo {
@@ -135,20 +149,31 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             json,
             dot,
             export,
+            all,
         } => {
             let t = input.load()?;
+            let shown = if all {
+                render::Shown::All
+            } else {
+                render::Shown::DmaCapable
+            };
             if json {
-                outln!("{}", serde_json::to_string_pretty(&render::pairs(&t)?)?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::pairs(&t, shown)?)?
+                );
             } else if dot {
-                out!("{}", render::dot(&t));
+                out!("{}", render::dot(&t, shown));
             } else if export {
                 outln!("{}", file::to_json(&t));
             } else {
-                out!("{}", render::matrix(&t)?);
+                out!("{}", render::matrix(&t, shown)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain(args) => explain::run(&args),
+        Command::Rank(args) => rank::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
         Command::Demo { seed, log } => {
             outln!("p2pdma demo on a simulated two-socket 8-GPU/8-NIC machine (seed {seed})");
             let report = backend_mock::story::run(seed, &mut |line| outln!("{line}"))?;

@@ -1,5 +1,6 @@
 //! Building a [`Topology`] node by node, with every structural rule checked as it is added.
 
+use super::nvlink::{NvLinkTarget, NvLinks};
 use super::{
     AcsFlags, Bar, DeviceClass, Endpoint, HostBridge, HostBridgeP2p, Node, NodeId, NodeKind,
     Topology,
@@ -36,8 +37,13 @@ use std::collections::{HashMap, HashSet};
 pub struct TopologyBuilder {
     nodes: Vec<Node>,
     addrs: HashSet<PciAddr>,
+    /// Host bridges' names and (segment, root bus), so a file of thousands of `<cpu>`s is
+    /// checked in linear time.
+    bridge_names: HashSet<String>,
+    bridge_buses: HashSet<(u32, u8)>,
     cpu_p2p: bool,
     class_counts: HashMap<DeviceClass, usize>,
+    nvlinks: NvLinks,
 }
 
 impl TopologyBuilder {
@@ -56,7 +62,7 @@ impl TopologyBuilder {
     pub fn host_bridge(
         &mut self,
         name: &str,
-        segment: u16,
+        segment: u32,
         bus: u8,
         numa: u32,
         socket: u32,
@@ -65,15 +71,13 @@ impl TopologyBuilder {
         if name.is_empty() {
             return Err(Error::InvalidTopology("a host bridge needs a name".into()));
         }
-        let dup = self.nodes.iter().any(|n| match &n.kind {
-            NodeKind::HostBridge(h) => h.name == name || (h.segment == segment && h.bus == bus),
-            _ => false,
-        });
-        if dup {
+        if self.bridge_names.contains(name) || self.bridge_buses.contains(&(segment, bus)) {
             return Err(Error::InvalidTopology(format!(
                 "host bridge {name} (segment {segment:04x}, bus {bus:02x}) duplicates another"
             )));
         }
+        self.bridge_names.insert(name.to_owned());
+        self.bridge_buses.insert((segment, bus));
         Ok(self.push(Node {
             kind: NodeKind::HostBridge(HostBridge {
                 name: name.to_owned(),
@@ -88,6 +92,22 @@ impl TopologyBuilder {
             acs: AcsFlags::empty(),
             depth: 0,
         }))
+    }
+
+    /// Moves a host bridge to another NUMA node and socket: readers that learn the node from the
+    /// devices below a host bridge know it only after placing them.
+    pub fn place_host_bridge(&mut self, id: NodeId, numa: u32, socket: u32) -> Result<&mut Self> {
+        match self.nodes.get_mut(id.index()).map(|n| &mut n.kind) {
+            Some(NodeKind::HostBridge(hb)) => {
+                hb.numa = numa;
+                hb.socket = socket;
+                Ok(self)
+            }
+            _ => Err(Error::InvalidTopology(format!(
+                "node {} is not a host bridge",
+                id.0
+            ))),
+        }
     }
 
     /// Adds a root port below a host bridge.
@@ -119,6 +139,32 @@ impl TopologyBuilder {
                     | NodeKind::Bridge
             )
         })
+    }
+
+    /// [`bridge`](Self::bridge) without a PCI address: a bridge that an input names only by a
+    /// label another node also uses (NCCL files of cloud VMs give synthetic switches such ids).
+    pub fn unaddressed_bridge(&mut self, parent: NodeId) -> Result<NodeId> {
+        self.child_at(parent, None, NodeKind::Bridge, |k| {
+            matches!(
+                k,
+                NodeKind::HostBridge(_)
+                    | NodeKind::RootPort
+                    | NodeKind::SwitchDownstream
+                    | NodeKind::Bridge
+            )
+        })
+    }
+
+    /// Whether a node with this address was added.
+    pub fn contains(&self, addr: PciAddr) -> bool {
+        self.addrs.contains(&addr)
+    }
+
+    /// Records `count` NVLinks from GPU `gpu` to `target`; [`build`](Self::build) checks that
+    /// both ends are endpoints.
+    pub fn nvlink(&mut self, gpu: PciAddr, target: NvLinkTarget, count: u32) -> &mut Self {
+        self.nvlinks.add(gpu, target, count);
+        self
     }
 
     /// Adds a downstream port to a switch (named by its upstream port).
@@ -174,7 +220,12 @@ impl TopologyBuilder {
         self.child(
             parent,
             addr,
-            NodeKind::Endpoint(Endpoint { class, bars, name }),
+            NodeKind::Endpoint(Endpoint {
+                class,
+                bars,
+                name,
+                pci_class: None,
+            }),
             |k| {
                 matches!(
                     k,
@@ -185,6 +236,20 @@ impl TopologyBuilder {
                 )
             },
         )
+    }
+
+    /// Records an endpoint's 24-bit PCI class code.
+    pub fn set_pci_class(&mut self, node: NodeId, code: u32) -> Result<&mut Self> {
+        match self.nodes.get_mut(node.index()).map(|n| &mut n.kind) {
+            Some(NodeKind::Endpoint(e)) => {
+                e.pci_class = Some(code);
+                Ok(self)
+            }
+            _ => Err(Error::InvalidTopology(format!(
+                "node {} is not an endpoint",
+                node.0
+            ))),
+        }
     }
 
     /// Sets the ACS control bits of a port or device.
@@ -227,7 +292,34 @@ impl TopologyBuilder {
                 )));
             }
         }
-        Ok(Topology::from_nodes(self.nodes.clone(), self.cpu_p2p))
+        self.check_nvlinks()?;
+        Ok(Topology::from_nodes(self.nodes.clone(), self.cpu_p2p)
+            .with_nvlinks(self.nvlinks.clone()))
+    }
+
+    /// Every NVLink end must be an endpoint that was added.
+    fn check_nvlinks(&self) -> Result<()> {
+        let endpoints: HashSet<PciAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Endpoint(_)))
+            .filter_map(|n| n.addr)
+            .collect();
+        for (gpu, target, _) in self.nvlinks.iter() {
+            let far = match target {
+                NvLinkTarget::Gpu(g) => Some(g),
+                NvLinkTarget::NvSwitch => None,
+            };
+            if let Some(a) = std::iter::once(gpu)
+                .chain(far)
+                .find(|a| !endpoints.contains(a))
+            {
+                return Err(Error::InvalidTopology(format!(
+                    "an NVLink ends at {a}, which is not an endpoint"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn child(
@@ -237,26 +329,46 @@ impl TopologyBuilder {
         kind: NodeKind,
         parent_ok: impl Fn(&NodeKind) -> bool,
     ) -> Result<NodeId> {
+        self.child_at(parent, Some(addr), kind, parent_ok)
+    }
+
+    fn child_at(
+        &mut self,
+        parent: NodeId,
+        addr: Option<PciAddr>,
+        kind: NodeKind,
+        parent_ok: impl Fn(&NodeKind) -> bool,
+    ) -> Result<NodeId> {
         let what = kind_name(&kind);
+        let addr_text = addr.map_or_else(|| "(no address)".to_owned(), |a| a.to_string());
+        let addr = (addr, addr_text);
         let p = self.nodes.get(parent.index()).ok_or_else(|| {
-            Error::InvalidTopology(format!("{what} {addr}: no parent node {}", parent.0))
+            Error::InvalidTopology(format!("{what} {}: no parent node {}", addr.1, parent.0))
         })?;
         if !parent_ok(&p.kind) {
             return Err(Error::InvalidTopology(format!(
-                "{what} {addr} cannot hang below a {}",
+                "{what} {} cannot hang below a {}",
+                addr.1,
                 kind_name(&p.kind)
             )));
         }
-        if self.addrs.contains(&addr) {
+        if let Some(a) = addr.0.filter(|a| self.addrs.contains(a)) {
             return Err(Error::InvalidTopology(format!(
-                "PCI address {addr} is used twice"
+                "PCI address {a} is used twice"
             )));
         }
         let depth = p.depth + 1;
-        self.addrs.insert(addr);
+        if depth > super::limits::MAX_DEPTH {
+            return Err(Error::InvalidTopology(format!(
+                "{what} {} would sit {depth} levels below its host bridge (at most {})",
+                addr.1,
+                super::limits::MAX_DEPTH
+            )));
+        }
+        self.addrs.extend(addr.0);
         Ok(self.push(Node {
             kind,
-            addr: Some(addr),
+            addr: addr.0,
             parent: Some(parent),
             acs: AcsFlags::empty(),
             depth,

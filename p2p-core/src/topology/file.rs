@@ -27,11 +27,18 @@
 //! A `"kind": "bridge"` node is a bridge known only as a bridge (a conventional PCI bridge, or a
 //! switch as NCCL names it); it may hold anything but a downstream port.
 //!
+//! A `bridge` may lack `addr` (an NCCL file labels synthetic switches with ids other nodes use).
+//! An optional top-level `"nvlinks": [{"gpu": "0000:1b:00.0", "peer": "0000:1c:00.0",
+//! "count": 12}]` lists NVLinks; without `peer` the link goes into the NVSwitch fabric.
+//!
 //! Fields: `p2p` is `none`, `same-bridge` or `any` (the host bridge's P2P allow-list entry);
 //! `acs` lists ACS Control bits by name (`SV TB RR CR UF EC DT`); `class` is `gpu`, `nic`, `nvme`,
-//! `accelerator` or `other`; `name` on an endpoint is optional; addresses and sizes are `"0x…"`
+//! `accelerator` or `other`; `name` and `pci_class` (the 24-bit class code, `"0x060000"`: what
+//! tells a host bridge's own function from a device) on an endpoint are optional; addresses and sizes are `"0x…"`
 //! strings or plain numbers. Unknown fields are errors, so a typo never goes unnoticed.
 
+use super::limits::{self, MAX_FILE_BYTES};
+use super::nvlink::NvLinkTarget;
 use super::{
     AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, NodeKind, Topology, TopologyBuilder,
 };
@@ -45,6 +52,18 @@ struct FileTopology {
     #[serde(default)]
     cpu_routes_p2p: bool,
     host_bridges: Vec<FileHostBridge>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nvlinks: Vec<FileNvLink>,
+}
+
+/// `peer` absent: the link goes into the NVSwitch fabric.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNvLink {
+    gpu: PciAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<PciAddr>,
+    count: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,7 +71,7 @@ struct FileTopology {
 struct FileHostBridge {
     name: String,
     #[serde(default)]
-    segment: u16,
+    segment: u32,
     #[serde(default)]
     bus: u8,
     #[serde(default)]
@@ -90,7 +109,8 @@ enum FileNode {
         children: Vec<FileNode>,
     },
     Bridge {
-        addr: PciAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<PciAddr>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         acs: Vec<String>,
         #[serde(default)]
@@ -105,15 +125,41 @@ enum FileNode {
         acs: Vec<String>,
         #[serde(default)]
         bars: Vec<Bar>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pci_class: Option<ClassCode>,
     },
 }
 
+/// A 24-bit PCI class code, written `"0x030200"`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+struct ClassCode(#[serde(with = "crate::hex")] u64);
+
 /// Reads a topology from JSON text; `origin` names the file in errors.
+///
+/// Text above [`MAX_FILE_BYTES`] is refused unread; nesting deeper than serde_json's recursion
+/// limit (128 levels of JSON, about 60 of tree) is a parse error, and the builder refuses a tree
+/// deeper than [`limits::MAX_DEPTH`]. Every error names `origin`.
 pub fn from_json(text: &str, origin: &str) -> Result<Topology> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(limits::exceeded(
+            origin,
+            None,
+            "file size in bytes",
+            MAX_FILE_BYTES,
+        ));
+    }
     let file: FileTopology = serde_json::from_str(text).map_err(|e| Error::TopologyFile {
         path: origin.to_owned(),
         message: e.to_string(),
     })?;
+    build(&file).map_err(|e| Error::TopologyFile {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn build(file: &FileTopology) -> Result<Topology> {
     let mut b = TopologyBuilder::new();
     b.cpu_routes_p2p(file.cpu_routes_p2p);
     for hb in &file.host_bridges {
@@ -122,26 +168,29 @@ pub fn from_json(text: &str, origin: &str) -> Result<Topology> {
             add(&mut b, id, child)?;
         }
     }
-    b.build().map_err(|e| Error::TopologyFile {
-        path: origin.to_owned(),
-        message: e.to_string(),
-    })
+    for l in &file.nvlinks {
+        let target = l.peer.map_or(NvLinkTarget::NvSwitch, NvLinkTarget::Gpu);
+        b.nvlink(l.gpu, target, l.count);
+    }
+    b.build()
 }
 
-/// Reads a topology file.
+/// Reads a topology file (at most [`MAX_FILE_BYTES`]).
 pub fn from_path(path: &std::path::Path) -> Result<Topology> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::TopologyFile {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    let origin = path.display().to_string();
+    let text = limits::read_text_capped(path, MAX_FILE_BYTES, |message| Error::TopologyFile {
+        path: origin.clone(),
+        message,
     })?;
-    from_json(&text, &path.display().to_string())
+    from_json(&text, &origin)
 }
 
-fn parse_acs(addr: PciAddr, names: &[String]) -> Result<AcsFlags> {
+fn parse_acs(addr: Option<PciAddr>, names: &[String]) -> Result<AcsFlags> {
     names.iter().try_fold(AcsFlags::empty(), |acc, n| {
         AcsFlags::from_name_ci(n).map(|f| acc | f).ok_or_else(|| {
+            let at = addr.map_or_else(|| "a bridge without address".to_owned(), |a| a.to_string());
             Error::InvalidTopology(format!(
-                "{addr}: unknown ACS bit {n:?} (known: SV TB RR CR UF EC DT)"
+                "{at}: unknown ACS bit {n:?} (known: SV TB RR CR UF EC DT)"
             ))
         })
     })
@@ -153,12 +202,22 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
             addr,
             acs,
             children,
-        } => (b.root_port(parent, *addr)?, acs, children.as_slice(), *addr),
+        } => (
+            b.root_port(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            Some(*addr),
+        ),
         FileNode::Switch {
             addr,
             acs,
             children,
-        } => (b.switch(parent, *addr)?, acs, children.as_slice(), *addr),
+        } => (
+            b.switch(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            Some(*addr),
+        ),
         FileNode::DownstreamPort {
             addr,
             acs,
@@ -167,25 +226,52 @@ fn add(b: &mut TopologyBuilder, parent: NodeId, node: &FileNode) -> Result<()> {
             b.downstream_port(parent, *addr)?,
             acs,
             children.as_slice(),
-            *addr,
+            Some(*addr),
         ),
         FileNode::Bridge {
-            addr,
+            addr: Some(addr),
             acs,
             children,
-        } => (b.bridge(parent, *addr)?, acs, children.as_slice(), *addr),
+        } => (
+            b.bridge(parent, *addr)?,
+            acs,
+            children.as_slice(),
+            Some(*addr),
+        ),
+        FileNode::Bridge {
+            addr: None,
+            acs,
+            children,
+        } => (
+            b.unaddressed_bridge(parent)?,
+            acs,
+            children.as_slice(),
+            None,
+        ),
         FileNode::Endpoint {
             addr,
             class,
             name,
             acs,
             bars,
+            pci_class,
         } => {
             let id = match name {
                 Some(n) => b.named_endpoint(parent, *addr, *class, bars.clone(), n.clone())?,
                 None => b.endpoint(parent, *addr, *class, bars.clone())?,
             };
-            (id, acs, &[][..], *addr)
+            if let Some(ClassCode(code)) = *pci_class {
+                let code = u32::try_from(code)
+                    .ok()
+                    .filter(|c| *c <= 0xff_ffff)
+                    .ok_or_else(|| {
+                        Error::InvalidTopology(format!(
+                            "{addr}: pci_class {code:#x} is not 24 bits"
+                        ))
+                    })?;
+                b.set_pci_class(id, code)?;
+            }
+            (id, acs, &[][..], Some(*addr))
         }
     };
     b.set_acs(id, parse_acs(addr, acs)?)?;
@@ -212,6 +298,18 @@ pub fn to_json(t: &Topology) -> String {
                 children: t.children(id).iter().map(|&c| file_node(t, c)).collect(),
             })
             .collect(),
+        nvlinks: t
+            .nvlinks()
+            .iter()
+            .map(|(gpu, target, count)| FileNvLink {
+                gpu,
+                peer: match target {
+                    NvLinkTarget::Gpu(p) => Some(p),
+                    NvLinkTarget::NvSwitch => None,
+                },
+                count,
+            })
+            .collect(),
     };
     // Serialising plain data with string keys cannot fail.
     serde_json::to_string_pretty(&file).unwrap_or_default()
@@ -219,11 +317,19 @@ pub fn to_json(t: &Topology) -> String {
 
 fn file_node(t: &Topology, id: NodeId) -> FileNode {
     let n = t.node(id);
-    let addr = n
-        .addr
-        .unwrap_or_else(|| unreachable!("only host bridges lack an address"));
     let acs = n.acs.names().into_iter().map(str::to_owned).collect();
     let children = || t.children(id).iter().map(|&c| file_node(t, c)).collect();
+    if n.kind == NodeKind::Bridge {
+        return FileNode::Bridge {
+            addr: n.addr,
+            acs,
+            children: children(),
+        };
+    }
+    // The builder gives every node but host bridges and some bridges an address.
+    let addr = n
+        .addr
+        .unwrap_or_else(|| unreachable!("only host bridges and bridges lack an address"));
     match &n.kind {
         NodeKind::RootPort => FileNode::RootPort {
             addr,
@@ -240,19 +346,17 @@ fn file_node(t: &Topology, id: NodeId) -> FileNode {
             acs,
             children: children(),
         },
-        NodeKind::Bridge => FileNode::Bridge {
-            addr,
-            acs,
-            children: children(),
-        },
         NodeKind::Endpoint(e) => FileNode::Endpoint {
             addr,
             class: e.class,
             name: Some(e.name.clone()),
             acs,
             bars: e.bars.clone(),
+            pci_class: e.pci_class.map(|c| ClassCode(u64::from(c))),
         },
-        NodeKind::HostBridge(_) => unreachable!("host bridges are written by to_json"),
+        NodeKind::HostBridge(_) | NodeKind::Bridge => {
+            unreachable!("host bridges are written by to_json, bridges above")
+        }
     }
 }
 
@@ -310,6 +414,11 @@ mod tests {
         assert!(err.to_string().contains("colour"), "{err}");
         let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"endpoint","addr":"0000:00:20.0","class":"gpu"}]}]}"#, "t.json").unwrap_err();
         assert!(err.to_string().contains("above 31"), "{err}");
+        let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"endpoint","addr":"0000:00:02.0","class":"other","pci_class":"0x1000000"}]}]}"#, "t.json").unwrap_err();
+        assert!(
+            err.to_string().contains("24 bits") && err.to_string().contains("t.json"),
+            "{err}"
+        );
         let err = from_json(r#"{"host_bridges":[{"name":"h","children":[{"kind":"downstream-port","addr":"0000:00:01.0"}]}]}"#, "t.json").unwrap_err();
         assert!(err.to_string().contains("cannot hang below"), "{err}");
     }

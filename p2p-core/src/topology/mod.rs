@@ -5,17 +5,23 @@
 //! Linux [`sysfs`] tree, from an [`nccl`] topology file, or take a [`presets`] machine.
 
 mod acs;
+pub mod advice;
 pub mod allowlist;
 mod builder;
 pub mod file;
+pub mod groups;
+pub mod limits;
 pub mod nccl;
+pub mod nvlink;
 mod path;
 pub mod presets;
+pub mod rank;
 pub mod render;
 pub mod sysfs;
 
 pub use acs::AcsFlags;
 pub use builder::TopologyBuilder;
+pub use groups::REQUIRED_FOR_ISOLATION;
 pub use path::{PathClass, PathInfo, Route, Unsupported};
 
 use crate::addr::{BusAddr, PhysAddr};
@@ -56,8 +62,8 @@ pub enum HostBridgeP2p {
 pub struct HostBridge {
     /// A name for messages and output ("pci0000:00").
     pub name: String,
-    /// PCI segment.
-    pub segment: u16,
+    /// PCI segment (32-bit, as Linux numbers domains).
+    pub segment: u32,
     /// The root bus number.
     pub bus: u8,
     /// The NUMA node it belongs to.
@@ -88,12 +94,13 @@ pub enum DeviceClass {
 
 impl DeviceClass {
     /// The class of a device from its 24-bit PCI class code (`0x030200`): display controllers
-    /// are GPUs, network controllers NICs (Ethernet and InfiniBand), `0x010802` NVMe, processing
+    /// are GPUs, network controllers and InfiniBand controllers (`0x0c06`) NICs, `0x010802` NVMe, processing
     /// accelerators and co-processors accelerators.
     pub fn from_pci_class(code: u32) -> Self {
         match (code >> 16, (code >> 8) & 0xff) {
             (0x03, _) => DeviceClass::Gpu,
-            (0x02, _) => DeviceClass::Nic,
+            // 0x0c06: InfiniBand controllers (serial bus class) as older HCAs report it.
+            (0x02, _) | (0x0c, 0x06) => DeviceClass::Nic,
             (0x01, 0x08) if code & 0xff == 0x02 => DeviceClass::Nvme,
             (0x12, _) | (0x0b, 0x40) => DeviceClass::Accelerator,
             _ => DeviceClass::Other,
@@ -158,6 +165,23 @@ pub struct Endpoint {
     pub bars: Vec<Bar>,
     /// A name for output ("GPU0"); defaults to the class and an index.
     pub name: String,
+    /// Its 24-bit PCI class code, when the input says (sysfs and NCCL files do).
+    pub pci_class: Option<u32>,
+}
+
+impl Endpoint {
+    /// Whether the device can take part in DMA as p2pdma sees it: a GPU, NIC, NVMe drive or
+    /// accelerator, or any other function with a memory BAR that is not a bridge (class 0x06:
+    /// the host bridge's own function, ISA and other bridges). A real root complex holds dozens
+    /// of system-peripheral functions that no one maps.
+    pub fn is_dma_capable(&self) -> bool {
+        match self.class {
+            DeviceClass::Other => {
+                !self.bars.is_empty() && self.pci_class.is_none_or(|c| c >> 16 != 0x06)
+            }
+            _ => true,
+        }
+    }
 }
 
 /// What a node of the tree is.
@@ -202,6 +226,7 @@ pub struct Topology {
     children: Vec<Vec<NodeId>>,
     by_addr: HashMap<PciAddr, NodeId>,
     cpu_p2p: bool,
+    nvlinks: nvlink::NvLinks,
     generation: u64,
 }
 
@@ -224,8 +249,19 @@ impl Topology {
             children,
             by_addr,
             cpu_p2p,
+            nvlinks: nvlink::NvLinks::default(),
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    pub(crate) fn with_nvlinks(mut self, nvlinks: nvlink::NvLinks) -> Self {
+        self.nvlinks = nvlinks;
+        self
+    }
+
+    /// The NVLinks between GPUs (beside the PCIe tree; routes never use them).
+    pub fn nvlinks(&self) -> &nvlink::NvLinks {
+        &self.nvlinks
     }
 
     /// A number no other topology built in this process has: caches compare it to notice change.
@@ -319,5 +355,16 @@ impl Topology {
             Ok(e) => e.name.clone(),
             Err(_) => addr.to_string(),
         }
+    }
+}
+
+/// Helpers for this module's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::pci::PciAddr;
+
+    /// A PCI address from a literal the test controls.
+    pub fn a(s: &str) -> PciAddr {
+        s.parse().expect("a test's PCI address literal")
     }
 }

@@ -36,7 +36,7 @@ pub fn preset(name: &str) -> Result<Topology> {
     }
 }
 
-fn pci(segment: u16, bus: u8, device: u8, function: u8) -> Result<PciAddr> {
+fn pci(segment: u32, bus: u8, device: u8, function: u8) -> Result<PciAddr> {
     PciAddr::new(segment, bus, device, function)
 }
 
@@ -188,7 +188,7 @@ pub fn random(seed: u64) -> Result<Topology> {
     let mut b = TopologyBuilder::new();
     b.cpu_routes_p2p(rng.below(4) == 0);
     let mut mmio = 0x100_0000_0000u64;
-    let bridges = 1 + rng.below(3) as u16;
+    let bridges = 1 + rng.below(3) as u32;
     for h in 0..bridges {
         let p2p = [
             HostBridgeP2p::None,

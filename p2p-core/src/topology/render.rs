@@ -1,7 +1,7 @@
 //! Printing a topology: the `nvidia-smi topo -m` style matrix, the pairs JSON that `p2pctl topo
 //! --json` prints, and Graphviz DOT.
 
-use super::{NodeKind, PathClass, Topology};
+use super::{Endpoint, HostBridgeP2p, NodeKind, PathClass, Topology};
 use crate::error::Result;
 use crate::pci::PciAddr;
 use serde::Serialize;
@@ -29,6 +29,9 @@ pub struct PairEntry {
     pub path: PathClass,
     /// `bus-addr`, `host-bridge` or `unsupported`.
     pub route: String,
+    /// NVLinks joining the two (beside the PCIe path and route); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvlinks: Option<u32>,
 }
 
 /// What `p2pctl topo --json` prints: every endpoint, and one entry per unordered pair of distinct
@@ -41,10 +44,32 @@ pub struct PairsReport {
     pub pairs: Vec<PairEntry>,
 }
 
+/// Which endpoints a report shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shown {
+    /// Only those that take part in DMA ([`Endpoint::is_dma_capable`]): what a person wants to
+    /// see on a server whose root complex holds dozens of system functions.
+    #[default]
+    DmaCapable,
+    /// Every PCI function that is not a bridge or port.
+    All,
+}
+
+impl Shown {
+    fn includes(self, e: &Endpoint) -> bool {
+        self == Shown::All || e.is_dma_capable()
+    }
+}
+
+/// The endpoints a report shows, in topology order.
+fn shown(t: &Topology, which: Shown) -> Vec<(PciAddr, &Endpoint)> {
+    t.endpoints().filter(|(_, e)| which.includes(e)).collect()
+}
+
 /// Builds the pairs report.
-pub fn pairs(t: &Topology) -> Result<PairsReport> {
-    let eps: Vec<(PciAddr, String)> = t
-        .endpoints()
+pub fn pairs(t: &Topology, which: Shown) -> Result<PairsReport> {
+    let eps: Vec<(PciAddr, String)> = shown(t, which)
+        .into_iter()
         .map(|(a, e)| (a, e.class.name().to_owned()))
         .collect();
     let mut devices = Vec::with_capacity(eps.len());
@@ -64,6 +89,7 @@ pub fn pairs(t: &Topology) -> Result<PairsReport> {
                 b: *b,
                 path: p.class,
                 route: p.route.name().to_owned(),
+                nvlinks: Some(t.nvlinks().between(*a, *b)).filter(|&n| n > 0),
             });
         }
     }
@@ -71,8 +97,8 @@ pub fn pairs(t: &Topology) -> Result<PairsReport> {
 }
 
 /// The matrix `nvidia-smi topo -m` prints, with a NUMA column, a route matrix and the legend.
-pub fn matrix(t: &Topology) -> Result<String> {
-    let eps: Vec<PciAddr> = t.endpoints().map(|(a, _)| a).collect();
+pub fn matrix(t: &Topology, which: Shown) -> Result<String> {
+    let eps: Vec<PciAddr> = shown(t, which).into_iter().map(|(a, _)| a).collect();
     let names: Vec<String> = eps.iter().map(|&a| t.display_name(a)).collect();
     let w = names.iter().map(String::len).max().unwrap_or(0).max(5) + 2;
     let mut out = String::new();
@@ -87,8 +113,13 @@ pub fn matrix(t: &Topology) -> Result<String> {
     for (i, &a) in eps.iter().enumerate() {
         let _ = write!(out, "{:<w$}", names[i]);
         for &b in &eps {
+            let nv = t.nvlinks().between(a, b);
             let cell = if a == b {
                 "X".to_owned()
+            } else if nv > 0 {
+                // As nvidia-smi: NVLink shown in place of the PCIe class; the route matrix
+                // below stays PCIe.
+                format!("NV{nv}")
             } else {
                 t.path(a, b)?.class.name().to_owned()
             };
@@ -120,6 +151,12 @@ pub fn matrix(t: &Topology) -> Result<String> {
     {
         let _ = writeln!(out, "  {:<4} = {}", c.name(), c.legend());
     }
+    if !t.nvlinks().is_empty() {
+        let _ = writeln!(
+            out,
+            "  NV#  = Connection traversing a bonded set of # NVLinks (P2P DMA still routes over PCIe)"
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -136,9 +173,19 @@ pub fn matrix(t: &Topology) -> Result<String> {
     Ok(out)
 }
 
-/// Graphviz DOT: the tree, host bridges grouped by socket, endpoints labelled with name, class
-/// and address, ports with their ACS redirect bits.
-pub fn dot(t: &Topology) -> String {
+/// What a host bridge allows, as a person reads it.
+fn p2p_words(p: HostBridgeP2p) -> &'static str {
+    match p {
+        HostBridgeP2p::None => "p2p: none",
+        HostBridgeP2p::SameBridge => "p2p: same bridge",
+        HostBridgeP2p::Any => "p2p: any bridge",
+    }
+}
+
+/// Graphviz DOT: the tree, each CPU socket once with its host bridges grouped around it, the
+/// SMP link between sockets, endpoints labelled with name, class and address, ports with their
+/// ACS redirect bits. Endpoints as [`Shown`] says (with the bridges above them).
+pub fn dot(t: &Topology, which: Shown) -> String {
     let mut out = String::from(
         "graph topology {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n",
     );
@@ -148,13 +195,17 @@ pub fn dot(t: &Topology) -> String {
     for s in &sockets {
         let _ = writeln!(
             out,
-            "  subgraph cluster_socket{s} {{\n    label=\"socket {s}\";"
+            "  subgraph cluster_socket{s} {{\n    style=dotted;\n    socket{s} [shape=ellipse, label=\"CPU socket {s}\"];"
         );
         for (id, hb) in t.host_bridges().filter(|(_, hb)| hb.socket == *s) {
             let _ = writeln!(
                 out,
-                "    n{} [label=\"{}\\nNUMA {} p2p={:?}\", shape=house];",
-                id.0, hb.name, hb.numa, hb.p2p
+                "    n{} [label=\"{}\\nNUMA node {}\\n{}\", shape=house];\n    socket{s} -- n{};",
+                id.0,
+                hb.name,
+                hb.numa,
+                p2p_words(hb.p2p),
+                id.0
             );
         }
         let _ = writeln!(out, "  }}");
@@ -166,28 +217,22 @@ pub fn dot(t: &Topology) -> String {
             w[0], w[1]
         );
     }
-    for s in &sockets {
-        let _ = writeln!(
-            out,
-            "  socket{s} [shape=ellipse, label=\"CPU socket {s}\"];"
-        );
-        for (id, _) in t.host_bridges().filter(|(_, hb)| hb.socket == *s) {
-            let _ = writeln!(out, "  socket{s} -- n{};", id.0);
-        }
-    }
     for id in t.node_ids() {
         let n = t.node(id);
         let addr = n.addr.map(|a| a.to_string()).unwrap_or_default();
         let acs = if n.acs.redirects() {
-            format!("\\nACS {}", n.acs.names().join("|"))
+            format!("\\nACS redirect: {}", n.acs.names().join(" "))
         } else {
             String::new()
         };
         let (label, style) = match &n.kind {
             NodeKind::HostBridge(_) => continue,
+            NodeKind::Endpoint(e) if !which.includes(e) => continue,
             NodeKind::RootPort => (format!("root port\\n{addr}{acs}"), ""),
             NodeKind::SwitchUpstream => (format!("switch\\n{addr}{acs}"), ", style=rounded"),
-            NodeKind::SwitchDownstream => (format!("down\\n{addr}{acs}"), ", style=rounded"),
+            NodeKind::SwitchDownstream => {
+                (format!("downstream port\\n{addr}{acs}"), ", style=rounded")
+            }
             NodeKind::Bridge => (format!("bridge\\n{addr}{acs}"), ", style=dashed"),
             NodeKind::Endpoint(e) => (
                 format!("{} ({})\\n{addr}{acs}", e.name, e.class),
@@ -211,7 +256,7 @@ mod tests {
     #[test]
     fn pairs_cover_every_unordered_pair_once() {
         let t = presets::dgx().unwrap();
-        let r = pairs(&t).unwrap();
+        let r = pairs(&t, Shown::All).unwrap();
         assert_eq!(r.devices.len(), 16);
         assert_eq!(r.pairs.len(), 16 * 15 / 2);
         let mut seen = std::collections::HashSet::new();
@@ -228,8 +273,8 @@ mod tests {
     #[test]
     fn matrix_and_dot_name_every_device() {
         let t = presets::workstation().unwrap();
-        let m = matrix(&t).unwrap();
-        let d = dot(&t);
+        let m = matrix(&t, Shown::All).unwrap();
+        let d = dot(&t, Shown::All);
         for (a, e) in t.endpoints() {
             assert!(m.contains(&e.name) && m.contains(&a.to_string()));
             assert!(d.contains(&a.to_string()));
@@ -239,5 +284,83 @@ mod tests {
                 && m.contains("PIX  = Connection traversing at most a single PCIe bridge")
         );
         assert!(d.starts_with("graph topology {") && d.trim_end().ends_with('}'));
+    }
+
+    #[test]
+    fn only_dma_capable_endpoints_are_shown_unless_all_are_asked_for() {
+        use crate::topology::{Bar, DeviceClass, HostBridgeP2p, TopologyBuilder};
+        let mut b = TopologyBuilder::new();
+        let hb = b
+            .host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)
+            .unwrap();
+        let a = |s: &str| s.parse::<PciAddr>().unwrap();
+        let bar = |cpu| vec![Bar::identity(0, cpu, 0x1000)];
+        // The host bridge's own function (even with a BAR), an ISA bridge, a peripheral with
+        // no BAR, a peripheral with a BAR, a GPU without BARs.
+        for (addr, code, bars) in [
+            ("00:00.0", 0x060000, bar(0x1000)),
+            ("00:1f.0", 0x060100, Vec::new()),
+            ("00:14.2", 0x050000, Vec::new()),
+            ("00:08.0", 0x088000, bar(0x2000)),
+            ("00:02.0", 0x030000, Vec::new()),
+        ] {
+            let class = DeviceClass::from_pci_class(code);
+            let id = b.endpoint(hb, a(addr), class, bars).unwrap();
+            b.set_pci_class(id, code).unwrap();
+        }
+        let t = b.build().unwrap();
+        let ids = |which| -> Vec<String> {
+            pairs(&t, which)
+                .unwrap()
+                .devices
+                .iter()
+                .map(|d| d.id.to_string())
+                .collect()
+        };
+        assert_eq!(ids(Shown::DmaCapable), ["0000:00:08.0", "0000:00:02.0"]);
+        assert_eq!(ids(Shown::All).len(), 5);
+        let m = matrix(&t, Shown::DmaCapable).unwrap();
+        assert!(
+            !m.contains("0000:00:00.0") && m.contains("0000:00:08.0"),
+            "{m}"
+        );
+        assert!(!dot(&t, Shown::DmaCapable).contains("0000:00:1f.0"));
+        assert!(dot(&t, Shown::All).contains("0000:00:1f.0"));
+    }
+
+    #[test]
+    fn dot_labels_read_as_words_and_name_each_socket_once() {
+        let t = presets::dgx().unwrap();
+        let d = dot(&t, Shown::All);
+        for s in 0..2 {
+            assert_eq!(d.matches(&format!("\"CPU socket {s}\"")).count(), 1, "{d}");
+        }
+        assert!(!d.contains("p2p="), "{d}");
+        assert!(
+            d.contains("p2p: any bridge") && d.contains("NUMA node 1"),
+            "{d}"
+        );
+        let acs = dot(&presets::acs_switch().unwrap(), Shown::All);
+        assert!(acs.contains("ACS redirect: "), "{acs}");
+    }
+
+    #[test]
+    fn nvlinks_show_as_nv_count_beside_the_pcie_route() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/topologies/nccl-2socket.xml");
+        let t = crate::topology::nccl::from_path(&path).unwrap().topology;
+        let m = matrix(&t, Shown::All).unwrap();
+        let row = m.lines().find(|l| l.starts_with("GPU0 ")).unwrap();
+        assert_eq!(row.split_whitespace().nth(2), Some("NV12"), "{m}");
+        assert!(m.contains("NV#  = "), "{m}");
+        let r = pairs(&t, Shown::All).unwrap();
+        let nv: Vec<&PairEntry> = r.pairs.iter().filter(|p| p.nvlinks.is_some()).collect();
+        assert_eq!(nv.len(), 1);
+        assert_eq!(
+            (nv[0].path, nv[0].route.as_str(), nv[0].nvlinks),
+            (PathClass::Pix, "bus-addr", Some(12))
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["pairs"][1].get("nvlinks").is_none());
     }
 }

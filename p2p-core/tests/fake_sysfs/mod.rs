@@ -146,7 +146,7 @@ impl FakeSysfs {
     }
 
     /// `devices/pci<seg>:<bus>`, with the files Linux puts there.
-    pub fn host_bridge(&self, segment: u16, bus: u8) -> PathBuf {
+    pub fn host_bridge(&self, segment: u32, bus: u8) -> PathBuf {
         let dir = self
             .root
             .join(format!("devices/pci{segment:04x}:{bus:02x}"));
@@ -199,6 +199,27 @@ impl FakeSysfs {
                 d.class, d.vendor, d.device, d.addr
             ),
         );
+        Self::write(&dir.join("config"), Self::bars_and_config(&dir, d));
+        if let Some(g) = d.iommu_group {
+            let gdir = self.root.join(format!("kernel/iommu_groups/{g}/devices"));
+            fs::create_dir_all(&gdir).unwrap();
+            let _ = std::os::unix::fs::symlink(&dir, gdir.join(&d.addr));
+            std::os::unix::fs::symlink(
+                format!("../../../kernel/iommu_groups/{g}"),
+                dir.join("iommu_group"),
+            )
+            .unwrap();
+        }
+        std::os::unix::fs::symlink(&dir, self.root.join("bus/pci/devices").join(&d.addr)).unwrap();
+        dir
+    }
+}
+
+impl FakeSysfs {
+    /// Writes `resource` (and a `resource<N>` file per BAR) into `dir`; returns the bytes of
+    /// `config`, BAR registers included, cut as the device and reader make it.
+    fn bars_and_config(dir: &Path, d: &Dev) -> Vec<u8> {
+        let w = |name: &str, text: String| Self::write(&dir.join(name), text);
         // resource: BARs 0-5, the ROM, then bridge windows or SR-IOV BARs; 0x140204 is
         // IORESOURCE_MEM | IORESOURCE_MEM_64 | IORESOURCE_SIZEALIGN, as a 64-bit BAR shows.
         let mut lines = vec![(0u64, 0u64, 0u64); if d.class >> 8 == 0x0604 { 17 } else { 13 }];
@@ -245,19 +266,34 @@ impl FakeSysfs {
             // kernel's size too, but any read under 256 bytes is short for every function).
             bytes.truncate(n);
         }
-        Self::write(&dir.join("config"), &bytes);
-        if let Some(g) = d.iommu_group {
-            let gdir = self.root.join(format!("kernel/iommu_groups/{g}/devices"));
-            fs::create_dir_all(&gdir).unwrap();
-            let _ = std::os::unix::fs::symlink(&dir, gdir.join(&d.addr));
-            std::os::unix::fs::symlink(
-                format!("../../../kernel/iommu_groups/{g}"),
-                dir.join("iommu_group"),
-            )
-            .unwrap();
+        bytes
+    }
+
+    /// Moves a host bridge directory below `devices/<under>` (where ARM SoCs and Hyper-V put
+    /// them) and points the `bus/pci/devices` links of its functions there, relative as Linux
+    /// writes them. Returns the new directory.
+    pub fn move_host_bridge(&self, hb: &Path, under: &str) -> PathBuf {
+        let name = hb.file_name().unwrap();
+        let moved = self.root.join("devices").join(under).join(name);
+        fs::create_dir_all(moved.parent().unwrap()).unwrap();
+        fs::rename(hb, &moved).unwrap();
+        let links = self.root.join("bus/pci/devices");
+        for entry in fs::read_dir(&links).unwrap() {
+            let link = entry.unwrap().path();
+            let Ok(old) = fs::read_link(&link) else {
+                continue;
+            };
+            let Ok(rest) = old.strip_prefix(hb) else {
+                continue;
+            };
+            let rel = Path::new("../../../devices")
+                .join(under)
+                .join(name)
+                .join(rest);
+            fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(rel, &link).unwrap();
         }
-        std::os::unix::fs::symlink(&dir, self.root.join("bus/pci/devices").join(&d.addr)).unwrap();
-        dir
+        moved
     }
 }
 

@@ -1,6 +1,7 @@
 //! Reading one sysfs attribute: every failure names the file.
 
 use crate::error::{Error, Result};
+use crate::topology::limits::{self, MAX_ATTR_BYTES, MAX_CONFIG_BYTES};
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
@@ -11,17 +12,16 @@ pub(super) fn sysfs_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// The text of a required attribute.
+/// The text of a required attribute (at most [`MAX_ATTR_BYTES`]).
 pub(super) fn text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| sysfs_err(path, format!("cannot read: {e}")))
+    limits::read_text_capped(path, MAX_ATTR_BYTES, |m| sysfs_err(path, m))
 }
 
 /// The text of an optional attribute: `None` when the file does not exist.
 pub(super) fn optional_text(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(sysfs_err(path, format!("cannot read: {e}"))),
+        _ => text(path).map(Some),
     }
 }
 
@@ -59,20 +59,37 @@ pub(super) fn optional_int(path: &Path) -> Result<Option<i64>> {
 }
 
 /// The bytes of `config` that this process may read, and the size the kernel gives the file.
+/// A file larger than PCIe's 4096 bytes of configuration space is not a `config` file: refused
+/// with [`Error::InputLimit`] before it is read.
 pub(super) fn config_bytes(path: &Path) -> Result<Option<(Vec<u8>, usize)>> {
-    let mut f = match std::fs::File::open(path) {
+    let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(sysfs_err(path, format!("cannot open: {e}"))),
     };
+    let too_large = || {
+        limits::exceeded(
+            &path.display().to_string(),
+            None,
+            "configuration space in bytes",
+            MAX_CONFIG_BYTES,
+        )
+    };
     let full = f
         .metadata()
         .map_err(|e| sysfs_err(path, format!("cannot stat: {e}")))?
-        .len() as usize;
-    let mut bytes = Vec::with_capacity(full);
-    f.read_to_end(&mut bytes)
+        .len();
+    if full > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(full as usize);
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| sysfs_err(path, format!("cannot read: {e}")))?;
-    Ok(Some((bytes, full)))
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    Ok(Some((bytes, full as usize)))
 }
 
 /// One line of a `resource` file: start, end and flags of a region.
@@ -81,6 +98,8 @@ pub(super) struct Resource {
     pub start: u64,
     pub end: u64,
     pub flags: u64,
+    /// Its line in the file (from 1), for messages.
+    pub line: usize,
 }
 
 /// `IORESOURCE_MEM` in a resource's flags.
@@ -95,13 +114,18 @@ impl Resource {
             && self.flags & IORESOURCE_NOT_ASSIGNED == 0
             && self.end > self.start
     }
+
+    /// Its size in bytes; `None` for `0x0 0xffffffffffffffff`, whose 2^64 bytes no u64 holds.
+    pub fn len(&self) -> Option<u64> {
+        (self.end - self.start).checked_add(1)
+    }
 }
 
 /// Parses `resource`: one `0x%016llx 0x%016llx 0x%016llx` line per region (BARs 0–5, the ROM,
 /// then bridge windows and SR-IOV BARs).
 pub(super) fn resources(path: &Path) -> Result<Vec<Resource>> {
-    let text = text(path)?;
-    text.lines()
+    text(path)?
+        .lines()
         .enumerate()
         .map(|(i, line)| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -123,6 +147,7 @@ pub(super) fn resources(path: &Path) -> Result<Vec<Resource>> {
                 start: num(fields[0])?,
                 end: num(fields[1])?,
                 flags: num(fields[2])?,
+                line: i + 1,
             };
             if r.end < r.start {
                 return Err(sysfs_err(

@@ -341,5 +341,30 @@ mod tests {
                 prop_assert_eq!(acs, AcsState::Unknown);
             }
         }
+
+        /// A real-shaped image (PCIe capability, ACS, BARs) with edits where the parsers
+        /// look: the header, the capability pointers and the extended capability headers.
+        #[test]
+        fn never_panics_on_mutated_images(
+            port in 0u8..16,
+            acs in any::<u16>(),
+            edits in proptest::collection::vec((0usize..0x110, any::<u8>()), 0..24),
+            keep in 0usize..=4096,
+        ) {
+            let img = ConfigImage::pcie(0x10b5, 0x8747, 0x060400, port, Some((0x7f, AcsFlags::from_bits_truncate(acs))))
+                .with_bar(0, 0xfe00_0000);
+            let mut b = img.into_bytes();
+            for (at, v) in edits {
+                b[at] = v;
+            }
+            b.truncate(keep);
+            let c = ConfigSpace::new(b, 4096);
+            let _ = (c.header_type(), c.port_type(), c.bar_bus_address(0), c.bar_bus_address(1));
+            if keep < 4096 {
+                prop_assert_eq!(c.acs(), AcsState::Unknown);
+            } else {
+                let _ = c.acs();
+            }
+        }
     }
 }

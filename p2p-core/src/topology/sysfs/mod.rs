@@ -25,16 +25,34 @@
 
 mod attr;
 pub mod config;
+mod facts;
 mod host;
+mod place;
+mod unknowns;
 
 pub use config::{AcsState, ConfigImage, ConfigSpace, PortType};
+pub use host::{function_dir, lexical};
 
-use super::{Bar, DeviceClass, NodeId, Topology, TopologyBuilder};
+use super::{limits, Bar, DeviceClass, NodeId, Topology, TopologyBuilder};
 use crate::addr::{BusAddr, PhysAddr};
 use crate::error::Result;
 use crate::pci::PciAddr;
 use attr::sysfs_err;
+use facts::Facts;
+use place::Place;
 use std::path::{Path, PathBuf};
+
+/// The files [`scan`] reads in each PCI function's directory, besides the `iommu_group` link:
+/// what a copy of a sysfs tree must hold to read back the same (`p2pctl snapshot` copies them).
+pub const FUNCTION_FILES: &[&str] = &[
+    "vendor",
+    "device",
+    "class",
+    "resource",
+    "numa_node",
+    "dma_mask_bits",
+    "config",
+];
 
 /// What sysfs says about one PCI function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,29 +105,15 @@ pub fn scan(root: &Path) -> Result<SysfsScan> {
         builder: TopologyBuilder::new(),
         devices: Vec::new(),
         notes: Vec::new(),
+        unknowns: Default::default(),
     };
     let cpu = host::cpu_routes_p2p(root)?;
     s.builder.cpu_routes_p2p(cpu);
     let devices_dir = root.join("devices");
-    let mut bridges: Vec<(u16, u8, PathBuf)> = Vec::new();
-    for entry in read_dir(&devices_dir)? {
-        let Some(name) = entry
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        match host::parse_host_bridge_name(&name) {
-            Some(Ok((seg, bus))) => bridges.push((seg, bus, entry)),
-            Some(Err(why)) => s.notes.push(format!("{}: skipped: {why}", entry.display())),
-            None => {}
-        }
-    }
-    bridges.sort();
-    for (segment, bus, dir) in bridges {
+    for (segment, bus, dir) in host::host_bridge_dirs(root)? {
         s.host_bridge(root, segment, bus, &dir)?;
     }
+    s.notes.extend(std::mem::take(&mut s.unknowns).into_notes());
     let topology = s
         .builder
         .build()
@@ -126,11 +130,19 @@ pub fn read_topology(root: &Path) -> Result<Topology> {
     scan(root).map(|s| s.topology)
 }
 
-/// The entries of a directory, sorted.
+/// The entries of a directory, sorted (at most [`MAX_DIR_ENTRIES`](limits::MAX_DIR_ENTRIES)).
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| sysfs_err(dir, format!("cannot list: {e}")))?;
     let mut out = Vec::new();
     for entry in rd {
+        if out.len() == limits::MAX_DIR_ENTRIES {
+            return Err(limits::exceeded(
+                &dir.display().to_string(),
+                None,
+                "directory entries",
+                limits::MAX_DIR_ENTRIES as u64,
+            ));
+        }
         out.push(
             entry
                 .map_err(|e| sysfs_err(dir, format!("cannot list: {e}")))?
@@ -156,121 +168,15 @@ fn pci_children(dir: &Path) -> Result<Vec<(PciAddr, PathBuf)>> {
     Ok(v)
 }
 
-/// What a node of the tree being built is, to decide what may hang below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    HostBridge,
-    RootPort,
-    SwitchUpstream,
-    SwitchDownstream,
-    Bridge,
-}
-
-impl Place {
-    fn name(self) -> &'static str {
-        match self {
-            Place::HostBridge => "host bridge",
-            Place::RootPort => "root port",
-            Place::SwitchUpstream => "switch upstream port",
-            Place::SwitchDownstream => "switch downstream port",
-            Place::Bridge => "bridge",
-        }
-    }
-
-    /// Whether a bridge of kind `self` may hang below `parent`.
-    fn fits_below(self, parent: Place) -> bool {
-        use Place::*;
-        match self {
-            RootPort => parent == HostBridge,
-            SwitchUpstream => matches!(parent, RootPort | SwitchDownstream | Bridge),
-            SwitchDownstream => parent == SwitchUpstream,
-            Bridge => matches!(parent, HostBridge | RootPort | SwitchDownstream | Bridge),
-            HostBridge => false,
-        }
-    }
-}
-
-/// One function's files, read before it is placed.
-struct Facts {
-    vendor: u16,
-    device: u16,
-    class_code: u32,
-    numa_node: Option<u32>,
-    dma_mask_bits: Option<u32>,
-    iommu_group: Option<u32>,
-    config: Option<ConfigSpace>,
-}
-
-impl Facts {
-    fn read(dir: &Path) -> Result<Self> {
-        let vendor = attr::hex(&dir.join("vendor"), 16)? as u16;
-        let device = attr::hex(&dir.join("device"), 16)? as u16;
-        let class_code = attr::hex(&dir.join("class"), 24)? as u32;
-        let numa_node =
-            attr::optional_int(&dir.join("numa_node"))?.and_then(|n| u32::try_from(n).ok());
-        let mask_path = dir.join("dma_mask_bits");
-        let dma_mask_bits = attr::optional_int(&mask_path)?
-            .map(|b| {
-                u32::try_from(b)
-                    .ok()
-                    .filter(|b| (1..=64).contains(b))
-                    .ok_or_else(|| sysfs_err(&mask_path, format!("{b} is not a mask width")))
-            })
-            .transpose()?;
-        let group_path = dir.join("iommu_group");
-        let iommu_group = match std::fs::read_link(&group_path) {
-            Ok(target) => Some(
-                target
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .ok_or_else(|| {
-                        sysfs_err(
-                            &group_path,
-                            format!("links to {}, not a group number", target.display()),
-                        )
-                    })?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(sysfs_err(&group_path, format!("cannot read link: {e}"))),
-        };
-        let config =
-            attr::config_bytes(&dir.join("config"))?.map(|(b, len)| ConfigSpace::new(b, len));
-        Ok(Self {
-            vendor,
-            device,
-            class_code,
-            numa_node,
-            dma_mask_bits,
-            iommu_group,
-            config,
-        })
-    }
-
-    fn is_bridge(&self) -> bool {
-        matches!(self.class_code >> 8, 0x0604 | 0x0609)
-            || self.config.as_ref().and_then(ConfigSpace::header_type) == Some(1)
-    }
-
-    fn port_type(&self) -> Option<PortType> {
-        self.config.as_ref().and_then(ConfigSpace::port_type)
-    }
-
-    fn acs(&self) -> AcsState {
-        self.config
-            .as_ref()
-            .map_or(AcsState::Unknown, ConfigSpace::acs)
-    }
-}
-
 struct Scanner {
     builder: TopologyBuilder,
     devices: Vec<SysfsDevice>,
     notes: Vec<String>,
+    unknowns: unknowns::Unknowns,
 }
 
 impl Scanner {
-    fn host_bridge(&mut self, root: &Path, segment: u16, bus: u8, dir: &Path) -> Result<()> {
+    fn host_bridge(&mut self, root: &Path, segment: u32, bus: u8, dir: &Path) -> Result<()> {
         let children = pci_children(dir)?;
         let mut facts = Vec::with_capacity(children.len());
         for (_, path) in &children {
@@ -281,18 +187,6 @@ impl Scanner {
             .and_then(|n| n.to_str())
             .unwrap_or("pci")
             .to_owned();
-        let numa = match facts.iter().find_map(|f| f.numa_node) {
-            Some(n) => n,
-            None => {
-                if !children.is_empty() {
-                    self.notes.push(format!(
-                        "{name}: no device gives a NUMA node (numa_node is -1 or missing): node 0 assumed"
-                    ));
-                }
-                0
-            }
-        };
-        let socket = host::socket_of_node(root, numa)?.unwrap_or(numa);
         // pci_host_bridge_dev(): the first function on the root bus, if it sits at 00.0 or is a
         // root port; otherwise the host bridge has no identity and is not on the list.
         let hb_dev = children
@@ -305,15 +199,64 @@ impl Scanner {
         });
         let hb = self
             .builder
-            .host_bridge(&name, segment, bus, numa, socket, p2p)
+            .host_bridge(&name, segment, bus, 0, 0, p2p)
             .map_err(|e| sysfs_err(dir, e.to_string()))?;
+        let first = self.devices.len();
+        let any = !children.is_empty();
         for ((addr, path), f) in children.into_iter().zip(facts) {
             self.place(hb, Place::HostBridge, addr, &path, f)?;
         }
+        let numa = self.host_bridge_numa(&name, first, any);
+        let socket = host::socket_of_node(root, numa)?.unwrap_or(numa);
+        self.builder
+            .place_host_bridge(hb, numa, socket)
+            .map_err(|e| sysfs_err(dir, e.to_string()))?;
         Ok(())
     }
 
+    /// The NUMA node of a host bridge: the one most devices below it report (root-bus functions
+    /// often say -1 where the cards further down know), a disagreement said in a note.
+    fn host_bridge_numa(&mut self, name: &str, first_device: usize, any: bool) -> u32 {
+        let mut counts = std::collections::BTreeMap::<u32, usize>::new();
+        for d in &self.devices[first_device..] {
+            if let Some(n) = d.numa_node {
+                *counts.entry(n).or_default() += 1;
+            }
+        }
+        // The most reported node; the lowest among equals.
+        let best = counts
+            .iter()
+            .max_by_key(|&(&node, &count)| (count, std::cmp::Reverse(node)))
+            .map(|(&node, _)| node);
+        match best {
+            Some(node) if counts.len() > 1 => {
+                let seen: Vec<String> = counts
+                    .iter()
+                    .map(|(n, c)| format!("node {n} ({c} devices)"))
+                    .collect();
+                self.notes.push(format!(
+                    "{name}: devices below disagree on the NUMA node ({}): node {node} taken",
+                    seen.join(", ")
+                ));
+                node
+            }
+            Some(node) => node,
+            None => {
+                if any {
+                    self.notes.push(format!(
+                        "{name}: no device gives a NUMA node (numa_node is -1 or missing): node 0 assumed"
+                    ));
+                }
+                0
+            }
+        }
+    }
+
+    /// The functions below a bridge. The depth check comes first: a directory that links back
+    /// to itself must end here, not in a stack overflow.
     fn subtree(&mut self, parent: NodeId, place: Place, dir: &Path) -> Result<()> {
+        let depth = self.builder.depth_of(parent) + 1;
+        limits::check_depth(depth, &dir.display().to_string(), || None)?;
         for (addr, path) in pci_children(dir)? {
             let f = Facts::read(&path)?;
             self.place(parent, place, addr, &path, f)?;
@@ -330,22 +273,17 @@ impl Scanner {
         f: Facts,
     ) -> Result<()> {
         match &f.config {
-            Some(c) if c.is_short() => self.notes.push(format!(
-                "{addr}: config is readable only in part (reading all of it needs CAP_SYS_ADMIN): \
-                 ACS unknown{}",
-                if f.is_bridge() {
-                    " and its port type unknown"
-                } else {
-                    ""
-                }
-            )),
-            None => self
-                .notes
-                .push(format!("{addr}: no config file: ACS and port type unknown")),
+            Some(c) if c.is_short() => self.unknowns.short_config.push(addr),
+            None => self.unknowns.no_config.push(addr),
             Some(_) => {}
         }
         if f.is_bridge() {
-            let place = self.bridge_place(addr, &f, parent_place);
+            let (place, how) = place::bridge_place(addr, &f, parent_place, path)?;
+            match how {
+                place::How::Read => {}
+                place::How::Inferred => self.unknowns.inferred.push((addr, place)),
+                place::How::Moved(note) => self.notes.push(note),
+            }
             let id = match place {
                 Place::RootPort => self.builder.root_port(parent, addr),
                 Place::SwitchUpstream => self.builder.switch(parent, addr),
@@ -363,36 +301,13 @@ impl Scanner {
                 .builder
                 .endpoint(parent, addr, class, bars)
                 .map_err(|e| sysfs_err(path, e.to_string()))?;
+            self.builder
+                .set_pci_class(id, f.class_code)
+                .map_err(|e| sysfs_err(path, e.to_string()))?;
             self.set_acs(id, &f, path)?;
             self.push_device(addr, path, &f, id);
             Ok(())
         }
-    }
-
-    /// What a bridge is: its PCIe port type when that fits where it sits, else what its place
-    /// in the tree makes it (said in a note).
-    fn bridge_place(&mut self, addr: PciAddr, f: &Facts, parent: Place) -> Place {
-        let wanted = match f.port_type() {
-            Some(PortType::RootPort) => Place::RootPort,
-            Some(PortType::SwitchUpstream) => Place::SwitchUpstream,
-            Some(PortType::SwitchDownstream) => Place::SwitchDownstream,
-            _ => Place::Bridge,
-        };
-        if wanted.fits_below(parent) {
-            return wanted;
-        }
-        let fallback = if Place::Bridge.fits_below(parent) {
-            Place::Bridge
-        } else {
-            Place::SwitchDownstream
-        };
-        self.notes.push(format!(
-            "{addr}: a {} cannot sit below a {}: taken as a {}",
-            wanted.name(),
-            parent.name(),
-            fallback.name()
-        ));
-        fallback
     }
 
     fn set_acs(&mut self, id: NodeId, f: &Facts, path: &Path) -> Result<()> {
@@ -429,11 +344,20 @@ impl Scanner {
                     bus.wrapping_sub(r.start)
                 ));
             }
+            let size = r.len().ok_or_else(|| {
+                sysfs_err(
+                    &resource,
+                    format!(
+                        "line {}: region {:#x}..={:#x} spans 2^64 bytes, more than a BAR decodes",
+                        r.line, r.start, r.end
+                    ),
+                )
+            })?;
             bars.push(Bar {
                 index,
                 cpu: PhysAddr(r.start),
                 bus: BusAddr(bus),
-                size: r.end - r.start + 1,
+                size,
             });
         }
         Ok(bars)
