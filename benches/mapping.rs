@@ -144,7 +144,7 @@ fn map_ranges(c: &mut Criterion) {
     g.bench_function("soft_pagetable_vtd_512_pages", |b| {
         b.iter_batched(
             || PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap(),
-            |mut t| {
+            |t| {
                 t.map(SZ_1G, SZ_1G + SZ_4K, SZ_2M, RW, false).unwrap();
                 t
             },

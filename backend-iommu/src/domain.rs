@@ -5,7 +5,7 @@ use crate::format::Format;
 use crate::iotlb::Iotlb;
 use crate::iova::IovaAllocator;
 use crate::pagetable::{Leaf, PageTable};
-use crate::sync::{Mutex, RwLock};
+use crate::sync::Mutex;
 use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
@@ -50,7 +50,8 @@ struct Queue {
 /// ```
 #[derive(Debug)]
 pub struct SoftIommu<F: Format> {
-    table: RwLock<PageTable<F>>,
+    /// Shared by every thread without a lock: see the pagetable module.
+    table: PageTable<F>,
     iotlb: Iotlb,
     iova: IovaAllocator,
     aperture: AddrRange<Iova>,
@@ -67,7 +68,7 @@ impl<F: Format> SoftIommu<F> {
     pub fn new(policy: FlushPolicy) -> Result<Self> {
         let aperture = AddrRange::new(Iova(0), 1u64 << F::IAS)?;
         let mut d = Self {
-            table: RwLock::new(PageTable::new(FRAMES_BASE)?),
+            table: PageTable::new(FRAMES_BASE)?,
             iotlb: Iotlb::default(),
             // IOVA 0 is never handed out.
             iova: IovaAllocator::new(SZ_4K, 1u64 << F::IAS),
@@ -96,22 +97,22 @@ impl<F: Format> SoftIommu<F> {
 
     /// Page-table frames in use.
     pub fn live_frames(&self) -> usize {
-        self.table.read().live_frames()
+        self.table.live_frames()
     }
 
     /// Physical address of the root table.
     pub fn root_phys(&self) -> u64 {
-        self.table.read().root_phys()
+        self.table.root_phys()
     }
 
     /// Makes page-table frame allocation fail once `limit` frames are in use (fault injection).
     pub fn set_frame_limit(&self, limit: Option<usize>) {
-        self.table.write().frames_mut().set_limit(limit);
+        self.table.frames().set_limit(limit);
     }
 
     /// The leaf mapping `iova` (page-table walk, no IOTLB).
     pub fn leaf(&self, iova: u64) -> Option<Leaf> {
-        self.table.read().translate(iova)
+        self.table.translate(iova)
     }
 
     /// Flushes queued and not yet performed (lazy): while non-zero, unmapped IOVAs may still
@@ -183,14 +184,14 @@ impl<F: Format> SoftIommu<F> {
         }
     }
 
-    /// Performs the real IOTLB invalidation: drops the cache, frees emptied tables and deferred
-    /// IOVA ranges.
+    /// Performs the real IOTLB invalidation: drops the cache, retires the tables unlinked since
+    /// the last flush and frees the deferred IOVA ranges. ([`flush_all`](IommuDomain::flush_all)
+    /// also unlinks every table left empty first.)
+    ///
+    /// The queue is taken before the IOTLB is cleared: an unmap that marked it before the take is
+    /// covered by this clear (its entries were cleared before it marked, and no fill brings them
+    /// back); one that marks it after leaves the mark for the next drain.
     pub fn drain(&self) {
-        // Under the write lock, so that no walk is filling the IOTLB while it is cleared (a
-        // fill in flight would survive the clear), and tables are freed after the clear. The
-        // queue is emptied under it too (table, then queue, as `unmap` takes them), so that no
-        // unmap can mark the queue between the reset and the clear.
-        let mut table = self.table.write();
         let frees = {
             let mut q = self.queue.lock();
             q.pending = 0;
@@ -198,8 +199,7 @@ impl<F: Format> SoftIommu<F> {
             std::mem::take(&mut q.frees)
         };
         self.iotlb.clear();
-        table.release_freelist();
-        drop(table);
+        self.table.release_freelist();
         for (a, l) in frees {
             self.iova.free(a, l);
         }
@@ -253,24 +253,18 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
                 limit_len: 1u64 << F::OAS,
             });
         }
-        let mut table = self.table.write();
-        let mapped = table.map(iova.0, phys.0, len, access, attrs.contains(MapAttrs::MMIO));
-        if mapped.is_err() && self.policy == FlushPolicy::Strict {
-            // Strict unmaps free their tables at once, so the freelist holds only what this
-            // rollback emptied; no walk saw those tables (the write lock is held), so no IOTLB
-            // entry or cached path can refer to them.
-            table.release_freelist();
-        }
-        mapped
+        self.table
+            .map(iova.0, phys.0, len, access, attrs.contains(MapAttrs::MMIO))
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
         let _span = tracing::debug_span!("domain_unmap", format = F::NAME, %iova, len).entered();
-        let mut table = self.table.write();
-        let n = table.unmap(iova.0, len)?;
+        let n = self.table.unmap(iova.0, len)?;
         if self.policy == FlushPolicy::Strict && n > 0 {
+            // Entries first, then the IOTLB (see the iotlb module), then the tables the unmap
+            // unlinked (Linux's gather: freed after the sync).
             self.iotlb.invalidate_range(iova.0, n);
-            table.release_freelist();
+            self.table.release_freelist();
         } else if n > 0 {
             // Lazy: the IOTLB may keep these entries until the next drain.
             self.queue.lock().unflushed = true;
@@ -279,7 +273,7 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     }
 
     fn translate(&self, iova: Iova) -> Option<Translation> {
-        let leaf = self.table.read().translate(iova.0)?;
+        let leaf = self.table.translate(iova.0)?;
         Some(Translation {
             phys: PhysAddr(leaf.phys + (iova.0 - leaf.iova)),
             access: leaf.access,
@@ -297,14 +291,14 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
                 access,
             });
         }
-        // The fill happens while the walk's read lock is held: a strict unmap clears the entry
-        // and invalidates the IOTLB under the write lock, so a fill from a walk that saw the old
-        // entry can never land after that invalidation (it would resurrect the translation).
-        let table = self.table.read();
-        let leaf = table.translate(iova)?;
+        // The ticket is taken before the walk: a strict unmap that clears the entry and then
+        // invalidates the slot makes this fill fail if the walk saw the old entry, so no fill
+        // brings back a translation an unmap removed.
+        let ticket = self.iotlb.fill_ticket(iova);
+        let leaf = self.table.translate(iova)?;
         let phys = leaf.phys + (iova - leaf.iova);
-        self.iotlb.insert(iova, phys & !(SZ_4K - 1), leaf.access);
-        drop(table);
+        self.iotlb
+            .fill(ticket, iova, phys & !(SZ_4K - 1), leaf.access);
         Some(Translation {
             phys: PhysAddr(phys),
             access: leaf.access,
@@ -329,7 +323,10 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         }
     }
 
+    /// Unlinks every table left empty (unmaps of small pages keep their tables, as Linux's do),
+    /// then drains: the memory of ranges no longer mapped is given back.
     fn flush_all(&self) -> Result<()> {
+        self.table.reclaim();
         self.drain();
         Ok(())
     }

@@ -1,24 +1,55 @@
 //! Simulated physical memory for page tables: 4 KiB frames of 512 64-bit entries, addressed by
-//! physical address, as an IOMMU's page-table walker sees them.
+//! physical address, as an IOMMU's page-table walker sees them. Every entry is an atomic word, so
+//! tables are read and written by many threads without a lock (as hardware and Linux's
+//! io-pgtable share them); frames come from chunks that are allocated once and never move.
+//!
+//! A frame that was ever reachable from the root is given back with
+//! [`Frames::retire`]: it is counted free at once but reused only after every thread that may
+//! still be walking through it has moved on (an epoch, as Linux frees tables after an RCU grace
+//! period or the IOTLB sync). Frames that never became reachable go back at once with
+//! [`Frames::release`].
 
+use crate::sync::{epoch, AtomicU64, Mutex, Ordering};
 use p2p_core::{Error, Result};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, OnceLock};
 
 /// Entries per table (4 KiB / 8 bytes).
 pub const ENTRIES: usize = 512;
 
 /// A frame of page-table memory.
-pub type Table = [u64; ENTRIES];
+pub type Table = [AtomicU64; ENTRIES];
+
+/// Frames per chunk: chunks are allocated as needed and never freed while the domain lives.
+#[cfg(not(loom))]
+const CHUNK: usize = 64;
+#[cfg(loom)]
+const CHUNK: usize = 2;
+
+/// Chunks at most: 4096 × 64 frames × 4 KiB = 1 GiB of page tables per domain.
+#[cfg(not(loom))]
+const MAX_CHUNKS: usize = 4096;
+#[cfg(loom)]
+const MAX_CHUNKS: usize = 8;
 
 /// The frames page tables live in, starting at physical `base`.
 #[derive(Debug)]
 pub struct Frames {
     base: u64,
-    tables: Vec<Box<Table>>,
-    /// Valid entries per frame (so empty tables are found without scanning).
-    counts: Vec<u16>,
-    free: Vec<u32>,
-    live: usize,
-    limit: Option<usize>,
+    chunks: Box<[OnceLock<Box<[Table]>>]>,
+    /// Frames never handed out yet start here.
+    next: AtomicU32,
+    /// Frames given back (all entries zero), reusable now.
+    free: Arc<Mutex<Vec<u32>>>,
+    live: AtomicUsize,
+    /// Fault injection: allocation fails once this many frames are live (`usize::MAX`: never).
+    limit: AtomicUsize,
+}
+
+fn new_chunk() -> Box<[Table]> {
+    (0..CHUNK)
+        .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+        .collect()
 }
 
 impl Frames {
@@ -26,51 +57,76 @@ impl Frames {
     pub fn new(base: u64) -> Self {
         Self {
             base,
-            tables: Vec::new(),
-            counts: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            limit: None,
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            next: AtomicU32::new(0),
+            free: Arc::default(),
+            live: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
         }
     }
 
     /// Allocates a zeroed frame for a table that maps `for_iova`; fails with
-    /// [`Error::NoTableMemory`] when the frame limit (fault injection) is reached.
-    pub fn alloc(&mut self, for_iova: u64) -> Result<u32> {
-        if self.limit.is_some_and(|l| self.live >= l) {
-            return Err(Error::NoTableMemory { iova: for_iova });
+    /// [`Error::NoTableMemory`] when the frame limit (fault injection) or the arena is reached.
+    pub fn alloc(&self, for_iova: u64) -> Result<u32> {
+        let exhausted = || Error::NoTableMemory { iova: for_iova };
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        if self
+            .live
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+                |l| (l < limit).then_some(l + 1),
+            )
+            .is_err()
+        {
+            return Err(exhausted());
         }
-        self.live += 1;
-        Ok(match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.tables.push(Box::new([0; ENTRIES]));
-                self.counts.push(0);
-                (self.tables.len() - 1) as u32
+        if let Some(f) = self.free.lock().pop() {
+            return Ok(f);
+        }
+        let f = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.chunks.get(f as usize / CHUNK) {
+            Some(chunk) => {
+                chunk.get_or_init(new_chunk);
+                Ok(f)
             }
-        })
+            None => {
+                self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                Err(exhausted())
+            }
+        }
     }
 
-    /// Gives a frame back (it must be empty).
-    pub fn release(&mut self, frame: u32) {
-        debug_assert_eq!(
-            self.counts[frame as usize], 0,
-            "releasing a page table that still maps something"
+    /// Gives back a frame that never became reachable (its entries are all zero): reusable now.
+    pub fn release(&self, frame: u32) {
+        debug_assert!(
+            self.is_empty(frame),
+            "releasing a table that maps something"
         );
-        // Every entry was cleared one by one (the count is 0), so the frame is already zero.
-        debug_assert!(self.tables[frame as usize].iter().all(|&e| e == 0));
-        self.free.push(frame);
-        self.live -= 1;
+        self.free.lock().push(frame);
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Frames in use.
+    /// Gives back a frame that was reachable (now unlinked, all entries zero): counted free now,
+    /// reused once no thread can still be walking through it.
+    pub fn retire(&self, frame: u32) {
+        debug_assert!(self.is_empty(frame), "retiring a table that maps something");
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let free = self.free.clone();
+        epoch::defer(move || free.lock().push(frame));
+    }
+
+    /// Frames in use (retired frames waiting for their epoch count as free).
     pub fn live(&self) -> usize {
-        self.live
+        self.live.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Makes allocation fail once `limit` frames are in use (`None`: no limit).
-    pub fn set_limit(&mut self, limit: Option<usize>) {
-        self.limit = limit;
+    pub fn set_limit(&self, limit: Option<usize>) {
+        self.limit.store(
+            limit.unwrap_or(usize::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Physical address of a frame.
@@ -85,28 +141,22 @@ impl Frames {
 
     /// A frame's entries.
     pub fn table(&self, frame: u32) -> &Table {
-        &self.tables[frame as usize]
+        let chunk = self.chunks[frame as usize / CHUNK]
+            .get()
+            .unwrap_or_else(|| unreachable!("frame {frame} was handed out, so its chunk exists"));
+        &chunk[frame as usize % CHUNK]
     }
 
-    /// A frame's entries, mutably.
-    pub fn table_mut(&mut self, frame: u32) -> &mut Table {
-        &mut self.tables[frame as usize]
-    }
-
-    /// Valid-entry count of a frame.
-    pub fn count(&self, frame: u32) -> u16 {
-        self.counts[frame as usize]
-    }
-
-    /// Adjusts the valid-entry count of a frame.
-    pub fn add_count(&mut self, frame: u32, delta: i32) {
-        let c = &mut self.counts[frame as usize];
-        *c = (i32::from(*c) + delta) as u16;
+    /// Whether every entry of a frame is zero.
+    pub fn is_empty(&self, frame: u32) -> bool {
+        self.table(frame)
+            .iter()
+            .all(|e| e.load(Ordering::SeqCst) == 0)
     }
 
     /// Reads the 64-bit entry at a physical address, as a hardware walker does.
     pub fn read_phys(&self, phys: u64) -> u64 {
         let frame = self.frame_at(phys & !0xfff);
-        self.tables[frame as usize][((phys & 0xfff) >> 3) as usize]
+        self.table(frame)[((phys & 0xfff) >> 3) as usize].load(Ordering::SeqCst)
     }
 }

@@ -1,7 +1,15 @@
 //! The IOTLB: a direct-mapped cache of 4 KiB translations in front of the page-table walk. Reads
 //! take no lock (a tag/data/tag check per slot), so a hit costs a few loads.
+//!
+//! A fill races an unmap without any lock between them, so each slot's tag carries a version that
+//! every invalidation of the slot bumps. A walk reads the slot's tag *before* it reads the page
+//! table ([`Iotlb::fill_ticket`]) and fills only if the tag is still that value
+//! ([`Iotlb::fill`]). An unmap clears the entry first and invalidates after: if the walk read the
+//! old entry, it read the ticket before the invalidation, so its fill fails; if it read the
+//! cleared entry, it has nothing to fill. Either way no fill can bring back a translation a
+//! strict unmap removed (every access is sequentially consistent).
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{spin, AtomicU64, Ordering::SeqCst};
 use p2p_core::access::Access;
 use std::sync::atomic::AtomicU64 as StatCounter;
 
@@ -11,15 +19,25 @@ use std::sync::atomic::AtomicU64 as StatCounter;
 const SLOTS: usize = 256;
 #[cfg(loom)]
 const SLOTS: usize = 4;
-const BUSY: u64 = u64::MAX;
+
+/// Tag layout: bit 0 valid, bit 1 busy (a fill is writing the data word), bits 2–37 the page
+/// number (a 48-bit IOVA has 36), bits 38–63 the version.
+const VALID: u64 = 1;
+const BUSY: u64 = 2;
+const PAGE_SHIFT: u32 = 2;
+const PAGE_MASK: u64 = ((1 << 36) - 1) << PAGE_SHIFT;
+const VERSION_ONE: u64 = 1 << 38;
 
 #[derive(Debug, Default)]
 struct Slot {
-    /// `page << 1 | 1` when valid, 0 when empty, BUSY while being written.
     tag: AtomicU64,
     /// Physical page address | access bits (bit 0 read, bit 1 write).
     data: AtomicU64,
 }
+
+/// What [`Iotlb::fill_ticket`] saw of a slot before the walk; [`Iotlb::fill`] needs it unchanged.
+#[derive(Debug, Clone, Copy)]
+pub struct FillTicket(u64);
 
 /// Counters. Exact without contention; approximate when threads race (they are statistics).
 #[derive(Debug, Default)]
@@ -49,6 +67,10 @@ fn slot_of(page: u64) -> usize {
     (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % SLOTS
 }
 
+fn page_bits(page: u64) -> u64 {
+    (page << PAGE_SHIFT) & PAGE_MASK
+}
+
 fn bump(c: &StatCounter) {
     use std::sync::atomic::Ordering::Relaxed;
     // A plain load/store instead of a locked add: a hit must stay a few nanoseconds.
@@ -59,12 +81,11 @@ impl Iotlb {
     /// The cached translation of the page holding `iova`: (physical page, access).
     pub fn lookup(&self, iova: u64) -> Option<(u64, Access)> {
         let page = iova >> 12;
-        let want = page << 1 | 1;
         let s = &self.slots[slot_of(page)];
-        let t1 = s.tag.load(Ordering::Acquire);
-        if t1 == want {
-            let d = s.data.load(Ordering::Acquire);
-            if s.tag.load(Ordering::Acquire) == t1 {
+        let t1 = s.tag.load(SeqCst);
+        if t1 & (VALID | BUSY) == VALID && t1 & PAGE_MASK == page_bits(page) {
+            let d = s.data.load(SeqCst);
+            if s.tag.load(SeqCst) == t1 {
                 bump(&self.stats.hits);
                 return Some((d & !0xfff, Access::from_bits_truncate((d & 0b11) as u8)));
             }
@@ -73,21 +94,51 @@ impl Iotlb {
         None
     }
 
-    /// Caches a translation (skipped if another writer holds the slot).
-    pub fn insert(&self, iova: u64, phys_page: u64, access: Access) {
+    /// Reads the slot of `iova` before a walk that may fill it.
+    pub fn fill_ticket(&self, iova: u64) -> FillTicket {
+        FillTicket(self.slots[slot_of(iova >> 12)].tag.load(SeqCst))
+    }
+
+    /// Caches a translation found by a walk that started after `ticket` was taken; skipped if
+    /// the slot changed since (an invalidation, or another fill).
+    pub fn fill(&self, ticket: FillTicket, iova: u64, phys_page: u64, access: Access) {
         let page = iova >> 12;
         let s = &self.slots[slot_of(page)];
-        let cur = s.tag.load(Ordering::Acquire);
-        if cur == BUSY
+        let t0 = ticket.0;
+        if t0 & BUSY != 0
             || s.tag
-                .compare_exchange(cur, BUSY, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(t0, t0 | BUSY, SeqCst, SeqCst)
                 .is_err()
         {
             return;
         }
         let bits = u64::from(access.bits()) & 0b11;
-        s.data.store(phys_page | bits, Ordering::Release);
-        s.tag.store(page << 1 | 1, Ordering::Release);
+        s.data.store(phys_page | bits, SeqCst);
+        let version = t0 & !(VERSION_ONE - 1);
+        s.tag.store(version | page_bits(page) | VALID, SeqCst);
+    }
+
+    /// Invalidates one slot: bumps its version (so that no fill that read it before succeeds)
+    /// and drops its entry if `page` is `None` or the entry caches `page`.
+    fn invalidate_slot(&self, s: &Slot, page: Option<u64>) {
+        loop {
+            let t = s.tag.load(SeqCst);
+            if t & BUSY != 0 {
+                // A fill is between its claim and its publish: a few instructions.
+                spin();
+                continue;
+            }
+            let drop_entry = page.is_none_or(|p| t & PAGE_MASK == page_bits(p));
+            let keep = if drop_entry {
+                0
+            } else {
+                t & (VALID | PAGE_MASK)
+            };
+            let next = (t & !(VERSION_ONE - 1)).wrapping_add(VERSION_ONE) | keep;
+            if s.tag.compare_exchange(t, next, SeqCst, SeqCst).is_ok() {
+                return;
+            }
+        }
     }
 
     /// Drops every cached page in `[iova, iova+len)`.
@@ -99,10 +150,7 @@ impl Iotlb {
         }
         for p in 0..pages {
             let page = (iova >> 12) + p;
-            let s = &self.slots[slot_of(page)];
-            let _ = s
-                .tag
-                .compare_exchange(page << 1 | 1, 0, Ordering::AcqRel, Ordering::Relaxed);
+            self.invalidate_slot(&self.slots[slot_of(page)], Some(page));
         }
     }
 
@@ -110,12 +158,7 @@ impl Iotlb {
     pub fn clear(&self) {
         bump(&self.stats.invalidations);
         for s in self.slots.iter() {
-            let t = s.tag.load(Ordering::Acquire);
-            if t != 0 && t != BUSY {
-                let _ = s
-                    .tag
-                    .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
-            }
+            self.invalidate_slot(s, None);
         }
     }
 
@@ -139,13 +182,24 @@ mod tests {
     fn hit_miss_invalidate() {
         let t = Iotlb::default();
         assert_eq!(t.lookup(0x5000), None);
-        t.insert(0x5123, 0x9000, Access::READ);
+        let ticket = t.fill_ticket(0x5123);
+        t.fill(ticket, 0x5123, 0x9000, Access::READ);
         assert_eq!(t.lookup(0x5fff), Some((0x9000, Access::READ)));
         t.invalidate_range(0x5000, 0x1000);
         assert_eq!(t.lookup(0x5000), None);
-        t.insert(0x5000, 0x9000, Access::READ | Access::WRITE);
+        let ticket = t.fill_ticket(0x5000);
+        t.fill(ticket, 0x5000, 0x9000, Access::READ | Access::WRITE);
         t.clear();
         assert_eq!(t.lookup(0x5000), None);
         assert_eq!(t.stats(), (1, 3, 2));
+    }
+
+    #[test]
+    fn a_fill_whose_slot_was_invalidated_since_its_ticket_is_dropped() {
+        let t = Iotlb::default();
+        let ticket = t.fill_ticket(0x7000); // the walk starts...
+        t.invalidate_range(0x7000, 0x1000); // ...an unmap invalidates...
+        t.fill(ticket, 0x7000, 0xa000, Access::READ); // ...the walk's result arrives
+        assert_eq!(t.lookup(0x7000), None);
     }
 }

@@ -1,20 +1,44 @@
-//! A 4-level page table in a real format, stored in [`Frames`]. Mapping picks the largest leaf
-//! the page sizes and alignment allow and keeps its place in the last table between pages, so a
-//! long range costs about one entry store per page. Unmapping walks across leaves of every size
-//! (a 2 MiB block followed by 4 KiB pages is one range) and stops only at a hole; it never splits
-//! a leaf: a range that would cut one is refused before anything changes. Tables left empty are
-//! unlinked at once and freed only by [`PageTable::release_freelist`], which the owner calls
-//! after the IOTLB flush that follows (Linux's `iommu_iotlb_gather` freelist): a walker that
-//! cached a path through them never reads a reused frame.
+//! A 4-level page table in a real format, stored in [`Frames`], that many threads map, unmap and
+//! walk at once without a lock, as Linux's io-pgtable does:
+//!
+//! - **Tables are installed by compare-and-swap.** A mapper that finds an empty entry on its way
+//!   down allocates a table and swaps it in; if another thread won, it gives its frame back (it
+//!   was never reachable) and follows the winner's.
+//! - **Leaves are set and cleared in place** with compare-and-swap: a map never overwrites a live
+//!   entry (all or nothing: a clash takes back what the call set and fails with `AlreadyMapped`),
+//!   an unmap clears only leaves. Mapping picks the largest leaf the page sizes and alignment
+//!   allow and fills a run of entries per table, so a long range costs about one store a page.
+//! - **Unmap walks across leaves of every size** (a 2 MiB block followed by 4 KiB pages is one
+//!   range) and stops only at a hole; it never splits a leaf: a range that would cut one is
+//!   refused before anything changes.
+//! - **Tables are unlinked only when empty**, either because an unmap covered their whole span or
+//!   by [`PageTable::reclaim`] at a full flush, with a two-step protocol against a mapper that is
+//!   installing into the table at the same moment: the unlinker marks the parent's entry
+//!   ([`UNLINKING`]), checks the table is empty, then clears the entry; a mapper re-checks after
+//!   installing that the path from the root still reaches its table unmarked, and otherwise takes
+//!   its entries back and starts again. Either the unlinker sees the mapper's entry and backs off,
+//!   or the mapper sees the mark and retreats (a full fence between each side's store and load:
+//!   the Dekker pattern).
+//! - **Unlinked tables are freed only after the flush that follows** (Linux's
+//!   `iommu_iotlb_gather` freelist, [`PageTable::release_freelist`]) and then reused only after
+//!   every walk that could still read them has ended (an epoch, see `Frames::retire`).
+//!
+//! The protocol is model-checked with loom in `tests/loom_pagetable.rs`.
 
 use crate::format::{index, level_size, Format, Pte};
-use crate::frames::{Frames, ENTRIES};
+use crate::frames::{Frames, Table, ENTRIES};
+use crate::sync::{epoch, fence, spin, Mutex, Ordering::SeqCst};
 use p2p_core::access::Access;
 use p2p_core::{Error, Result};
 use std::marker::PhantomData;
 
 /// The root is level 3.
 const ROOT: usize = 3;
+
+/// A software bit in a table entry: the table below it is being unlinked. Bit 58 is ignored by
+/// both formats' walkers (VT-d second level: bits 52–61 are ignored; ARM stage 2: bits 55–58 are
+/// for software) and lies above every output-address field, so decoding never sees it.
+pub const UNLINKING: u64 = 1 << 58;
 
 /// A leaf found by a walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,27 +60,30 @@ pub struct Leaf {
 pub struct PageTable<F: Format> {
     frames: Frames,
     root: u32,
-    /// Tables emptied by unmap, freed at the next flush.
-    freelist: Vec<u32>,
+    /// Tables unlinked since the last flush, retired at the next one.
+    freelist: Mutex<Vec<u32>>,
     _format: PhantomData<F>,
 }
 
-/// The table holding the entries for an address at some level.
+/// The tables on the way down to an address: `path[l]` is the level-`l` table for every `l` from
+/// `level` up to the root; `leaf` says whether the walk ended at a leaf (in `path[level]`)
+/// rather than at an empty entry.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    table: u32,
+struct Walk {
+    path: [u32; ROOT + 1],
     level: usize,
+    leaf: bool,
 }
 
 impl<F: Format> PageTable<F> {
     /// An empty table whose frames start at physical `frames_base`.
     pub fn new(frames_base: u64) -> Result<Self> {
-        let mut frames = Frames::new(frames_base);
+        let frames = Frames::new(frames_base);
         let root = frames.alloc(0)?;
         Ok(Self {
             frames,
             root,
-            freelist: Vec::new(),
+            freelist: Mutex::default(),
             _format: PhantomData,
         })
     }
@@ -66,79 +93,93 @@ impl<F: Format> PageTable<F> {
         &self.frames
     }
 
-    /// Mutable frames (fault injection).
-    pub fn frames_mut(&mut self) -> &mut Frames {
-        &mut self.frames
-    }
-
     /// Physical address of the root table (what a context entry points at).
     pub fn root_phys(&self) -> u64 {
         self.frames.phys(self.root)
     }
 
-    /// Frames in use, including tables waiting on the freelist.
+    /// Frames in use, including unlinked tables waiting on the freelist.
     pub fn live_frames(&self) -> usize {
         self.frames.live()
     }
 
-    /// Frees the tables emptied since the last call (the IOTLB flush has happened).
-    pub fn release_freelist(&mut self) {
-        // Drained in place: the list keeps its capacity for the next unmap.
-        while let Some(f) = self.freelist.pop() {
-            self.frames.release(f);
+    /// Retires the tables unlinked since the last call: call it after the IOTLB flush that
+    /// follows their unmap.
+    pub fn release_freelist(&self) {
+        let gathered = std::mem::take(&mut *self.freelist.lock());
+        for f in gathered {
+            self.frames.retire(f);
         }
     }
 
+    fn table(&self, frame: u32) -> &Table {
+        self.frames.table(frame)
+    }
+
     /// The table at `level` that covers `iova`, creating tables on the way if `create`.
-    /// `Ok(None)` when absent and not creating; an error if a leaf covers it at a higher level.
-    fn table_at(&mut self, iova: u64, level: usize, create: bool) -> Result<Option<u32>> {
+    /// `Ok(None)` when absent and not creating; `AlreadyMapped` if a leaf covers it higher up.
+    fn table_at(&self, iova: u64, level: usize, create: bool) -> Result<Option<u32>> {
         let mut table = self.root;
         for l in (level + 1..=ROOT).rev() {
-            let i = index(iova, l);
-            let pte = self.frames.table(table)[i];
-            table = match F::decode(pte, l) {
-                Pte::Table(phys) => self.frames.frame_at(phys),
-                Pte::Leaf { .. } => return Err(Error::AlreadyMapped(iova & !(level_size(l) - 1))),
-                Pte::Invalid if !create => return Ok(None),
-                Pte::Invalid => {
-                    let child = self.frames.alloc(iova)?;
-                    let phys = self.frames.phys(child);
-                    self.frames.table_mut(table)[i] = F::table(phys);
-                    self.frames.add_count(table, 1);
-                    child
+            let slot = &self.table(table)[index(iova, l)];
+            table = loop {
+                let pte = slot.load(SeqCst);
+                if pte & UNLINKING != 0 {
+                    // The table below is being unlinked: wait for the verdict.
+                    spin();
+                    continue;
+                }
+                match F::decode(pte, l) {
+                    Pte::Table(phys) => break self.frames.frame_at(phys),
+                    Pte::Leaf { .. } => {
+                        return Err(Error::AlreadyMapped(iova & !(level_size(l) - 1)))
+                    }
+                    Pte::Invalid if !create => return Ok(None),
+                    Pte::Invalid => {
+                        let child = self.frames.alloc(iova)?;
+                        let new = F::table(self.frames.phys(child));
+                        match slot.compare_exchange(pte, new, SeqCst, SeqCst) {
+                            Ok(_) => break child,
+                            // Another thread installed a table (or a leaf) first.
+                            Err(_) => self.frames.release(child),
+                        }
+                    }
                 }
             };
         }
         Ok(Some(table))
     }
 
-    /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing stays mapped.
-    pub fn map(
-        &mut self,
-        iova: u64,
-        phys: u64,
-        len: u64,
-        access: Access,
-        mmio: bool,
-    ) -> Result<()> {
+    /// Whether the walk from the root to `level` for `iova` still reaches `table` through
+    /// entries no unlinker has marked.
+    fn reaches(&self, iova: u64, level: usize, table: u32) -> bool {
+        let mut t = self.root;
+        for l in (level + 1..=ROOT).rev() {
+            let pte = self.table(t)[index(iova, l)].load(SeqCst);
+            match F::decode(pte, l) {
+                Pte::Table(phys) if pte & UNLINKING == 0 => t = self.frames.frame_at(phys),
+                _ => return false,
+            }
+        }
+        t == table
+    }
+
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
+    pub fn map(&self, iova: u64, phys: u64, len: u64, access: Access, mmio: bool) -> Result<()> {
+        let _walking = epoch::pin();
         let mut done = 0u64;
         let result = self.map_inner(iova, phys, len, access, mmio, &mut done);
         if result.is_err() {
-            // Only leaves this call made are in [iova, iova+done): no split is possible.
+            // Only leaves this call made are in [iova, iova+done): no split is possible. Tables
+            // made for it stay until a reclaim finds them empty.
             let undone = self.unmap_range(iova, done);
             debug_assert_eq!(undone, done);
-            // Tables made for the page that failed may be empty.
-            let (path, level, _) = self.path(iova + done);
-            self.prune(&path, level, iova + done);
-            // The emptied tables join the freelist and wait for the next flush with the tables
-            // earlier unmaps left there: freeing the list here would free those before their
-            // flush.
         }
         result
     }
 
     fn map_inner(
-        &mut self,
+        &self,
         iova: u64,
         phys: u64,
         len: u64,
@@ -146,7 +187,6 @@ impl<F: Format> PageTable<F> {
         mmio: bool,
         done: &mut u64,
     ) -> Result<()> {
-        let mut cached: Option<(u64, Slot)> = None; // (iova >> shift of the table's coverage, slot)
         while *done < len {
             let (va, pa, rem) = (iova + *done, phys + *done, len - *done);
             let size = F::PAGE_SIZES
@@ -157,36 +197,55 @@ impl<F: Format> PageTable<F> {
                     align: 4096,
                 })?;
             let level = size.trailing_zeros() as usize / 9 - 1;
-            let cover = level_size(level + 1).trailing_zeros();
-            let slot = match cached {
-                Some((key, s)) if key == va >> cover && s.level == level => s,
-                _ => {
-                    let t = self
-                        .table_at(va, level, true)?
-                        .unwrap_or_else(|| unreachable!("created"));
-                    let s = Slot { table: t, level };
-                    cached = Some((va >> cover, s));
-                    s
-                }
-            };
-            // Fill consecutive entries of this table while the same leaf size still fits.
+            let table = self
+                .table_at(va, level, true)?
+                .unwrap_or_else(|| unreachable!("created"));
             let first = index(va, level);
             let n = ((rem >> size.trailing_zeros()) as usize)
                 .min(ENTRIES - first)
                 .max(1);
-            let table = self.frames.table_mut(slot.table);
+            let leaf = |k: usize| F::leaf(pa + k as u64 * size, level, access, mmio);
+            let entries = &self.table(table)[first..first + n];
             for k in 0..n {
-                if table[first + k] != 0 {
-                    *done += k as u64 * size;
-                    self.frames.add_count(slot.table, k as i32);
+                if !self.install(table, first + k, level, leaf(k)) {
+                    withdraw(&entries[..k], leaf);
                     return Err(Error::AlreadyMapped(va + k as u64 * size));
                 }
-                table[first + k] = F::leaf(pa + k as u64 * size, level, access, mmio);
             }
-            self.frames.add_count(slot.table, n as i32);
-            *done += n as u64 * size;
+            // Store (our entries) then load (the path): with the unlinker's store (its mark) then
+            // load (the table), a Dekker pattern, which needs a full fence on both sides
+            // (sequentially consistent accesses alone are not enough under every model, loom's
+            // included).
+            fence(SeqCst);
+            if self.reaches(va, level, table) {
+                *done += n as u64 * size;
+            } else {
+                // The table was being unlinked while we filled it: take the run back and place
+                // it again, in whatever table the path holds now.
+                withdraw(entries, leaf);
+            }
         }
         Ok(())
+    }
+
+    /// Sets entry `idx` of `table` (a level-`level` table) to `leaf` if it is empty. An entry
+    /// that points at an empty table (left by unmaps of smaller pages) is cleared first, as
+    /// Linux's `arm_lpae_init_pte` replaces an empty table with a block. False if it maps
+    /// something.
+    fn install(&self, table: u32, idx: usize, level: usize, leaf: u64) -> bool {
+        let e = &self.table(table)[idx];
+        loop {
+            match e.compare_exchange(0, leaf, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(cur) if cur & UNLINKING != 0 => spin(),
+                Err(cur) => match F::decode(cur, level) {
+                    Pte::Table(_) if self.try_unlink(table, idx, level) => {}
+                    // Another thread's empty table came and went: look again.
+                    Pte::Invalid => {}
+                    _ => return false,
+                },
+            }
+        }
     }
 
     /// The leaf mapping `iova`, by a walk that reads entries exactly as hardware would.
@@ -194,6 +253,7 @@ impl<F: Format> PageTable<F> {
         if iova >> F::IAS != 0 {
             return None;
         }
+        let _walking = epoch::pin();
         let mut table_phys = self.frames.phys(self.root);
         for level in (0..=ROOT).rev() {
             let pte = self
@@ -204,9 +264,8 @@ impl<F: Format> PageTable<F> {
                 Pte::Table(next) => table_phys = next,
                 Pte::Leaf { phys, access } => {
                     let size = level_size(level);
-                    let base = iova & !(size - 1);
                     return Some(Leaf {
-                        iova: base,
+                        iova: iova & !(size - 1),
                         size,
                         phys,
                         access,
@@ -220,8 +279,9 @@ impl<F: Format> PageTable<F> {
 
     /// Unmaps `[iova, iova+len)`, returning the bytes unmapped: it crosses leaves of any size and
     /// stops at the first hole. A range whose ends would cut a larger leaf is refused with
-    /// [`Error::Backend`] naming the leaf, and nothing is unmapped.
-    pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64> {
+    /// [`Error::Backend`] naming the leaf, and nothing is unmapped. Tables whose whole span the
+    /// unmap covered are unlinked and wait on the freelist for the next flush.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
         if len == 0 {
             return Ok(0);
         }
@@ -230,16 +290,16 @@ impl<F: Format> PageTable<F> {
             addr: iova,
             len,
         })?;
+        let _walking = epoch::pin();
         let split = |leaf_start: u64, size: u64| {
             Error::Backend {
             backend: "soft-iommu",
             message: format!("unmap of {iova:#x}+{len:#x} would split the {size:#x}-byte page at {leaf_start:#x}; unmap whole pages"),
         }
         };
-        let first_path = self.path(iova);
-        let (_, level, leaf) = first_path;
-        let first_end = if leaf {
-            let size = level_size(level);
+        let first = self.walk(iova);
+        let first_end = if first.leaf {
+            let size = level_size(first.level);
             let start = iova & !(size - 1);
             if start < iova || start + size > end {
                 return Err(split(start, size));
@@ -250,91 +310,155 @@ impl<F: Format> PageTable<F> {
         };
         // The last leaf can cut the range only if the range goes past the first leaf.
         if first_end < end {
-            if let (_, level, true) = self.path(end - 1) {
-                let size = level_size(level);
+            let last = self.walk(end - 1);
+            if last.leaf {
+                let size = level_size(last.level);
                 let start = (end - 1) & !(size - 1);
                 if start + size > end {
                     return Err(split(start, size));
                 }
             }
         }
-        Ok(self.unmap_range_from(iova, len, Some(first_path)))
+        let done = self.unmap_range(iova, len);
+        self.unlink_covered(iova, done);
+        Ok(done)
     }
 
-    /// Clears whole leaves from `iova` until `len` bytes or a hole; unlinks emptied tables.
-    fn unmap_range(&mut self, iova: u64, len: u64) -> u64 {
-        self.unmap_range_from(iova, len, None)
-    }
-
-    /// [`unmap_range`](Self::unmap_range) given the walk to `iova` if the caller has it.
-    ///
-    /// Each step clears the run of leaves of one size in one table, then walks again from the
-    /// next address: a table entry there (smaller pages follow) or a leaf of another size is
-    /// simply the next step; only an empty entry (a hole) ends the unmap.
-    fn unmap_range_from(
-        &mut self,
-        iova: u64,
-        len: u64,
-        mut known: Option<([u32; ROOT + 1], usize, bool)>,
-    ) -> u64 {
+    /// Clears whole leaves from `iova` until `len` bytes or a hole. Each step clears the run of
+    /// leaves of one size in one table, then walks again from the next address: a table entry
+    /// there (smaller pages follow) or a leaf of another size is simply the next step; only an
+    /// empty entry (a hole) ends the unmap.
+    fn unmap_range(&self, iova: u64, len: u64) -> u64 {
         let mut done = 0u64;
         while done < len {
             let va = iova + done;
-            let walk = known.take().unwrap_or_else(|| self.path(va));
-            let (path, level, true) = walk else { break };
-            let size = level_size(level);
-            let table_id = path[level];
-            let first = index(va, level);
+            let w = self.walk(va);
+            if !w.leaf {
+                break;
+            }
+            let size = level_size(w.level);
+            let first = index(va, w.level);
             let n = (((len - done) >> size.trailing_zeros()) as usize)
                 .min(ENTRIES - first)
                 .max(1);
-            let table = self.frames.table_mut(table_id);
+            let entries = &self.table(w.path[w.level])[first..first + n];
             let mut cleared = 0;
-            while cleared < n
-                && matches!(F::decode(table[first + cleared], level), Pte::Leaf { .. })
-            {
-                table[first + cleared] = 0;
+            for e in entries {
+                let cur = e.load(SeqCst);
+                let is_leaf = matches!(F::decode(cur, w.level), Pte::Leaf { .. });
+                if !is_leaf || e.compare_exchange(cur, 0, SeqCst, SeqCst).is_err() {
+                    break;
+                }
                 cleared += 1;
             }
-            self.frames.add_count(table_id, -(cleared as i32));
+            if cleared == 0 {
+                // Cleared by someone else between the walk and here: a hole now.
+                break;
+            }
             done += cleared as u64 * size;
-            self.prune(&path, level, va);
         }
         done.min(len)
     }
 
-    /// The tables on the way down to `va`: `path[l]` is the level-`l` table for every `l` from
-    /// the returned level up to the root; the flag says whether the walk ended at a leaf (in
-    /// `path[level]`) rather than at an empty entry.
-    fn path(&self, va: u64) -> ([u32; ROOT + 1], usize, bool) {
+    /// The walk to `va` (see [`Walk`]).
+    fn walk(&self, va: u64) -> Walk {
         let mut path = [self.root; ROOT + 1];
         let mut table = self.root;
         for level in (0..=ROOT).rev() {
             path[level] = table;
-            match F::decode(self.frames.table(table)[index(va, level)], level) {
-                Pte::Invalid => return (path, level, false),
+            match F::decode(self.table(table)[index(va, level)].load(SeqCst), level) {
+                Pte::Invalid => {
+                    return Walk {
+                        path,
+                        level,
+                        leaf: false,
+                    }
+                }
                 Pte::Table(phys) => table = self.frames.frame_at(phys),
-                Pte::Leaf { .. } => return (path, level, true),
+                Pte::Leaf { .. } => {
+                    return Walk {
+                        path,
+                        level,
+                        leaf: true,
+                    }
+                }
             }
         }
         unreachable!("level-0 entries are leaves or invalid")
     }
 
-    /// Unlinks the empty tables of `path` from `level` upward (never the root); they wait on the
-    /// freelist for the next IOTLB flush.
-    fn prune(&mut self, path: &[u32; ROOT + 1], level: usize, va: u64) {
-        for l in level..ROOT {
-            let child = path[l];
-            if self.frames.count(child) != 0 {
-                return;
+    /// Unlinks the tables whose whole span lies in `[iova, iova+len)`, lowest level first, so
+    /// that a parent emptied by its children's unlinking goes too.
+    fn unlink_covered(&self, iova: u64, len: u64) {
+        let end = iova + len;
+        for level in 1..=ROOT {
+            let span = level_size(level);
+            let mut base = iova.next_multiple_of(span);
+            while base.checked_add(span).is_some_and(|e| e <= end) {
+                if let Ok(Some(parent)) = self.table_at(base, level, false) {
+                    self.try_unlink(parent, index(base, level), level);
+                }
+                base += span;
             }
-            let parent = path[l + 1];
-            self.frames.table_mut(parent)[index(va, l + 1)] = 0;
-            self.frames.add_count(parent, -1);
-            self.freelist.push(child);
+        }
+    }
+
+    /// Unlinks the table that entry `idx` of `parent` (a level-`level` table) points at, if it
+    /// is empty. Returns whether it did.
+    fn try_unlink(&self, parent: u32, idx: usize, level: usize) -> bool {
+        let slot = &self.table(parent)[idx];
+        let cur = slot.load(SeqCst);
+        let Pte::Table(phys) = F::decode(cur, level) else {
+            return false;
+        };
+        if cur & UNLINKING != 0
+            || slot
+                .compare_exchange(cur, cur | UNLINKING, SeqCst, SeqCst)
+                .is_err()
+        {
+            return false;
+        }
+        let child = self.frames.frame_at(phys);
+        // The other half of the mapper's fence: mark, fence, then look.
+        fence(SeqCst);
+        if !self.frames.is_empty(child) {
+            // A mapper got there first (or it was never empty): keep it.
+            slot.store(cur, SeqCst);
+            return false;
+        }
+        // Only the unlinker changes a marked entry.
+        slot.store(0, SeqCst);
+        self.freelist.lock().push(child);
+        true
+    }
+
+    /// Unlinks every empty table (bottom up), for the freelist: the memory a long-running domain
+    /// would otherwise keep for ranges it no longer maps. Safe while other threads map and walk.
+    pub fn reclaim(&self) {
+        let _walking = epoch::pin();
+        self.reclaim_below(self.root, ROOT);
+    }
+
+    fn reclaim_below(&self, table: u32, level: usize) {
+        for idx in 0..ENTRIES {
+            let pte = self.table(table)[idx].load(SeqCst);
+            if let Pte::Table(phys) = F::decode(pte, level) {
+                if level > 1 {
+                    self.reclaim_below(self.frames.frame_at(phys), level - 1);
+                }
+                self.try_unlink(table, idx, level);
+            }
         }
     }
 }
 
-#[cfg(test)]
+/// Takes back the entries a map call set in `entries` (each is still the leaf `leaf(k)`: nobody
+/// else clears a leaf it did not map, unless it unmaps a range it does not own).
+fn withdraw(entries: &[crate::sync::AtomicU64], leaf: impl Fn(usize) -> u64) {
+    for (k, e) in entries.iter().enumerate() {
+        let _ = e.compare_exchange(leaf(k), 0, SeqCst, SeqCst);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
 mod tests;

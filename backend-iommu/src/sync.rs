@@ -1,24 +1,32 @@
-//! The primitives the software IOMMU's concurrency protocol uses (the page-table lock, the flush
-//! queue, the IOTLB's slot words), in one place so that `RUSTFLAGS="--cfg loom"` swaps them for
-//! [loom]'s model-checked versions (`backend-iommu/tests/loom_iotlb.rs`).
+//! The primitives the software IOMMU's concurrency protocols use (page-table entries, the flush
+//! queue, the IOTLB's slot words, deferred reclamation), in one place so that `RUSTFLAGS="--cfg loom"` swaps them for
+//! [loom]'s model-checked versions (`backend-iommu/tests/loom_iotlb.rs`, `loom_pagetable.rs`).
 //!
 //! [loom]: https://docs.rs/loom
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use parking_lot::{Mutex, RwLock};
+pub(crate) use parking_lot::Mutex;
+
+/// Lets another thread run while this one waits for a short protocol step of another.
+pub(crate) fn spin() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
 
 #[cfg(loom)]
-pub(crate) use model::{Mutex, RwLock};
+pub(crate) use model::Mutex;
 
-/// loom's locks with parking_lot's infallible API.
+/// loom's mutex with parking_lot's infallible API.
 #[cfg(loom)]
 mod model {
-    use loom::sync::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+    use loom::sync::MutexGuard;
     use std::sync::PoisonError;
 
     /// loom's mutex, `lock` without a `Result`.
@@ -30,20 +38,34 @@ mod model {
             self.0.lock().unwrap_or_else(PoisonError::into_inner)
         }
     }
+}
 
-    /// loom's reader-writer lock, `read` / `write` without a `Result`.
-    #[derive(Debug)]
-    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+/// Deferred reclamation of page-table frames: a walk pins the current epoch for as long as it
+/// holds table references, and a retired frame is reused only after every pin that could have
+/// seen it has ended ([crossbeam-epoch], the user-space counterpart of the RCU grace period
+/// Linux waits before freeing tables). Under loom, retired frames are never reused: the models
+/// check the install / unlink protocol, and reclamation is crossbeam's.
+///
+/// [crossbeam-epoch]: https://docs.rs/crossbeam-epoch
+pub(crate) mod epoch {
+    /// Holds the epoch while alive.
+    #[cfg(not(loom))]
+    pub(crate) type Guard = crossbeam_epoch::Guard;
+    /// Holds nothing: under loom nothing is reclaimed.
+    #[cfg(loom)]
+    pub(crate) type Guard = ();
 
-    impl<T> RwLock<T> {
-        pub(crate) fn new(v: T) -> Self {
-            Self(loom::sync::RwLock::new(v))
-        }
-        pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
-            self.0.read().unwrap_or_else(PoisonError::into_inner)
-        }
-        pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
-            self.0.write().unwrap_or_else(PoisonError::into_inner)
-        }
+    /// Pins the current epoch for the duration of a walk.
+    pub(crate) fn pin() -> Guard {
+        #[cfg(not(loom))]
+        return crossbeam_epoch::pin();
+    }
+
+    /// Runs `f` once no pinned walk can still see what it frees.
+    pub(crate) fn defer(f: impl FnOnce() + Send + 'static) {
+        #[cfg(not(loom))]
+        crossbeam_epoch::pin().defer(f);
+        #[cfg(loom)]
+        drop(f);
     }
 }

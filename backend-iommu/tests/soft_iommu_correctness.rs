@@ -38,7 +38,7 @@ fn unmap_crosses_from_a_block_into_small_pages<F: Format>() {
             F::NAME
         );
     }
-    d.flush().unwrap();
+    d.flush_all().unwrap(); // the full flush unlinks the tables left empty
     assert_eq!(
         d.live_frames(),
         1,
@@ -174,9 +174,9 @@ fn a_failed_map_leaves_queued_tables_to_the_flush() {
     let d = SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Lazy { batch: 8 }).unwrap();
     d.map(Iova(SZ_1G), PhysAddr(0x8000), SZ_4K, RW).unwrap();
     d.dma_translate(Iova(SZ_1G)).unwrap();
-    d.unmap(Iova(SZ_1G), SZ_4K).unwrap(); // three tables emptied: queued, not freed
+    d.unmap(Iova(SZ_1G), SZ_4K).unwrap(); // three tables left empty, kept until a full flush
     let queued = d.live_frames();
-    assert_eq!(queued, 4, "root + three tables waiting for the flush");
+    assert_eq!(queued, 4, "root + three empty tables");
     d.set_frame_limit(Some(queued + 1));
     assert!(d.map(Iova(8 * SZ_1G), PhysAddr(0x8000), SZ_4K, RW).is_err());
     assert!(
@@ -185,7 +185,7 @@ fn a_failed_map_leaves_queued_tables_to_the_flush() {
         d.live_frames()
     );
     d.set_frame_limit(None);
-    d.drain();
+    d.flush_all().unwrap();
     assert_eq!(d.live_frames(), 1);
 }
 
@@ -213,7 +213,7 @@ fn a_failed_map_sg_frees_its_iova_only_after_a_flush() {
         probe,
         "the failed range was handed out again before its flush"
     );
-    d.drain();
+    d.flush_all().unwrap();
     assert_eq!(
         d.live_frames(),
         1,

@@ -5,6 +5,7 @@
 
 use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, SoftIommu, VtdSecondLevel};
 use p2p_core::conformance::{stress_domain, StressConfig};
+use p2p_core::IommuDomain;
 use std::sync::Arc;
 
 fn stress<F: Format>(policy: FlushPolicy) {
@@ -15,7 +16,7 @@ fn stress<F: Format>(policy: FlushPolicy) {
             .unwrap_or_else(|e| panic!("{} {policy:?}: {e}", F::NAME));
         assert!(report.maps > 0, "{report:?}");
         collisions += report.collisions;
-        d.drain();
+        d.flush_all().unwrap();
         assert_eq!(
             d.live_frames(),
             1,

@@ -90,7 +90,7 @@ fn arm_s2_entries_match_the_published_layout() {
 }
 
 fn selftests<F: Format>() {
-    let mut t = PageTable::<F>::new(0x7f00_0000_0000).unwrap();
+    let t = PageTable::<F>::new(0x7f00_0000_0000).unwrap();
     // (1) an empty table translates nothing.
     for iova in [42, SZ_1G + 42, 2 * SZ_1G + 42] {
         assert_eq!(t.translate(iova), None);
@@ -123,6 +123,7 @@ fn selftests<F: Format>() {
     t.map(top, 0, SZ_1G, Access::READ, false).unwrap();
     assert_eq!(t.translate(top + SZ_1G - 1).unwrap().phys, 0);
     assert_eq!(t.unmap(top, SZ_1G).unwrap(), SZ_1G);
+    t.reclaim();
     t.release_freelist();
     assert_eq!(t.live_frames(), 1, "every table but the root freed");
 }
@@ -139,7 +140,7 @@ fn io_pgtable_selftests_arm() {
 
 #[test]
 fn leaves_are_as_large_as_alignment_allows() {
-    let mut t = PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap();
+    let t = PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap();
     // 2 MiB + 4 KiB starting 4 KiB below a 2 MiB boundary: 4K, then 2M... not: the tail is 4K.
     let iova = 4 * SZ_1G - SZ_4K;
     t.map(iova, iova, SZ_2M + 2 * SZ_4K, RW, false).unwrap();
@@ -153,7 +154,7 @@ fn leaves_are_as_large_as_alignment_allows() {
 
 #[test]
 fn a_partial_unmap_of_a_large_page_is_refused_whole() {
-    let mut t = PageTable::<ArmLpaeS2>::new(0x7f00_0000_0000).unwrap();
+    let t = PageTable::<ArmLpaeS2>::new(0x7f00_0000_0000).unwrap();
     t.map(SZ_1G, 0, SZ_2M, RW, false).unwrap();
     let err = t.unmap(SZ_1G, SZ_4K).unwrap_err();
     assert!(
@@ -177,7 +178,7 @@ fn a_partial_unmap_of_a_large_page_is_refused_whole() {
 
 #[test]
 fn the_walk_reads_what_hardware_reads() {
-    let mut t = PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap();
+    let t = PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap();
     let iova = 0x12_3456_7000;
     t.map(iova, 0xabc_d000, SZ_4K, Access::READ, false).unwrap();
     // Walk by hand from the root's physical address, reading 8-byte entries.
@@ -195,15 +196,16 @@ fn the_walk_reads_what_hardware_reads() {
 
 #[test]
 fn a_failed_frame_allocation_leaves_nothing_mapped() {
-    let mut t = PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap();
+    let t = PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap();
     // Crossing a 1 GiB boundary needs a second level-1 and level-0 table.
     let iova = SZ_1G - 4 * SZ_4K;
-    t.frames_mut().set_limit(Some(4));
+    t.frames().set_limit(Some(4));
     assert!(t.map(iova, 0, 8 * SZ_4K, RW, false).is_err());
     for p in 0..8 {
         assert_eq!(t.translate(iova + p * SZ_4K), None);
     }
-    t.frames_mut().set_limit(None);
+    t.frames().set_limit(None);
+    t.reclaim();
     t.release_freelist();
     assert_eq!(t.live_frames(), 1);
     t.map(iova, 0, 8 * SZ_4K, RW, false).unwrap();
@@ -257,7 +259,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// The reference: a map from page to (phys page, writable), plus the leaf each page belongs to.
 fn check_model<F: Format>(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut t = PageTable::<F>::new(0x7f00_0000_0000).unwrap();
+    let t = PageTable::<F>::new(0x7f00_0000_0000).unwrap();
     let mut model: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
     for op in ops {
         match op {
@@ -326,6 +328,7 @@ fn check_model<F: Format>(ops: Vec<Op>) -> Result<(), TestCaseError> {
             model.remove(&q);
         }
     }
+    t.reclaim();
     t.release_freelist();
     prop_assert_eq!(t.live_frames(), 1);
     Ok(())

@@ -1,0 +1,65 @@
+//! loom model of the lock-free page table's table install vs unlink protocol (see the
+//! `pagetable` module): a mapper installing into a table while another thread unlinks that table
+//! because it is empty, so that it can put a 2 MiB block in its place.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" cargo test -p backend-iommu --release --test loom_pagetable`
+//! (CI runs it; the default preemption bound is 2: each unlink scans 512 entries, and every scan
+//! is a point where loom may switch threads).
+#![cfg(loom)]
+
+use backend_iommu::{PageTable, VtdSecondLevel};
+use loom::sync::Arc;
+use p2p_core::access::Access;
+
+const SZ_4K: u64 = 4096;
+const SZ_2M: u64 = 2 << 20;
+const BASE: u64 = 0x4000_0000;
+const RW: Access = Access::READ.union(Access::WRITE);
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = b.preemption_bound.or(Some(2));
+    b.max_branches = 100_000;
+    b.check(f);
+}
+
+/// An empty last-level table is linked below `BASE` (a page was mapped and unmapped there). One
+/// thread maps a 2 MiB block at `BASE`, which must unlink the empty table first; another maps a
+/// 4 KiB page inside the same 2 MiB. Exactly one wins, and what the winner mapped translates: a
+/// page installed into a table that is being unlinked is never lost.
+#[test]
+fn a_page_installed_while_its_table_is_unlinked_is_never_lost() {
+    model(|| {
+        let t = Arc::new(PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap());
+        t.map(BASE, 0x10_0000, SZ_4K, RW, false).unwrap();
+        assert_eq!(t.unmap(BASE, SZ_4K).unwrap(), SZ_4K);
+        let block = {
+            let t = t.clone();
+            loom::thread::spawn(move || t.map(BASE, 0x4000_0000, SZ_2M, RW, false).is_ok())
+        };
+        let page = t.map(BASE + SZ_4K, 0x20_0000, SZ_4K, RW, false).is_ok();
+        let block = block.join().unwrap();
+        assert!(
+            block ^ page,
+            "exactly one of two overlapping maps wins ({block}, {page})"
+        );
+        let leaf = t
+            .translate(BASE + SZ_4K)
+            .expect("the winner's mapping translates");
+        if page {
+            assert_eq!((leaf.size, leaf.phys), (SZ_4K, 0x20_0000));
+        } else {
+            assert_eq!((leaf.size, leaf.phys), (SZ_2M, 0x4000_0000));
+        }
+        // Everything unmapped and reclaimed, no table is left but the root.
+        let whole = if page {
+            (BASE + SZ_4K, SZ_4K)
+        } else {
+            (BASE, SZ_2M)
+        };
+        assert_eq!(t.unmap(whole.0, whole.1).unwrap(), whole.1);
+        t.reclaim();
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 1);
+    });
+}
