@@ -231,7 +231,6 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         access: Access,
         attrs: MapAttrs,
     ) -> Result<()> {
-        let _span = tracing::debug_span!("domain_map", format = F::NAME, %iova, len).entered();
         check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
         if !access.intersects(Access::READ | Access::WRITE) {
             return Err(Error::Backend {
@@ -258,7 +257,6 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
-        let _span = tracing::debug_span!("domain_unmap", format = F::NAME, %iova, len).entered();
         let n = self.table.unmap(iova.0, len)?;
         if self.policy == FlushPolicy::Strict && n > 0 {
             // Entries first, then the IOTLB (see the iotlb module), then the tables the unmap

@@ -130,16 +130,19 @@ impl Frames {
     }
 
     /// Physical address of a frame.
+    #[inline]
     pub fn phys(&self, frame: u32) -> u64 {
         self.base + (u64::from(frame) << 12)
     }
 
     /// The frame at a physical address.
+    #[inline]
     pub fn frame_at(&self, phys: u64) -> u32 {
         ((phys - self.base) >> 12) as u32
     }
 
     /// A frame's entries.
+    #[inline]
     pub fn table(&self, frame: u32) -> &Table {
         let chunk = self.chunks[frame as usize / CHUNK]
             .get()
@@ -155,6 +158,7 @@ impl Frames {
     }
 
     /// Reads the 64-bit entry at a physical address, as a hardware walker does.
+    #[inline]
     pub fn read_phys(&self, phys: u64) -> u64 {
         let frame = self.frame_at(phys & !0xfff);
         self.table(frame)[((phys & 0xfff) >> 3) as usize].load(Ordering::SeqCst)

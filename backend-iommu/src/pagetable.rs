@@ -27,7 +27,7 @@
 
 use crate::format::{index, level_size, Format, Pte};
 use crate::frames::{Frames, Table, ENTRIES};
-use crate::sync::{epoch, fence, spin, Mutex, Ordering::SeqCst};
+use crate::sync::{epoch, fence, spin, AtomicBool, Mutex, Ordering::SeqCst};
 use p2p_core::access::Access;
 use p2p_core::{Error, Result};
 use std::marker::PhantomData;
@@ -62,6 +62,9 @@ pub struct PageTable<F: Format> {
     root: u32,
     /// Tables unlinked since the last flush, retired at the next one.
     freelist: Mutex<Vec<u32>>,
+    /// Whether `freelist` may hold something: read on every strict unmap, written only when a
+    /// table is unlinked, so threads unmapping side by side do not meet on the freelist's lock.
+    pending: AtomicBool,
     _format: PhantomData<F>,
 }
 
@@ -84,6 +87,7 @@ impl<F: Format> PageTable<F> {
             frames,
             root,
             freelist: Mutex::default(),
+            pending: AtomicBool::new(false),
             _format: PhantomData,
         })
     }
@@ -106,6 +110,9 @@ impl<F: Format> PageTable<F> {
     /// Retires the tables unlinked since the last call: call it after the IOTLB flush that
     /// follows their unmap.
     pub fn release_freelist(&self) {
+        if !self.pending.swap(false, SeqCst) {
+            return;
+        }
         let gathered = std::mem::take(&mut *self.freelist.lock());
         for f in gathered {
             self.frames.retire(f);
@@ -319,7 +326,7 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
-        let done = self.unmap_range(iova, len);
+        let done = self.unmap_range_from(iova, len, Some(first));
         self.unlink_covered(iova, done);
         Ok(done)
     }
@@ -329,10 +336,15 @@ impl<F: Format> PageTable<F> {
     /// there (smaller pages follow) or a leaf of another size is simply the next step; only an
     /// empty entry (a hole) ends the unmap.
     fn unmap_range(&self, iova: u64, len: u64) -> u64 {
+        self.unmap_range_from(iova, len, None)
+    }
+
+    /// [`unmap_range`](Self::unmap_range) given the walk to `iova` if the caller has it.
+    fn unmap_range_from(&self, iova: u64, len: u64, mut known: Option<Walk>) -> u64 {
         let mut done = 0u64;
         while done < len {
             let va = iova + done;
-            let w = self.walk(va);
+            let w = known.take().unwrap_or_else(|| self.walk(va));
             if !w.leaf {
                 break;
             }
@@ -429,6 +441,7 @@ impl<F: Format> PageTable<F> {
         // Only the unlinker changes a marked entry.
         slot.store(0, SeqCst);
         self.freelist.lock().push(child);
+        self.pending.store(true, SeqCst);
         true
     }
 
