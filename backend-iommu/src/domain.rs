@@ -10,7 +10,8 @@ use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
 use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
+    check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, ReservedKind, ReservedRegion,
+    Translation,
 };
 use p2p_core::{Error, Result};
 
@@ -257,17 +258,32 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
+        let mut gather = IotlbGather::default();
+        let n = self.unmap_gather(iova, len, &mut gather)?;
+        self.iotlb_sync(&gather)?;
+        Ok(n)
+    }
+
+    /// Clears the entries; the IOTLB invalidation (strict) waits for
+    /// [`iotlb_sync`](IommuDomain::iotlb_sync), so that many unmaps share one.
+    fn unmap_gather(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64> {
         let n = self.table.unmap(iova.0, len)?;
-        if self.policy == FlushPolicy::Strict && n > 0 {
-            // Entries first, then the IOTLB (see the iotlb module), then the tables the unmap
-            // unlinked (Linux's gather: freed after the sync).
-            self.iotlb.invalidate_range(iova.0, n);
-            self.table.release_freelist();
-        } else if n > 0 {
+        if n > 0 && self.policy != FlushPolicy::Strict {
             // Lazy: the IOTLB may keep these entries until the next drain.
             self.queue.lock().unflushed = true;
         }
+        gather.add(iova, n);
         Ok(n)
+    }
+
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<()> {
+        if let (FlushPolicy::Strict, Some((iova, len))) = (self.policy, gather.span()) {
+            // Entries first, then the IOTLB (see the iotlb module), then the tables the unmaps
+            // unlinked (Linux's gather: freed after the sync).
+            self.iotlb.invalidate_range(iova.0, len);
+            self.table.release_freelist();
+        }
+        Ok(())
     }
 
     fn translate(&self, iova: Iova) -> Option<Translation> {

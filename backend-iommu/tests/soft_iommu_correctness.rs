@@ -240,3 +240,59 @@ fn mmio_mappings_get_device_attributes() {
     assert_eq!(attr(SZ_2M), MEMATTR_DEV);
     assert_eq!(attr(2 * SZ_2M), MEMATTR_OIWB);
 }
+
+/// Unmaps gathered for one sync (Linux's `iommu_unmap_fast` + `iommu_iotlb_sync`): the entries
+/// go at once, the IOTLB is invalidated once for the whole span, and after the sync nothing of
+/// any gathered range translates.
+#[test]
+fn gathered_unmaps_share_one_iotlb_sync() {
+    use p2p_core::traits::IotlbGather;
+    let d = strict::<VtdSecondLevel>();
+    let base = Iova(SZ_1G);
+    for i in 0..3 {
+        let at = Iova(base.0 + i * 2 * SZ_4K);
+        d.map(at, PhysAddr(0x10_0000 + i * SZ_4K), SZ_4K, RW)
+            .unwrap();
+        d.dma_translate(at).unwrap(); // in the IOTLB
+    }
+    let (_, _, invalidations) = d.iotlb_stats();
+    let mut gather = IotlbGather::default();
+    for i in 0..3 {
+        let at = Iova(base.0 + i * 2 * SZ_4K);
+        assert_eq!(d.unmap_gather(at, SZ_4K, &mut gather).unwrap(), SZ_4K);
+        assert_eq!(d.translate(at), None, "the entry is gone at once");
+    }
+    assert_eq!(gather.span(), Some((base, 5 * SZ_4K)));
+    d.iotlb_sync(&gather).unwrap();
+    assert_eq!(
+        d.iotlb_stats().2,
+        invalidations + 1,
+        "one invalidation for three unmaps"
+    );
+    for i in 0..3 {
+        assert_eq!(d.dma_translate(Iova(base.0 + i * 2 * SZ_4K)), None);
+    }
+}
+
+/// A scatter map that fails on its third piece takes back the first two (the trait's default
+/// `map_pieces`, as every domain gets it).
+#[test]
+fn map_pieces_is_all_or_nothing() {
+    use p2p_core::traits::MapPiece;
+    let d = strict::<ArmLpaeS2>();
+    d.map(Iova(SZ_1G + 2 * SZ_4K), PhysAddr(0x9000), SZ_4K, RW)
+        .unwrap();
+    let piece = |phys: u64| MapPiece {
+        phys: PhysAddr(phys),
+        len: SZ_4K,
+        attrs: MapAttrs::empty(),
+    };
+    let pieces = [piece(0x1000), piece(0x2000), piece(0x3000)];
+    assert!(d.map_pieces(Iova(SZ_1G), &pieces, RW).is_err());
+    assert_eq!(d.translate(Iova(SZ_1G)), None);
+    assert_eq!(d.translate(Iova(SZ_1G + SZ_4K)), None);
+    assert_eq!(
+        d.translate(Iova(SZ_1G + 2 * SZ_4K)).unwrap().phys,
+        PhysAddr(0x9000)
+    );
+}

@@ -17,7 +17,9 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Iova, PhysAddr};
 use crate::error::Result;
 use crate::page::PageSizes;
-use crate::traits::{DomainKind, IommuDomain, MapAttrs, ReservedRegion, Translation};
+use crate::traits::{
+    DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece, ReservedRegion, Translation,
+};
 use std::sync::Arc;
 
 /// A shared domain is a domain: wrappers and platforms can hold `Arc<dyn IommuDomain>`.
@@ -57,6 +59,15 @@ impl<T: IommuDomain + ?Sized> IommuDomain for Arc<T> {
     }
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
         (**self).free_iova(iova, len)
+    }
+    fn map_pieces(&self, iova: Iova, pieces: &[MapPiece], access: Access) -> Result<()> {
+        (**self).map_pieces(iova, pieces, access)
+    }
+    fn unmap_gather(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64> {
+        (**self).unmap_gather(iova, len, gather)
+    }
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<()> {
+        (**self).iotlb_sync(gather)
     }
 }
 

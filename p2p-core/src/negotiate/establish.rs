@@ -8,7 +8,8 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
 use crate::error::{Error, Result};
 use crate::traits::{
-    Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MemoryExporter, Platform,
+    Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MapPiece, MemoryExporter,
+    Platform,
 };
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ pub(crate) fn build(
 /// `(DmaAddr, len)` pieces before merging into segments.
 type Pieces = Vec<(DmaAddr, u64)>;
 
-/// An IOVA allocation and the pieces of it mapped, one `map` call each.
+/// An IOVA allocation and the pieces of it mapped, one per chunk.
 struct Mapped {
     range: AddrRange<Iova>,
     pieces: Vec<(Iova, u64)>,
@@ -211,7 +212,8 @@ fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Pieces> {
 }
 
 /// Maps the chunks' CPU physical pages into one contiguous IOVA range below the importer's mask.
-/// Each chunk is mapped with its own `map` call, with MMIO attributes for device memory.
+/// The chunks are mapped back to back by one `map_pieces` (each chunk one piece, with MMIO
+/// attributes for device memory), so that each can be unmapped as it was mapped.
 fn map_into(
     domain: &dyn IommuDomain,
     chunks: &[Chunk],
@@ -257,35 +259,43 @@ fn map_into(
         .min(importer.caps().dma_mask);
     let iova = domain.alloc_iova(total, limit)?;
     let range = AddrRange::new(iova, total)?;
-    let mut mapped = Vec::with_capacity(chunks.len());
-    let mut done = 0u64;
-    for c in chunks {
-        let at = Iova(iova.0 + done);
-        let attrs = if c.mmio {
-            MapAttrs::MMIO
-        } else {
-            MapAttrs::empty()
-        };
-        if let Err(e) = domain.map_attrs(at, c.phys, c.len, access, attrs) {
-            // Undo what was mapped, flush, and free the whole allocation.
-            undo_map(
-                domain,
-                &Mapped {
-                    range,
-                    pieces: mapped,
-                },
-            );
-            return Err(e);
-        }
-        mapped.push((at, c.len));
-        done += c.len;
+    let pieces: Vec<MapPiece> = chunks
+        .iter()
+        .map(|c| MapPiece {
+            phys: c.phys,
+            len: c.len,
+            attrs: if c.mmio {
+                MapAttrs::MMIO
+            } else {
+                MapAttrs::empty()
+            },
+        })
+        .collect();
+    if let Err(e) = domain.map_pieces(iova, &pieces, access) {
+        // map_pieces took back what it mapped: only the allocation is left to give back.
+        undo_map(
+            domain,
+            &Mapped {
+                range,
+                pieces: Vec::new(),
+            },
+        );
+        return Err(e);
     }
-    let pieces = vec![(DmaAddr(iova.raw()), total)];
+    let mut at = iova.0;
+    let mapped = chunks
+        .iter()
+        .map(|c| {
+            let piece = (Iova(at), c.len);
+            at += c.len;
+            piece
+        })
+        .collect();
     Ok((
         Mapped {
             range,
             pieces: mapped,
         },
-        pieces,
+        vec![(DmaAddr(iova.raw()), total)],
     ))
 }

@@ -156,6 +156,85 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova>;
     /// Frees an allocation.
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()>;
+
+    /// Maps `pieces` back to back from `iova` (Linux's `iommu_map_sg`), all or nothing: a failure
+    /// unmaps what the call mapped before it returns. Each piece is mapped by one
+    /// [`map_attrs`](Self::map_attrs) call, so each can be unmapped as it was mapped.
+    fn map_pieces(&self, iova: Iova, pieces: &[MapPiece], access: Access) -> Result<()> {
+        let mut at = iova;
+        for (i, p) in pieces.iter().enumerate() {
+            if let Err(e) = self.map_attrs(at, p.phys, p.len, access, p.attrs) {
+                let mut gather = IotlbGather::default();
+                let mut back = iova;
+                for q in &pieces[..i] {
+                    // Rolling back what this call mapped: its own error is the one to report.
+                    let _ = self.unmap_gather(back, q.len, &mut gather);
+                    back = Iova(back.0 + q.len);
+                }
+                let _ = self.iotlb_sync(&gather);
+                return Err(e);
+            }
+            at = Iova(at.0 + p.len);
+        }
+        Ok(())
+    }
+
+    /// Unmaps like [`unmap`](Self::unmap), but may leave the IOTLB invalidation of the range to
+    /// the [`iotlb_sync`](Self::iotlb_sync) of `gather` (Linux's `iommu_unmap_fast` with an
+    /// `iommu_iotlb_gather`): unmapping many ranges then syncing once costs one invalidation.
+    /// Until that sync returns, the range may still translate through the IOTLB; its IOVAs must
+    /// not be freed before. The default unmaps at once (strictly, if the domain is strict).
+    fn unmap_gather(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64> {
+        let n = self.unmap(iova, len)?;
+        gather.add(iova, n);
+        Ok(n)
+    }
+
+    /// Performs the IOTLB invalidation `gather` collected, and frees the page tables the
+    /// gathered unmaps emptied (Linux's `iommu_iotlb_sync`). The default has nothing to do, as
+    /// the default [`unmap_gather`](Self::unmap_gather) invalidated already.
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<()> {
+        let _ = gather;
+        Ok(())
+    }
+}
+
+/// One piece of a [`IommuDomain::map_pieces`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapPiece {
+    /// Where the piece is.
+    pub phys: PhysAddr,
+    /// Its bytes (a multiple of the domain's smallest page).
+    pub len: u64,
+    /// Its memory attributes.
+    pub attrs: MapAttrs,
+}
+
+/// The IOVA span a series of [`IommuDomain::unmap_gather`] calls left for one
+/// [`IommuDomain::iotlb_sync`]: the smallest range covering them (Linux's `iommu_iotlb_gather`
+/// keeps a start and an end the same way). Holds no allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IotlbGather {
+    span: Option<(u64, u64)>,
+}
+
+impl IotlbGather {
+    /// Adds `[iova, iova+len)` to the span (nothing for an empty range).
+    pub fn add(&mut self, iova: Iova, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let end = iova.0.saturating_add(len);
+        self.span = Some(match self.span {
+            None => (iova.0, end),
+            Some((s, e)) => (s.min(iova.0), e.max(end)),
+        });
+    }
+
+    /// The covering range, `(start, len)`, if anything was added.
+    pub fn span(&self) -> Option<(Iova, u64)> {
+        self.span.map(|(s, e)| (Iova(s), e - s))
+    }
 }
 
 /// The argument checks every [`IommuDomain::map`] makes, in Linux's order: `iova`, `phys` and

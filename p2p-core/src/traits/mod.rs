@@ -10,8 +10,8 @@ mod importer;
 mod platform;
 
 pub use domain::{
-    check_iova_range, check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind,
-    ReservedRegion, Translation,
+    check_iova_range, check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece,
+    ReservedKind, ReservedRegion, Translation,
 };
 pub use exporter::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
 pub use importer::{DmaImporter, ImporterCaps, ImporterFlags, Invalidation, InvalidationKind};
