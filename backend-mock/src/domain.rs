@@ -254,8 +254,10 @@ impl IommuDomain for MockDomain {
         let mut s = self.state.lock();
         match s.iovas.get(&iova.0) {
             Some(&size) if align_up(len, SZ_4K) == Some(size) => {
-                if matches!(self.flush_mode, FlushMode::Lazy { .. }) && s.queued_flushes > 0 {
-                    // Not reusable before the IOTLB forgets it.
+                if matches!(self.flush_mode, FlushMode::Lazy { .. }) {
+                    // Not reusable before the IOTLB forgets it: an unmap leaves what DMA cached
+                    // until the queue drains, flushed since or not (as Linux's flush queue
+                    // holds every lazy free).
                     s.deferred.push((iova.0, size));
                 } else {
                     s.iovas.remove(&iova.0);

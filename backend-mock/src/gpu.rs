@@ -5,12 +5,12 @@ use crate::events::{Event, EventLog};
 use crate::faults::{FaultInjector, FaultPoint};
 use crate::memory::PhysMemory;
 use p2p_core::addr::{AddrRange, BusAddr, Offset, PhysAddr};
+use p2p_core::export::GrantBook;
 use p2p_core::page::SZ_4K;
 use p2p_core::topology::Bar;
 use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
 use p2p_core::{Error, PciAddr, Result};
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The byte written over BAR memory that moved away, so stale peer DMA reads garbage.
@@ -20,11 +20,9 @@ pub const POISON: u8 = 0x6b;
 struct State {
     residency: Residency,
     revoked: bool,
-    next_grant: u64,
-    /// grant id → (grant, window pages it holds).
-    grants: HashMap<u64, (ExportGrant, u64)>,
-    /// Pages of the window in use.
-    window_used: u64,
+    /// The grants, each holding the window pages its range touches while the memory is in
+    /// the BAR.
+    book: GrantBook,
 }
 
 /// A GPU's exportable memory object.
@@ -34,7 +32,6 @@ pub struct MockGpu {
     device: PciAddr,
     bar: Bar,
     size: u64,
-    window_pages: u64,
     movable: bool,
     pinnable: bool,
     host_base: PhysAddr,
@@ -60,12 +57,12 @@ impl MockGpu {
         log: Arc<EventLog>,
         faults: Arc<FaultInjector>,
     ) -> Self {
+        let id = ExporterId::fresh();
         Self {
-            id: ExporterId::fresh(),
+            id,
             device,
             bar,
             size,
-            window_pages,
             movable,
             pinnable,
             host_base,
@@ -76,9 +73,7 @@ impl MockGpu {
             state: Mutex::new(State {
                 residency: Residency::Device(device),
                 revoked: false,
-                next_grant: 0,
-                grants: HashMap::new(),
-                window_used: 0,
+                book: GrantBook::new(id, size).with_window(window_pages),
             }),
         }
     }
@@ -90,7 +85,7 @@ impl MockGpu {
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().grants.len()
+        self.state.lock().book.live()
     }
 
     /// Whether the memory lives in host RAM now.
@@ -124,6 +119,7 @@ impl MockGpu {
             self.memory
                 .copy(self.bar.cpu.0, self.host_base.0, self.size as usize);
             self.memory.fill(self.bar.cpu.0, self.size as usize, POISON);
+            s.book.leave_window();
             s.residency = Residency::Host {
                 numa: self.host_numa,
             };
@@ -132,6 +128,58 @@ impl MockGpu {
                 len: self.size,
             });
         }
+    }
+
+    /// A grant of `requested` bytes made by `make` from the book, after the rules every grant
+    /// follows: the injected revoke, pinning, revocation and the injected full window (while in
+    /// the BAR).
+    fn grant(
+        &self,
+        requested: u64,
+        pin: bool,
+        make: impl FnOnce(&mut GrantBook) -> Result<ExportGrant>,
+    ) -> Result<ExportGrant> {
+        let name = self.device.to_string();
+        if self.faults.should_fail(
+            FaultPoint::ExporterRevoke,
+            || format!("{name} revoked during export"),
+            &self.log,
+        ) {
+            self.revoke();
+        }
+        if pin && !self.pinnable {
+            return Err(Error::NotPinnable {
+                exporter: self.id,
+                reason: "device-private memory cannot be pinned",
+            });
+        }
+        let mut s = self.state.lock();
+        if s.revoked {
+            return Err(Error::Revoked(self.id));
+        }
+        let in_bar = matches!(s.residency, Residency::Device(_));
+        if in_bar
+            && self.faults.should_fail(
+                FaultPoint::BarWindow,
+                || format!("{name} BAR window full"),
+                &self.log,
+            )
+        {
+            return Err(Error::WindowFull {
+                exporter: self.id,
+                requested,
+                available: 0,
+            });
+        }
+        let g = make(&mut s.book)?;
+        self.log.push(Event::Grant {
+            exporter: name,
+            grant: g.id,
+            offset: g.range.start().0,
+            len: g.range.len(),
+            pinned: pin,
+        });
+        Ok(g)
     }
 
     /// Revokes the memory: every later export fails.
@@ -168,81 +216,16 @@ impl MemoryExporter for MockGpu {
     }
 
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        let name = self.device.to_string();
-        if self.faults.should_fail(
-            FaultPoint::ExporterRevoke,
-            || format!("{name} revoked during export"),
-            &self.log,
-        ) {
-            self.revoke();
-        }
-        if range.is_empty() || range.end().0 > self.size {
-            return Err(Error::OutOfBounds {
-                kind: "offset",
-                start: range.start().0,
-                len: range.len(),
-                limit_start: 0,
-                limit_len: self.size,
-            });
-        }
-        if pin && !self.pinnable {
-            return Err(Error::NotPinnable {
-                exporter: self.id,
-                reason: "device-private memory cannot be pinned",
-            });
-        }
-        let mut s = self.state.lock();
-        if s.revoked {
-            return Err(Error::Revoked(self.id));
-        }
-        // The window holds whole pages: every page the range touches.
-        let pages = range.pages(SZ_4K)?.len() / SZ_4K;
-        let in_bar = matches!(s.residency, Residency::Device(_));
-        let free = self.window_pages - s.window_used;
-        let injected = in_bar
-            && self.faults.should_fail(
-                FaultPoint::BarWindow,
-                || format!("{name} BAR window full"),
-                &self.log,
-            );
-        if in_bar && (pages > free || injected) {
-            return Err(Error::WindowFull {
-                exporter: self.id,
-                requested: range.len(),
-                available: if injected { 0 } else { free * SZ_4K },
-            });
-        }
-        let window = if in_bar { pages } else { 0 };
-        s.window_used += window;
-        s.next_grant += 1;
-        let g = ExportGrant {
-            exporter: self.id,
-            id: s.next_grant,
-            range,
-            pinned: pin,
-        };
-        s.grants.insert(g.id, (g.clone(), window));
-        self.log.push(Event::Grant {
-            exporter: name,
-            grant: g.id,
-            offset: range.start().0,
-            len: range.len(),
-            pinned: pin,
-        });
-        Ok(g)
+        self.grant(range.len(), pin, |book| book.export(range, pin))
     }
 
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        self.export(AddrRange::new(Offset(0), len)?, pin)
+        self.grant(len, pin, |book| book.allocate(len, pin))
     }
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         let s = self.state.lock();
-        let (g, _) = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        let span = g.range.pages(SZ_4K)?;
+        let span = s.book.get(grant)?.range.pages(SZ_4K)?;
         let (start, len) = (span.start().0, span.len());
         Ok(vec![match s.residency {
             Residency::Device(_) => Chunk {
@@ -263,15 +246,10 @@ impl MemoryExporter for MockGpu {
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {
-        let mut s = self.state.lock();
-        let (g, window) = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        s.window_used -= window;
+        self.state.lock().book.release(grant)?;
         self.log.push(Event::Release {
             exporter: self.device.to_string(),
-            grant: g.id,
+            grant: grant.id,
         });
         Ok(())
     }

@@ -3,20 +3,17 @@
 
 use crate::events::{Event, EventLog};
 use p2p_core::addr::{align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use p2p_core::export::GrantBook;
 use p2p_core::page::SZ_4K;
-use p2p_core::testing::alloc_top_down;
 use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    next_grant: u64,
-    grants: HashMap<u64, ExportGrant>,
-    /// Bounce-pool allocations: start → length.
-    pool: BTreeMap<u64, u64>,
+    /// The grants; `allocate` carves from the bounce pool.
+    book: GrantBook,
     /// Next free byte for carve-outs.
     carve: u64,
 }
@@ -32,20 +29,23 @@ pub struct MockHostMemory {
 }
 
 impl MockHostMemory {
-    pub(crate) fn new(ram_bytes: u64, pool_bytes: u64, log: Arc<EventLog>) -> Self {
+    pub(crate) fn new(ram_bytes: u64, pool_bytes: u64, log: Arc<EventLog>) -> Result<Self> {
         let pool_bytes = pool_bytes.min(ram_bytes / 2);
-        Self {
-            id: ExporterId::fresh(),
-            ram: AddrRange::new(PhysAddr(0), ram_bytes).unwrap_or_else(|_| unreachable!()),
-            pool: AddrRange::new(PhysAddr(ram_bytes - pool_bytes), pool_bytes)
-                .unwrap_or_else(|_| unreachable!()),
+        let id = ExporterId::fresh();
+        let pool = AddrRange::new(PhysAddr(ram_bytes - pool_bytes), pool_bytes)?;
+        let book = GrantBook::new(id, ram_bytes)
+            .with_pool(AddrRange::new(Offset(pool.start().0), pool.len())?)?;
+        Ok(Self {
+            id,
+            ram: AddrRange::new(PhysAddr(0), ram_bytes)?,
+            pool,
             log,
             // The first 1 MiB stays unused, as on a PC.
             state: Mutex::new(State {
+                book,
                 carve: 1 << 20,
-                ..State::default()
             }),
-        }
+        })
     }
 
     /// RAM's physical range.
@@ -71,30 +71,20 @@ impl MockHostMemory {
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().grants.len()
+        self.state.lock().book.live()
     }
 
-    fn insert(&self, range: AddrRange<Offset>, pin: bool, pool: bool) -> ExportGrant {
-        let mut s = self.state.lock();
-        s.next_grant += 1;
-        let g = ExportGrant {
-            exporter: self.id,
-            id: s.next_grant,
-            range,
-            pinned: pin,
-        };
-        s.grants.insert(g.id, g.clone());
-        if pool {
-            s.pool.insert(range.start().0, range.len());
-        }
+    /// Logs a grant the book made.
+    fn logged(&self, g: Result<ExportGrant>) -> Result<ExportGrant> {
+        let g = g?;
         self.log.push(Event::Grant {
             exporter: "host".into(),
             grant: g.id,
-            offset: range.start().0,
-            len: range.len(),
-            pinned: pin,
+            offset: g.range.start().0,
+            len: g.range.len(),
+            pinned: g.pinned,
         });
-        g
+        Ok(g)
     }
 }
 
@@ -115,66 +105,29 @@ impl MemoryExporter for MockHostMemory {
     }
 
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        if range.is_empty() || range.end().0 > self.ram.len() {
-            return Err(Error::OutOfBounds {
-                kind: "phys",
-                start: range.start().0,
-                len: range.len(),
-                limit_start: 0,
-                limit_len: self.ram.len(),
-            });
-        }
-        Ok(self.insert(range, pin, false))
+        self.logged(self.state.lock().book.export(range, pin))
     }
 
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        let size = align_up(len, SZ_4K).ok_or(Error::EmptyRange {
-            what: "bounce buffer",
-        })?;
-        let at = {
-            let s = self.state.lock();
-            let used: u64 = s.pool.values().sum();
-            let last = self.pool.last().map_or(0, |l| l.0);
-            alloc_top_down(&s.pool, self.pool.start().0, last, size, SZ_4K).ok_or(
-                Error::WindowFull {
-                    exporter: self.id,
-                    requested: len,
-                    available: self.pool.len() - used,
-                },
-            )?
-        };
-        Ok(self.insert(AddrRange::new(Offset(at), size)?, pin, true))
+        self.logged(self.state.lock().book.allocate(len, pin))
     }
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
-        let s = self.state.lock();
-        let g = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        let start = g.range.start().0 & !(SZ_4K - 1);
-        let end = align_up(g.range.end().0, SZ_4K).unwrap_or(g.range.end().0);
+        let span = self.state.lock().book.get(grant)?.range.pages(SZ_4K)?;
         Ok(vec![Chunk {
-            offset: Offset(start),
-            len: end - start,
-            phys: PhysAddr(start),
-            bus: BusAddr(start),
+            offset: span.start(),
+            len: span.len(),
+            phys: PhysAddr(span.start().0),
+            bus: BusAddr(span.start().0),
             mmio: false,
         }])
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {
-        let mut s = self.state.lock();
-        let g = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        if s.pool.get(&g.range.start().0) == Some(&g.range.len()) {
-            s.pool.remove(&g.range.start().0);
-        }
+        self.state.lock().book.release(grant)?;
         self.log.push(Event::Release {
             exporter: "host".into(),
-            grant: g.id,
+            grant: grant.id,
         });
         Ok(())
     }

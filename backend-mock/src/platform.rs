@@ -133,7 +133,7 @@ impl MockPlatform {
             config.ram_bytes,
             config.bounce_pool,
             log.clone(),
-        ));
+        )?);
         let mut windows = Vec::new();
         for (a, e) in topology.endpoints() {
             for b in &e.bars {

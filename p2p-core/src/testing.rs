@@ -6,6 +6,7 @@
 use crate::access::Access;
 use crate::addr::{align_up, AddrRange, BusAddr, Iova, Offset, PhysAddr};
 use crate::error::{Error, Result};
+use crate::export::GrantBook;
 use crate::page::{PageSizes, SZ_4K};
 use crate::pci::PciAddr;
 use crate::topology::Topology;
@@ -233,15 +234,8 @@ impl IommuDomain for TestDomain {
 struct ExporterState {
     residency: Residency,
     revoked: bool,
-    next_grant: u64,
-    /// grant id → (grant, first window slot)
-    grants: HashMap<u64, (ExportGrant, u64)>,
-    /// window slots in use: first slot → count
-    slots: BTreeMap<u64, u64>,
-    /// Ranges of the object handed out by `allocate`: start → length.
-    carved: BTreeMap<u64, u64>,
-    /// grant id → start of the range `allocate` carved for it.
-    carved_by: HashMap<u64, u64>,
+    /// The grants and the window slots they hold while the memory is in the BAR.
+    book: GrantBook,
 }
 
 /// Device memory exported through a BAR window of `window_pages` 4 KiB pages: a GPU whose VRAM
@@ -282,8 +276,9 @@ impl TestExporter {
                 Error::InvalidTopology(format!("device {device} has no BAR to export"))
             })?;
         let window_pages = window_pages.min(bar.size / SZ_4K);
+        let id = ExporterId::fresh();
         Ok(Self {
-            id: ExporterId::fresh(),
+            id,
             bar_cpu: bar.cpu,
             bar_bus: bar.bus,
             window_pages,
@@ -295,11 +290,7 @@ impl TestExporter {
             state: Mutex::new(ExporterState {
                 residency: Residency::Device(device),
                 revoked: false,
-                next_grant: 0,
-                grants: HashMap::new(),
-                slots: BTreeMap::new(),
-                carved: BTreeMap::new(),
-                carved_by: HashMap::new(),
+                book: GrantBook::new(id, size).with_placed_window(window_pages),
             }),
         })
     }
@@ -308,7 +299,9 @@ impl TestExporter {
     ///
     /// [`Negotiator::invalidate`]: crate::negotiate::Negotiator::invalidate
     pub fn migrate_to_host(&self) {
-        self.state.lock().residency = Residency::Host {
+        let mut s = self.state.lock();
+        s.book.leave_window();
+        s.residency = Residency::Host {
             numa: self.host_numa,
         };
     }
@@ -320,10 +313,15 @@ impl TestExporter {
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().grants.len()
+        self.state.lock().book.live()
     }
 
-    fn grant(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+    /// A grant made by `make` from the book, after the pin and revocation rules.
+    fn grant(
+        &self,
+        pin: bool,
+        make: impl FnOnce(&mut GrantBook) -> Result<ExportGrant>,
+    ) -> Result<ExportGrant> {
         if pin && !self.pinnable {
             return Err(Error::NotPinnable {
                 exporter: self.id,
@@ -334,35 +332,7 @@ impl TestExporter {
         if s.revoked {
             return Err(Error::Revoked(self.id));
         }
-        // The window holds whole pages: every page the range touches.
-        let pages = range.pages(SZ_4K)?.len() / SZ_4K;
-        let slot = if matches!(s.residency, Residency::Device(_)) {
-            let used: u64 = s.slots.values().sum();
-            let last = self.window_pages.checked_sub(1).ok_or(Error::WindowFull {
-                exporter: self.id,
-                requested: range.len(),
-                available: 0,
-            })?;
-            alloc_top_down(&s.slots, 0, last, pages, 1).ok_or(Error::WindowFull {
-                exporter: self.id,
-                requested: range.len(),
-                available: (self.window_pages - used) * SZ_4K,
-            })?
-        } else {
-            0
-        };
-        if matches!(s.residency, Residency::Device(_)) {
-            s.slots.insert(slot, pages);
-        }
-        s.next_grant += 1;
-        let g = ExportGrant {
-            exporter: self.id,
-            id: s.next_grant,
-            range,
-            pinned: pin,
-        };
-        s.grants.insert(g.id, (g.clone(), slot));
-        Ok(g)
+        make(&mut s.book)
     }
 }
 
@@ -386,61 +356,17 @@ impl MemoryExporter for TestExporter {
         }
     }
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        let whole = AddrRange::new(Offset(0), self.size)?;
-        if !whole.contains_range(&range) || range.is_empty() {
-            return Err(Error::OutOfBounds {
-                kind: "offset",
-                start: range.start().0,
-                len: range.len(),
-                limit_start: 0,
-                limit_len: self.size,
-            });
-        }
-        self.grant(range, pin)
+        self.grant(pin, |book| book.export(range, pin))
     }
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        // Fresh bytes: a page-aligned range of the object no other allocation holds.
-        let size = align_up(len, SZ_4K)
-            .filter(|&s| s > 0)
-            .ok_or(Error::EmptyRange { what: "allocation" })?;
-        let at = {
-            let mut s = self.state.lock();
-            let used: u64 = s.carved.values().sum();
-            let at = alloc_top_down(&s.carved, 0, self.size.saturating_sub(1), size, SZ_4K)
-                .filter(|_| self.size > 0)
-                .ok_or(Error::WindowFull {
-                    exporter: self.id,
-                    requested: len,
-                    available: self.size - used,
-                })?;
-            s.carved.insert(at, size);
-            at
-        };
-        let granted = AddrRange::new(Offset(at), size).and_then(|r| self.export(r, pin));
-        let mut s = self.state.lock();
-        match granted {
-            Ok(g) => {
-                s.carved_by.insert(g.id, at);
-                Ok(g)
-            }
-            Err(e) => {
-                s.carved.remove(&at);
-                Err(e)
-            }
-        }
+        self.grant(pin, |book| book.allocate(len, pin))
     }
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         let s = self.state.lock();
-        let (g, slot) = s
-            .grants
-            .get(&grant.id)
-            .filter(|(g, _)| g.exporter == grant.exporter)
-            .ok_or(Error::UnknownGrant {
-                exporter: self.id,
-                grant: grant.id,
-            })?;
-        let span = g.range.pages(SZ_4K)?;
+        let span = s.book.get(grant)?.range.pages(SZ_4K)?;
         let (off, len) = (span.start(), span.len());
+        // In the BAR, the grant's pages sit in its window slots, wherever the range is.
+        let slot = s.book.window_slot(grant)?.unwrap_or(0);
         Ok(vec![match s.residency {
             Residency::Device(_) => Chunk {
                 offset: off,
@@ -462,21 +388,7 @@ impl MemoryExporter for TestExporter {
         }])
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {
-        let mut s = self.state.lock();
-        let unknown = Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        };
-        // Another exporter's grant is unknown here, whatever its id.
-        if grant.exporter != self.id {
-            return Err(unknown);
-        }
-        let (_, slot) = s.grants.remove(&grant.id).ok_or(unknown)?;
-        s.slots.remove(&slot);
-        if let Some(at) = s.carved_by.remove(&grant.id) {
-            s.carved.remove(&at);
-        }
-        Ok(())
+        self.state.lock().book.release(grant)
     }
 }
 
@@ -485,54 +397,29 @@ impl MemoryExporter for TestExporter {
 pub struct TestHostMemory {
     id: ExporterId,
     ram: AddrRange<PhysAddr>,
-    pool: AddrRange<PhysAddr>,
-    state: Mutex<HostState>,
-}
-
-#[derive(Debug, Default)]
-struct HostState {
-    next_grant: u64,
-    grants: HashMap<u64, ExportGrant>,
-    /// Bounce-pool allocations: start → length.
-    pool: BTreeMap<u64, u64>,
+    book: Mutex<GrantBook>,
 }
 
 impl TestHostMemory {
     /// `ram_bytes` of RAM from physical 0; the top `pool_bytes` serve bounce buffers.
     pub fn new(ram_bytes: u64, pool_bytes: u64) -> Self {
-        let ram = AddrRange::new(PhysAddr(0), ram_bytes).unwrap_or_else(|_| unreachable!());
-        let pool = AddrRange::new(
-            PhysAddr(ram_bytes.saturating_sub(pool_bytes)),
-            pool_bytes.min(ram_bytes),
-        )
-        .unwrap_or_else(|_| unreachable!());
+        let id = ExporterId::fresh();
+        let pool_bytes = pool_bytes.min(ram_bytes);
+        let pool = AddrRange::new(Offset(ram_bytes - pool_bytes), pool_bytes)
+            .unwrap_or_else(|_| unreachable!("inside 0..ram_bytes"));
+        let book = GrantBook::new(id, ram_bytes)
+            .with_pool(pool)
+            .unwrap_or_else(|_| unreachable!("inside 0..ram_bytes"));
         Self {
-            id: ExporterId::fresh(),
-            ram,
-            pool,
-            state: Mutex::default(),
+            id,
+            ram: AddrRange::new(PhysAddr(0), ram_bytes).unwrap_or_else(|_| unreachable!()),
+            book: Mutex::new(book),
         }
     }
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().grants.len()
-    }
-
-    fn insert(&self, range: AddrRange<Offset>, pin: bool, pool_slot: Option<u64>) -> ExportGrant {
-        let mut s = self.state.lock();
-        s.next_grant += 1;
-        let g = ExportGrant {
-            exporter: self.id,
-            id: s.next_grant,
-            range,
-            pinned: pin,
-        };
-        s.grants.insert(g.id, g.clone());
-        if let Some(at) = pool_slot {
-            s.pool.insert(at, range.len());
-        }
-        g
+        self.book.lock().live()
     }
 }
 
@@ -551,50 +438,13 @@ impl MemoryExporter for TestHostMemory {
         }
     }
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        if range.is_empty() || range.end().0 > self.ram.len() {
-            return Err(Error::OutOfBounds {
-                kind: "phys",
-                start: range.start().0,
-                len: range.len(),
-                limit_start: 0,
-                limit_len: self.ram.len(),
-            });
-        }
-        Ok(self.insert(range, pin, None))
+        self.book.lock().export(range, pin)
     }
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        let size = align_up(len, SZ_4K).ok_or(Error::EmptyRange {
-            what: "bounce buffer",
-        })?;
-        let at = {
-            let s = self.state.lock();
-            let used: u64 = s.pool.values().sum();
-            alloc_top_down(
-                &s.pool,
-                self.pool.start().0,
-                self.pool.last().map_or(0, |l| l.0),
-                size,
-                SZ_4K,
-            )
-            .ok_or(Error::WindowFull {
-                exporter: self.id,
-                requested: len,
-                available: self.pool.len() - used,
-            })?
-        };
-        Ok(self.insert(AddrRange::new(Offset(at), size)?, pin, Some(at)))
+        self.book.lock().allocate(len, pin)
     }
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
-        let s = self.state.lock();
-        let g = s
-            .grants
-            .get(&grant.id)
-            .filter(|g| g.exporter == grant.exporter)
-            .ok_or(Error::UnknownGrant {
-                exporter: self.id,
-                grant: grant.id,
-            })?;
-        let span = g.range.pages(SZ_4K)?;
+        let span = self.book.lock().get(grant)?.range.pages(SZ_4K)?;
         Ok(vec![Chunk {
             offset: span.start(),
             len: span.len(),
@@ -604,18 +454,7 @@ impl MemoryExporter for TestHostMemory {
         }])
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {
-        let mut s = self.state.lock();
-        let unknown = Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        };
-        // Another exporter's grant is unknown here, whatever its id.
-        if grant.exporter != self.id {
-            return Err(unknown);
-        }
-        let g = s.grants.remove(&grant.id).ok_or(unknown)?;
-        s.pool.remove(&g.range.start().0);
-        Ok(())
+        self.book.lock().release(grant)
     }
 }
 
