@@ -192,14 +192,20 @@ proptest! {
                 Op::Unmap { page, pages } => {
                     let (iova, len) = (base + page * 0x1000, pages * 0x1000);
                     let end = iova + len;
-                    let bisects = model.iter().any(|&(a, l, _)| a < end && iova < a + l && (a < iova || a + l > end));
+                    // The trait's unmap: the run of back-to-back maps from iova, up to the
+                    // first hole; a map cut by the start or by the run's end refuses it all.
+                    let mut bisects = model.iter().any(|&(a, l, _)| a < iova && iova < a + l);
+                    let mut at = iova;
+                    while let Some(&(_, l, _)) = model.iter().find(|&&(a, _, _)| a == at && a < end) {
+                        bisects |= at + l > end;
+                        at += l;
+                    }
                     let r = d.unmap(Iova(iova), len);
                     if bisects {
                         prop_assert!(r.is_err());
                     } else {
-                        let inside: u64 = model.iter().filter(|&&(a, l, _)| a >= iova && a + l <= end).map(|m| m.1).sum();
-                        prop_assert_eq!(r.ok(), Some(inside));
-                        model.retain(|&(a, l, _)| !(a >= iova && a + l <= end));
+                        prop_assert_eq!(r.ok(), Some(at - iova));
+                        model.retain(|&(a, _, _)| !(a >= iova && a < at));
                     }
                 }
             }
@@ -291,35 +297,36 @@ fn conformance_domain() -> Arc<dyn IommuDomain> {
     Arc::new(d)
 }
 
-/// Checks the domain fails today, with the rule it breaks: type1's `UNMAP_DMA` removes every
-/// mapping inside the range, holes or not, and `VfioDomain::unmap` passes the whole range on,
-/// so an unmap does not stop at the first hole as `IommuDomain::unmap` promises.
-const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
-    (
-        "unmap return values",
-        "stops at the first IOVA that is not mapped",
-    ),
-    (
-        "unmap across page sizes",
-        "stops at the first IOVA that is not mapped",
-    ),
-];
-
-/// Every check but the known violations passes; each known one still fails with its rule (so
-/// that fixing it fails this test until the entry is removed).
+/// Every translated-domain check of the suite passes over the type1 model, each on a fresh
+/// domain (unmap stops at the first hole although type1's UNMAP_DMA does not).
 #[test]
 fn conformance_vfio_domain_over_the_type1_model() {
-    use p2p_core::conformance::{DomainConfig, TRANSLATED_CHECKS};
-    let cfg = DomainConfig::strict();
-    for (name, check) in TRANSLATED_CHECKS {
-        let known = KNOWN_VIOLATIONS.iter().find(|(k, _)| k == name);
-        match (check(&*conformance_domain(), &cfg), known) {
-            (Ok(()), None) => {}
-            (Err(v), Some((_, rule))) if v.rule.contains(rule) => {
-                println!("known violation, {name}: {v}");
-            }
-            (Err(v), _) => panic!("{name}: {v}"),
-            (Ok(()), Some(_)) => panic!("{name} passes now: remove it from KNOWN_VIOLATIONS"),
-        }
-    }
+    use p2p_core::conformance::check_domain_with;
+    let cfg = p2p_core::conformance::DomainConfig::strict();
+    check_domain_with(conformance_domain, &cfg).unwrap_or_else(|v| panic!("{v}"));
+}
+
+/// An unmap across a hole reaches the kernel only for the run before the hole: what lies after
+/// it stays mapped in the kernel too, not just in the domain's record.
+#[test]
+fn unmap_passes_the_kernel_only_the_run_before_a_hole() {
+    let (d, fake) = domain();
+    let (phys, _, _) = WINDOWS[0];
+    d.map(Iova(0x10_0000), PhysAddr(phys), 0x2000, Access::READ)
+        .unwrap();
+    d.map(
+        Iova(0x10_3000),
+        PhysAddr(phys + 0x3000),
+        0x1000,
+        Access::READ,
+    )
+    .unwrap();
+    assert_eq!(d.unmap(Iova(0x10_0000), 0x4000).unwrap(), 0x2000);
+    assert_eq!(
+        fake.maps.lock().keys().copied().collect::<Vec<_>>(),
+        [0x10_3000]
+    );
+    assert_eq!(d.unmap(Iova(0x10_2000), 0x2000).unwrap(), 0);
+    assert_eq!(d.unmap(Iova(0x10_3000), 0x1000).unwrap(), 0x1000);
+    assert!(fake.maps.lock().is_empty());
 }
