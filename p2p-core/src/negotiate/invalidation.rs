@@ -56,8 +56,8 @@ impl Drop for Invalidating<'_> {
 
 impl Negotiator {
     /// Runs the invalidation protocol for a move or revoke of `range` that the caller has
-    /// already carried out or does not need to wait on: [`begin_invalidation`]
-    /// (Self::begin_invalidation) and at once [`Invalidating::end`].
+    /// already carried out or does not need to wait on:
+    /// [`begin_invalidation`](Self::begin_invalidation) and at once [`Invalidating::end`].
     ///
     /// To move memory, prefer `begin_invalidation`, move while holding the guard, then end it:
     /// a mapping set up between this returning and the move would see the old place.
