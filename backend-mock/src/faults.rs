@@ -3,7 +3,7 @@
 //! the kernel's `fail_nth` and iommufd's selftests do), and logs what it injected.
 
 use crate::events::{Event, EventLog};
-use p2p_core::topology::presets::SplitMix64;
+use p2p_core::rand::SplitMix64;
 use parking_lot::Mutex;
 
 /// Where a fault can be injected.

@@ -13,6 +13,7 @@ use crate::sanitizer::{Finding, Sanitizer, SanitizerMode};
 use crate::wrap::{Faulty, Sanitized};
 use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, SoftIommu, VtdSecondLevel};
 use p2p_core::addr::{AddrRange, Iova, Offset, PhysAddr};
+use p2p_core::export::DeviceMemory;
 use p2p_core::negotiate::{InvalidationReport, MappingObserver, Negotiator};
 use p2p_core::topology::Topology;
 use p2p_core::traits::{
@@ -133,7 +134,7 @@ impl MockPlatform {
             config.ram_bytes,
             config.bounce_pool,
             log.clone(),
-        )?);
+        ));
         let mut windows = Vec::new();
         for (a, e) in topology.endpoints() {
             for b in &e.bars {
@@ -301,34 +302,11 @@ impl Machine {
         pinnable: bool,
     ) -> Result<Arc<MockGpu>> {
         let topo = self.platform.topology_ref();
-        let bar = topo
-            .endpoint(device)?
-            .bars
-            .iter()
-            .max_by_key(|b| b.size)
-            .copied()
-            .ok_or_else(|| {
-                Error::InvalidTopology(format!("device {device} has no BAR to export"))
-            })?;
-        if size == 0 || size > bar.size {
-            return Err(Error::OutOfBounds {
-                kind: "offset",
-                start: 0,
-                len: size,
-                limit_start: 0,
-                limit_len: bar.size,
-            });
-        }
+        let mem =
+            DeviceMemory::new(topo, device, size, window_pages, movable, pinnable)?.linear()?;
         let host_base = self.platform.host.carve(size)?;
         Ok(Arc::new(MockGpu::new(
-            device,
-            bar,
-            size,
-            window_pages,
-            movable,
-            pinnable,
-            host_base,
-            topo.numa_of(device)?,
+            mem.with_host_base(host_base),
             self.platform.memory.clone(),
             self.platform.log.clone(),
             self.platform.faults.clone(),

@@ -6,7 +6,8 @@
 use crate::platform::{Machine, MockConfig};
 use crate::sanitizer::SanitizerMode;
 use p2p_core::prelude::*;
-use p2p_core::topology::presets::{self, SplitMix64};
+use p2p_core::rand::SplitMix64;
+use p2p_core::topology::presets;
 use std::sync::Arc;
 
 /// What the story saw, for callers that check it.

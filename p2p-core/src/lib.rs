@@ -12,7 +12,8 @@
 //! - [`conformance`]: checks of each trait's contract that any implementation runs in its tests.
 //! - [`wrap`]: wrappers that add a behaviour to any implementation ([`wrap::Traced`]); a shared
 //!   `Arc<D>` is a domain too.
-//! - [`testing`]: simple in-memory implementations of the traits.
+//! - [`testing`]: the doubles p2p-core's tests and examples use (the simulated machine is
+//!   backend-mock).
 //!
 //! ```
 //! use p2p_core::prelude::*;
@@ -45,6 +46,9 @@ mod hex;
 pub mod negotiate;
 pub mod page;
 pub mod pci;
+pub mod rand;
+pub mod range_alloc;
+pub mod reference;
 mod sync;
 pub mod testing;
 pub mod topology;

@@ -6,7 +6,7 @@
 
 use crate::addr::{align_up, AddrRange, Offset};
 use crate::error::{Error, Result};
-use crate::testing::alloc_top_down;
+use crate::range_alloc::alloc_top_down;
 use crate::traits::{ExportGrant, ExporterId};
 use std::collections::{BTreeMap, HashMap};
 

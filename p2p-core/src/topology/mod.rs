@@ -322,6 +322,17 @@ impl Topology {
         }
     }
 
+    /// The largest memory BAR of an endpoint: where a GPU's or accelerator's exportable memory
+    /// is; [`Error::InvalidTopology`] if it has none.
+    pub fn largest_bar(&self, addr: PciAddr) -> Result<Bar> {
+        self.endpoint(addr)?
+            .bars
+            .iter()
+            .max_by_key(|b| b.size)
+            .copied()
+            .ok_or_else(|| Error::InvalidTopology(format!("device {addr} has no BAR to export")))
+    }
+
     /// The host bridge above a node.
     pub fn host_bridge_of(&self, id: NodeId) -> (NodeId, &HostBridge) {
         let mut cur = id;
