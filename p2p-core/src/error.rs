@@ -303,6 +303,14 @@ pub enum Error {
         /// What it was given.
         given: String,
     },
+    /// A fault injected on purpose (a test's countdown, a seeded rate): never a real failure.
+    #[error("injected fault at {point}: {detail}")]
+    Injected {
+        /// Where it was injected (a page store, a flush, an importer's invalidation).
+        point: &'static str,
+        /// What it hit (an address, a device).
+        detail: String,
+    },
     /// A backend failure that carries its own description (an injected fault, an I/O error).
     #[error("{backend}: {message}")]
     Backend {

@@ -42,6 +42,7 @@ pub mod addr;
 pub mod conformance;
 pub mod error;
 pub mod export;
+pub mod fault;
 mod hex;
 pub mod negotiate;
 pub mod page;

@@ -22,9 +22,7 @@ impl PageMap {
     /// Maps `len` bytes (4 KiB multiples, arguments already checked) from `iova` to `phys`; all
     /// or nothing: [`Error::AlreadyMapped`] with the first mapped page if any page is mapped.
     pub fn map(&mut self, iova: Iova, phys: PhysAddr, len: u64, access: Access) -> Result<()> {
-        if let Some((&at, _)) = self.pages.range(iova.0..iova.0.saturating_add(len)).next() {
-            return Err(Error::AlreadyMapped(at));
-        }
+        self.check_free(iova, len)?;
         for i in 0..len / SZ_4K {
             let page = Translation {
                 phys: PhysAddr(phys.0 + i * SZ_4K),
@@ -33,6 +31,14 @@ impl PageMap {
             self.pages.insert(iova.0 + i * SZ_4K, page);
         }
         Ok(())
+    }
+
+    /// [`Error::AlreadyMapped`] with the first mapped page of `[iova, iova+len)`, if any.
+    pub fn check_free(&self, iova: Iova, len: u64) -> Result<()> {
+        match self.pages.range(iova.0..iova.0.saturating_add(len)).next() {
+            Some((&at, _)) => Err(Error::AlreadyMapped(at)),
+            None => Ok(()),
+        }
     }
 
     /// Unmaps pages from `iova` up to `len` bytes, stopping at the first page not mapped;

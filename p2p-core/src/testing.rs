@@ -10,6 +10,7 @@
 use crate::access::Access;
 use crate::addr::{AddrRange, Iova, PhysAddr};
 use crate::error::{Error, Result};
+use crate::fault::FailNth;
 use crate::page::SZ_4K;
 use crate::pci::PciAddr;
 use crate::reference::{Geometry, IovaSpace, PageMap};
@@ -28,8 +29,8 @@ pub struct TestDomain {
     pages: Mutex<PageMap>,
     iovas: Mutex<IovaSpace>,
     flushes: AtomicU64,
-    /// Fail the map call after this many more successful page stores (fault injection).
-    fail_after: Mutex<Option<usize>>,
+    /// Injected map failures, counted in page stores.
+    fail: Mutex<FailNth>,
 }
 
 impl TestDomain {
@@ -40,7 +41,7 @@ impl TestDomain {
             pages: Mutex::default(),
             iovas: Mutex::default(),
             flushes: AtomicU64::new(0),
-            fail_after: Mutex::new(None),
+            fail: Mutex::default(),
         }
     }
 
@@ -49,9 +50,11 @@ impl TestDomain {
         self.geometry.reserve(ReservedRegion { range, kind });
     }
 
-    /// Makes the `n+1`-th page store from now fail.
-    pub fn fail_after(&self, n: usize) {
-        *self.fail_after.lock() = Some(n);
+    /// Makes the `n`-th page store from now fail (1 = the next), with [`FailNth`]'s countdown
+    /// (the mock's `FaultInjector::fail_nth` counts the same way). The map it is part of
+    /// stores nothing (all or nothing) and fails with [`Error::Injected`].
+    pub fn fail_nth(&self, n: u64) {
+        self.fail.lock().arm(n);
     }
 
     /// Pages mapped now.
@@ -75,19 +78,12 @@ impl IommuDomain for TestDomain {
     fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, _at: MapAttrs) -> Result<()> {
         self.geometry.check_map(i, p, len)?;
         let mut pages = self.pages.lock();
-        let mut fail = self.fail_after.lock();
-        let stores = len / SZ_4K;
-        if let Some(n) = fail.as_mut() {
-            // The injected failure hits the (n+1)-th store; all or nothing, so none stays.
-            if (*n as u64) < stores {
-                let at = i.0 + *n as u64 * SZ_4K;
-                *fail = None;
-                return Err(Error::Backend {
-                    backend: "test-domain",
-                    message: format!("injected map failure at iova {at:#x}"),
-                });
-            }
-            *n -= stores as usize;
+        pages.check_free(i, len)?;
+        if let Some(k) = self.fail.lock().check_many(len / SZ_4K) {
+            return Err(Error::Injected {
+                point: "page store",
+                detail: format!("iova {:#x}", i.0 + k * SZ_4K),
+            });
         }
         pages.map(i, p, len, a)
     }
@@ -266,7 +262,7 @@ mod tests {
     #[test]
     fn domain_map_is_all_or_nothing() {
         let d = TestDomain::new(DomainKind::Translated);
-        d.fail_after(3);
+        d.fail_nth(4);
         assert!(d
             .map(Iova(0x10000), PhysAddr(0x20000), 0x8000, Access::READ)
             .is_err());
