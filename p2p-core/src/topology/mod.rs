@@ -8,15 +8,23 @@ mod acs;
 pub mod advice;
 pub mod allowlist;
 mod builder;
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod file;
 pub mod groups;
 pub mod limits;
+#[cfg(feature = "nccl")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nccl")))]
 pub mod nccl;
 pub mod nvlink;
 mod path;
 pub mod presets;
 pub mod rank;
+#[cfg(feature = "render")]
+#[cfg_attr(docsrs, doc(cfg(feature = "render")))]
 pub mod render;
+#[cfg(feature = "sysfs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sysfs")))]
 pub mod sysfs;
 
 pub use acs::AcsFlags;
