@@ -150,9 +150,12 @@ impl DmaImporter for MockNic {
             ok: !failed,
         });
         if failed {
-            return Err(Error::Backend {
-                backend: "mock-nic",
-                message: "queue did not drain".into(),
+            return Err(Error::Injected {
+                point: "importer invalidation",
+                detail: format!(
+                    "{} could not quiesce mapping {}",
+                    self.device, notice.mapping
+                ),
             });
         }
         self.invalidations.fetch_add(1, Ordering::Relaxed);

@@ -26,10 +26,10 @@ const NIC_ODP: &str = "0000:04:00.0";
 const NIC_PINNED: &str = "0000:14:00.0";
 const LEN: u64 = 64 << 10;
 
-fn fail(step: &str, what: String) -> Error {
-    Error::Backend {
-        backend: "story",
-        message: format!("{step}: {what}"),
+fn fail(step: &'static str, what: String) -> Error {
+    Error::CheckFailed {
+        what: step,
+        detail: what,
     }
 }
 

@@ -160,9 +160,12 @@ impl DmaImporter for TestImporter {
     fn invalidate(&self, notice: &Invalidation) -> Result<()> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if self.fail.load(Ordering::Relaxed) {
-            return Err(Error::Backend {
-                backend: "test-importer",
-                message: "could not quiesce the queue".into(),
+            return Err(Error::Injected {
+                point: "importer invalidation",
+                detail: format!(
+                    "{} could not quiesce mapping {}",
+                    self.device, notice.mapping
+                ),
             });
         }
         self.invalidations.lock().push(notice.clone());

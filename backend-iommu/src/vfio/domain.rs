@@ -182,12 +182,11 @@ impl VfioDomain {
             .iter()
             .find(|o| AddrRange::new(PhysAddr(o.phys), o.len).is_ok_and(|or| or.overlaps(&r)))
         {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "window {r} overlaps the window at {:#x}+{:#x} already registered",
-                    o.phys, o.len
-                ),
+            return Err(Error::WindowOverlap {
+                start: phys.0,
+                len,
+                other_start: o.phys,
+                other_len: o.len,
             });
         }
         w.push(Window {
@@ -205,13 +204,8 @@ impl VfioDomain {
             .iter()
             .find(|w| phys >= w.phys && phys - w.phys + len <= w.len)
             .map(|w| w.va + (phys - w.phys))
-            .ok_or_else(|| Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "physical {phys:#x}+{len:#x} is in no window this process mapped \
-                     (register it with VfioDomain::add_window)"
-                ),
-            })
+            // Register it with `VfioDomain::add_window` first.
+            .ok_or(Error::NotRegistered { phys, len })
     }
 }
 

@@ -14,11 +14,9 @@ struct FakeType1 {
     maps: Mutex<BTreeMap<u64, (u64, u64)>>,
 }
 
-fn errno(call: &str, e: i32) -> Error {
-    Error::Backend {
-        backend: "vfio",
-        message: format!("{call}: {}", std::io::Error::from_raw_os_error(e)),
-    }
+fn errno(call: &'static str, iova: u64, size: u64, e: i32) -> Error {
+    let target = format!("iova {iova:#x}+{size:#x}");
+    Error::os(call, target, std::io::Error::from_raw_os_error(e))
 }
 
 impl Type1 for FakeType1 {
@@ -34,7 +32,7 @@ impl Type1 for FakeType1 {
         if m.iter()
             .any(|(&a, &(s, _))| a < iova + size && iova < a + s)
         {
-            return Err(errno("VFIO_IOMMU_MAP_DMA", libc::EEXIST));
+            return Err(errno("VFIO_IOMMU_MAP_DMA", iova, size, libc::EEXIST));
         }
         m.insert(iova, (size, vaddr));
         Ok(())
@@ -45,7 +43,7 @@ impl Type1 for FakeType1 {
         if m.iter()
             .any(|(&a, &(s, _))| a < end && iova < a + s && (a < iova || a + s > end))
         {
-            return Err(errno("VFIO_IOMMU_UNMAP_DMA", libc::EINVAL));
+            return Err(errno("VFIO_IOMMU_UNMAP_DMA", iova, size, libc::EINVAL));
         }
         let inside: Vec<u64> = m.range(iova..end).map(|(&a, _)| a).collect();
         Ok(inside
@@ -106,18 +104,18 @@ fn maps_go_to_the_virtual_address_behind_the_physical_one() {
         d.map(Iova(0x20_1000), PhysAddr(0x1000_0000), 0x1000, Access::READ),
         Err(Error::AlreadyMapped(_))
     ));
-    let e = d
-        .map(Iova(0x40_0000), PhysAddr(0x5000_0000), 0x1000, Access::READ)
-        .unwrap_err();
-    assert!(e.to_string().contains("no window"), "{e}");
-    assert!(d
-        .map(
-            Iova(0x40_0000),
-            PhysAddr(0x1040_0000 - 0x1000),
-            0x2000,
-            Access::READ
-        )
-        .is_err());
+    assert_eq!(
+        d.map(Iova(0x40_0000), PhysAddr(0x5000_0000), 0x1000, Access::READ),
+        Err(Error::NotRegistered {
+            phys: 0x5000_0000,
+            len: 0x1000
+        })
+    );
+    let straddles = PhysAddr(0x1040_0000 - 0x1000);
+    assert!(matches!(
+        d.map(Iova(0x40_0000), straddles, 0x2000, Access::READ),
+        Err(Error::NotRegistered { .. })
+    ));
     assert!(matches!(
         d.map(
             Iova(0xfee0_0000),
@@ -133,9 +131,37 @@ fn maps_go_to_the_virtual_address_behind_the_physical_one() {
     ));
     assert_eq!(fake.maps.lock().len(), 1);
     // Windows may not overlap.
-    assert!(d
-        .add_window(VirtAddr(0x1000), PhysAddr(0x1000_1000), 0x1000)
-        .is_err());
+    assert!(matches!(
+        d.add_window(VirtAddr(0x1000), PhysAddr(0x1000_1000), 0x1000),
+        Err(Error::WindowOverlap {
+            start: 0x1000_1000,
+            other_start: 0x1000_0000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn kernel_refusals_are_os_errors_with_their_errno() {
+    let d = VfioDomain::over(Arc::new(Ranges(vec![(0, (1 << 39) - 1)]))).unwrap();
+    d.add_window(VirtAddr(0x7f00_0000_0000), PhysAddr(0x1000_0000), 0x1000)
+        .unwrap();
+    let e = d
+        .map(Iova(0x1000), PhysAddr(0x1000_0000), 0x1000, Access::READ)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Os { call: "VFIO_IOMMU_MAP_DMA", errno: Some(libc::ENOSYS), source: Some(_), target, .. }
+                if target == "iova 0x1000+0x1000"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("VFIO_IOMMU_MAP_DMA on iova 0x1000+0x1000 failed"),
+        "{e}"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -237,11 +263,11 @@ impl Type1 for Ranges {
             iova_ranges: self.0.clone(),
         })
     }
-    fn map_dma(&self, _: u64, _: u64, _: u64, _: Access) -> Result<()> {
-        Err(errno("VFIO_IOMMU_MAP_DMA", libc::ENOSYS))
+    fn map_dma(&self, _: u64, iova: u64, size: u64, _: Access) -> Result<()> {
+        Err(errno("VFIO_IOMMU_MAP_DMA", iova, size, libc::ENOSYS))
     }
-    fn unmap_dma(&self, _: u64, _: u64) -> Result<u64> {
-        Err(errno("VFIO_IOMMU_UNMAP_DMA", libc::ENOSYS))
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<u64> {
+        Err(errno("VFIO_IOMMU_UNMAP_DMA", iova, size, libc::ENOSYS))
     }
 }
 
