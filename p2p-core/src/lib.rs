@@ -15,7 +15,9 @@
 //!   writers are cargo features, all on by default: `sysfs` (`topology::sysfs`, a Linux `/sys`
 //!   tree), `nccl` (`topology::nccl`, NCCL's topology XML, with roxmltree), `json`
 //!   (`topology::file`, the project's file format, with serde_json) and `render`
-//!   (`topology::render`: matrix, DOT, reports). A driver that only negotiates turns them off.
+//!   (`topology::render`: matrix, DOT, reports); `serde` (implied by `json` and `render`)
+//!   derives Serialize/Deserialize on the vocabulary. A driver that only negotiates turns them
+//!   off and compiles none of serde, serde_json or roxmltree.
 //! - [`traits`]: [`MemoryExporter`], [`DmaImporter`], [`IommuDomain`], [`Platform`].
 //! - [`negotiate`]: the plan for an (exporter, importer, policy), mappings with merged scatter
 //!   lists, the registry and the invalidation protocol for movable memory.
@@ -31,7 +33,7 @@
 //!   `Arc<D>` is a domain too.
 //! - [`testing`]: the doubles p2p-core's tests and examples use (the simulated machine is
 //!   backend-mock).
-//! - Private: `hex` (hexadecimal numbers in the file format), `sync` (the locks and atomics the
+//! - Private: `hex` (hexadecimal numbers in serialized addresses, with `serde`), `sync` (the locks and atomics the
 //!   loom models swap).
 //!
 //! ```
@@ -63,6 +65,7 @@ pub mod conformance;
 pub mod error;
 pub mod export;
 pub mod fault;
+#[cfg(feature = "serde")]
 mod hex;
 pub mod negotiate;
 pub mod page;
