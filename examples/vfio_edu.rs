@@ -39,9 +39,9 @@ const SEED_A: u8 = 0x5a;
 const SEED_B: u8 = 0xa5;
 
 fn fail(msg: impl Into<String>) -> Error {
-    Error::Backend {
-        backend: "vfio_edu",
-        message: msg.into(),
+    Error::CheckFailed {
+        what: "the edu example",
+        detail: msg.into(),
     }
 }
 

@@ -4,7 +4,8 @@ mod common;
 
 use backend_mock::{FaultPoint, Machine};
 use common::*;
-use p2pdma::core::topology::presets::{self, SplitMix64};
+use p2pdma::core::rand::SplitMix64;
+use p2pdma::core::topology::presets;
 use p2pdma::prelude::*;
 use std::sync::Arc;
 

@@ -5,15 +5,13 @@
 //! other, in [`Sanitized`](crate::wrap::Sanitized) and [`Faulty`](crate::wrap::Faulty).
 
 use p2p_core::access::Access;
-use p2p_core::addr::{align_up, AddrRange, Iova, PhysAddr};
-use p2p_core::page::{PageSizes, SZ_4K};
-use p2p_core::testing::alloc_top_down;
-use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
-};
-use p2p_core::{Error, Result};
+use p2p_core::addr::{AddrRange, Iova, PhysAddr};
+use p2p_core::page::SZ_4K;
+use p2p_core::reference::{Geometry, IovaSpace, PageMap};
+use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, ReservedRegion, Translation};
+use p2p_core::Result;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// How unmaps reach the IOTLB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +29,11 @@ pub enum FlushMode {
 #[derive(Debug, Default)]
 struct State {
     /// iova page → translation.
-    pages: BTreeMap<u64, Translation>,
+    pages: PageMap,
     /// What DMA translated since the last invalidation: iova page → translation.
     iotlb: HashMap<u64, Translation>,
-    /// Live IOVA allocations: start → length.
-    iovas: BTreeMap<u64, u64>,
+    /// Live IOVA allocations.
+    iovas: IovaSpace,
     /// Frees waiting for the flush queue to drain.
     deferred: Vec<(u64, u64)>,
     queued_flushes: usize,
@@ -46,10 +44,8 @@ struct State {
 /// The reference domain.
 #[derive(Debug)]
 pub struct MockDomain {
-    kind: DomainKind,
+    geometry: Geometry,
     flush_mode: FlushMode,
-    aperture: AddrRange<Iova>,
-    reserved: Vec<ReservedRegion>,
     state: Mutex<State>,
 }
 
@@ -57,17 +53,9 @@ impl MockDomain {
     /// A domain of `kind` with a 48-bit aperture. The MSI window is always reserved; `extra` adds
     /// more (host-bridge windows, so no IOVA ever equals a peer's bus address).
     pub fn new(kind: DomainKind, flush_mode: FlushMode, extra: Vec<ReservedRegion>) -> Self {
-        let msi = ReservedRegion {
-            range: AddrRange::new(Iova(0xfee0_0000), 0x10_0000).unwrap_or_else(|_| unreachable!()),
-            kind: ReservedKind::Msi,
-        };
-        let mut reserved = vec![msi];
-        reserved.extend(extra);
         Self {
-            kind,
+            geometry: Geometry::new(kind, extra),
             flush_mode,
-            aperture: AddrRange::new(Iova(0), 1 << 48).unwrap_or_else(|_| unreachable!()),
-            reserved,
             state: Mutex::default(),
         }
     }
@@ -103,18 +91,7 @@ impl MockDomain {
         s.iotlb.clear();
         s.queued_flushes = 0;
         for (iova, _) in std::mem::take(&mut s.deferred) {
-            s.iovas.remove(&iova);
-        }
-    }
-
-    fn require_translated(&self, op: &'static str) -> Result<()> {
-        if self.kind == DomainKind::Translated {
-            Ok(())
-        } else {
-            Err(Error::WrongDomainKind {
-                op,
-                kind: self.kind.name(),
-            })
+            s.iovas.free(Iova(iova));
         }
     }
 }
@@ -128,54 +105,18 @@ fn at(t: Translation, iova: u64) -> Translation {
 }
 
 impl IommuDomain for MockDomain {
-    fn kind(&self) -> DomainKind {
-        self.kind
-    }
+    p2p_core::forward_domain_description!(geometry);
 
-    fn aperture(&self) -> AddrRange<Iova> {
-        self.aperture
-    }
-
-    fn page_sizes(&self) -> PageSizes {
-        PageSizes::SIZE_4K
-    }
-
-    fn reserved_regions(&self) -> Vec<ReservedRegion> {
-        self.reserved.clone()
-    }
-
-    fn map_attrs(
-        &self,
-        iova: Iova,
-        phys: PhysAddr,
-        len: u64,
-        access: Access,
-        _attrs: MapAttrs,
-    ) -> Result<()> {
-        self.require_translated("map")?;
-        check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
-        let mut s = self.state.lock();
-        if let Some((&at, _)) = s.pages.range(iova.0..iova.0 + len).next() {
-            return Err(Error::AlreadyMapped(at));
-        }
-        for i in 0..len / SZ_4K {
-            let page = Translation {
-                phys: PhysAddr(phys.0 + i * SZ_4K),
-                access,
-            };
-            s.pages.insert(iova.0 + i * SZ_4K, page);
-        }
-        Ok(())
+    fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, _at: MapAttrs) -> Result<()> {
+        self.geometry.check_map(i, p, len)?;
+        self.state.lock().pages.map(i, p, len, a)
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
-        self.require_translated("unmap")?;
+        self.geometry.require_translated("unmap")?;
         AddrRange::new(iova, len)?;
         let mut s = self.state.lock();
-        let mut done = 0;
-        while done < len && s.pages.remove(&(iova.0 + done)).is_some() {
-            done += SZ_4K;
-        }
+        let done = s.pages.unmap(iova, len);
         if self.flush_mode == FlushMode::Strict {
             // Strict: the unmap invalidates what it removed before it returns.
             for page in (0..done).step_by(SZ_4K as usize) {
@@ -186,22 +127,12 @@ impl IommuDomain for MockDomain {
     }
 
     fn translate(&self, iova: Iova) -> Option<Translation> {
-        match self.kind {
-            DomainKind::Identity => Some(Translation {
-                phys: PhysAddr(iova.0),
-                access: Access::all(),
-            }),
-            DomainKind::Blocked => None,
-            DomainKind::Translated => {
-                let page = iova.0 & !(SZ_4K - 1);
-                let t = self.state.lock().pages.get(&page).copied()?;
-                Some(at(t, iova.0))
-            }
-        }
+        self.geometry
+            .translate(iova, || self.state.lock().pages.translate(iova))
     }
 
     fn dma_translate(&self, iova: Iova) -> Option<Translation> {
-        if self.kind != DomainKind::Translated {
+        if self.geometry.kind() != DomainKind::Translated {
             return self.translate(iova);
         }
         let page = iova.0 & !(SZ_4K - 1);
@@ -211,7 +142,7 @@ impl IommuDomain for MockDomain {
             return Some(at(t, iova.0));
         }
         s.misses += 1;
-        let t = s.pages.get(&page).copied()?;
+        let t = s.pages.page(iova)?;
         s.iotlb.insert(page, t);
         Some(at(t, iova.0))
     }
@@ -236,33 +167,21 @@ impl IommuDomain for MockDomain {
     }
 
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
-        let exhausted = Error::IovaExhausted { len, limit };
-        let size = align_up(len, SZ_4K).ok_or(exhausted.clone())?;
-        let align = size.checked_next_power_of_two().ok_or(exhausted.clone())?;
-        let hi = limit.min(self.aperture.last().map_or(0, |a| a.0));
         let mut s = self.state.lock();
-        let mut taken = s.iovas.clone();
-        for r in &self.reserved {
-            taken.insert(r.range.start().0, r.range.len());
-        }
-        let start = alloc_top_down(&taken, SZ_4K, hi, size, align).ok_or(exhausted)?;
-        s.iovas.insert(start, size);
-        Ok(Iova(start))
+        self.geometry.alloc_iova(&mut s.iovas, len, limit)
     }
 
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
         let mut s = self.state.lock();
-        match s.iovas.get(&iova.0) {
-            Some(&size) if align_up(len, SZ_4K) == Some(size) => {
-                if matches!(self.flush_mode, FlushMode::Lazy { .. }) && s.queued_flushes > 0 {
-                    // Not reusable before the IOTLB forgets it.
-                    s.deferred.push((iova.0, size));
-                } else {
-                    s.iovas.remove(&iova.0);
-                }
-                Ok(())
-            }
-            _ => Err(Error::NotMapped(iova.0)),
+        let size = s.iovas.size_of(iova, len)?;
+        if matches!(self.flush_mode, FlushMode::Lazy { .. }) {
+            // Not reusable before the IOTLB forgets it: an unmap leaves what DMA cached until
+            // the queue drains, flushed since or not (as Linux's flush queue holds every lazy
+            // free).
+            s.deferred.push((iova.0, size));
+        } else {
+            s.iovas.free(iova);
         }
+        Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! Seeded fault injection. Each injection point asks the injector before it acts; the injector
-//! answers from the seed (a probability per point) or from a countdown (fail the n-th check, as
-//! the kernel's `fail_nth` and iommufd's selftests do), and logs what it injected.
+//! answers from the seed (a probability per point) or from a countdown (fail the n-th check:
+//! p2p-core's [`FailNth`], the countdown `TestDomain` uses too), and logs what it injected.
 
 use crate::events::{Event, EventLog};
-use p2p_core::topology::presets::SplitMix64;
+use p2p_core::fault::FailNth;
+use p2p_core::rand::SplitMix64;
 use parking_lot::Mutex;
 
 /// Where a fault can be injected.
@@ -37,8 +38,8 @@ struct State {
     rng: SplitMix64,
     /// Probability per point, in parts per million.
     rates: Vec<(FaultPoint, u32)>,
-    /// Fail the check that brings this to zero (1 = the next check).
-    countdown: Option<u64>,
+    /// The countdown of `fail_nth`.
+    countdown: FailNth,
     checks: u64,
 }
 
@@ -52,7 +53,7 @@ impl FaultInjector {
         Self(Mutex::new(State {
             rng: SplitMix64::new(seed ^ 0xfa17_fa17),
             rates: Vec::new(),
-            countdown: None,
+            countdown: FailNth::new(),
             checks: 0,
         }))
     }
@@ -68,14 +69,14 @@ impl FaultInjector {
 
     /// Fails the `n`-th check from now, whatever its point (`n` ≥ 1), then no more.
     pub fn fail_nth(&self, n: u64) {
-        self.0.lock().countdown = Some(n.max(1));
+        self.0.lock().countdown.arm(n);
     }
 
     /// Stops all injection.
     pub fn clear(&self) {
         let mut s = self.0.lock();
         s.rates.clear();
-        s.countdown = None;
+        s.countdown.disarm();
     }
 
     /// Checks made so far.
@@ -93,17 +94,7 @@ impl FaultInjector {
         let fail = {
             let mut s = self.0.lock();
             s.checks += 1;
-            let by_count = match s.countdown.as_mut() {
-                Some(n) if *n <= 1 => {
-                    s.countdown = None;
-                    true
-                }
-                Some(n) => {
-                    *n -= 1;
-                    false
-                }
-                None => false,
-            };
+            let by_count = s.countdown.check();
             let rate = s.rates.iter().find(|(p, _)| *p == point).map(|(_, r)| *r);
             let by_rate = rate.is_some_and(|ppm| s.rng.below(1_000_000) < u64::from(ppm));
             by_count || by_rate

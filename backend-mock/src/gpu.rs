@@ -4,105 +4,63 @@
 use crate::events::{Event, EventLog};
 use crate::faults::{FaultInjector, FaultPoint};
 use crate::memory::PhysMemory;
-use p2p_core::addr::{AddrRange, BusAddr, Offset, PhysAddr};
-use p2p_core::page::SZ_4K;
-use p2p_core::topology::Bar;
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use p2p_core::addr::{AddrRange, Offset, PhysAddr};
+use p2p_core::export::{DeviceMemory, GrantBook};
+use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter};
 use p2p_core::{Error, PciAddr, Result};
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The byte written over BAR memory that moved away, so stale peer DMA reads garbage.
 pub const POISON: u8 = 0x6b;
 
-#[derive(Debug)]
-struct State {
-    residency: Residency,
-    revoked: bool,
-    next_grant: u64,
-    /// grant id → (grant, window pages it holds).
-    grants: HashMap<u64, (ExportGrant, u64)>,
-    /// Pages of the window in use.
-    window_used: u64,
-}
-
-/// A GPU's exportable memory object.
+/// A GPU's exportable memory object: [`DeviceMemory`] laid out linearly in the BAR, with its
+/// bytes in the machine's memory, its grants and moves logged and its faults injected.
 #[derive(Debug)]
 pub struct MockGpu {
-    id: ExporterId,
-    device: PciAddr,
-    bar: Bar,
+    mem: DeviceMemory,
     size: u64,
-    window_pages: u64,
-    movable: bool,
-    pinnable: bool,
-    host_base: PhysAddr,
-    host_numa: u32,
     memory: Arc<PhysMemory>,
     log: Arc<EventLog>,
     faults: Arc<FaultInjector>,
-    state: Mutex<State>,
 }
 
 impl MockGpu {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        device: PciAddr,
-        bar: Bar,
-        size: u64,
-        window_pages: u64,
-        movable: bool,
-        pinnable: bool,
-        host_base: PhysAddr,
-        host_numa: u32,
+        mem: DeviceMemory,
         memory: Arc<PhysMemory>,
         log: Arc<EventLog>,
         faults: Arc<FaultInjector>,
     ) -> Self {
         Self {
-            id: ExporterId::fresh(),
-            device,
-            bar,
-            size,
-            window_pages,
-            movable,
-            pinnable,
-            host_base,
-            host_numa,
+            size: mem.info().size,
+            mem,
             memory,
             log,
             faults,
-            state: Mutex::new(State {
-                residency: Residency::Device(device),
-                revoked: false,
-                next_grant: 0,
-                grants: HashMap::new(),
-                window_used: 0,
-            }),
         }
     }
 
     /// The GPU's PCI address.
     pub fn device(&self) -> PciAddr {
-        self.device
+        self.mem.device()
     }
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().grants.len()
+        self.mem.grants()
     }
 
     /// Whether the memory lives in host RAM now.
     pub fn in_host_ram(&self) -> bool {
-        matches!(self.state.lock().residency, Residency::Host { .. })
+        self.mem.in_host_ram()
     }
 
     /// Where offset `off` of the object is, physically, now.
     pub fn phys_of(&self, off: u64) -> PhysAddr {
-        match self.state.lock().residency {
-            Residency::Device(_) => PhysAddr(self.bar.cpu.0 + off),
-            Residency::Host { .. } => PhysAddr(self.host_base.0 + off),
+        if self.mem.in_host_ram() {
+            PhysAddr(self.mem.host_base().0 + off)
+        } else {
+            PhysAddr(self.mem.bar().cpu.0 + off)
         }
     }
 
@@ -119,56 +77,28 @@ impl MockGpu {
     /// Moves the object to host RAM: copies it, poisons the BAR copy. Run the invalidation
     /// protocol first ([`Machine::migrate`](crate::Machine::migrate) does both).
     pub(crate) fn migrate_to_host(&self) {
-        let mut s = self.state.lock();
-        if matches!(s.residency, Residency::Device(_)) {
-            self.memory
-                .copy(self.bar.cpu.0, self.host_base.0, self.size as usize);
-            self.memory.fill(self.bar.cpu.0, self.size as usize, POISON);
-            s.residency = Residency::Host {
-                numa: self.host_numa,
-            };
+        let (bar, host, len) = (self.mem.bar().cpu.0, self.mem.host_base().0, self.size);
+        let moved = self.mem.migrate_to_host_with(|| {
+            self.memory.copy(bar, host, len as usize);
+            self.memory.fill(bar, len as usize, POISON);
+        });
+        if moved {
             self.log.push(Event::Migrate {
-                exporter: self.device.to_string(),
-                len: self.size,
+                exporter: self.device().to_string(),
+                len,
             });
         }
     }
 
-    /// Revokes the memory: every later export fails.
-    pub(crate) fn revoke(&self) {
-        let mut s = self.state.lock();
-        if !s.revoked {
-            s.revoked = true;
-            self.log.push(Event::Revoke {
-                exporter: self.device.to_string(),
-            });
-        }
-    }
-}
-
-impl MemoryExporter for MockGpu {
-    fn id(&self) -> ExporterId {
-        self.id
-    }
-
-    fn info(&self) -> ExporterInfo {
-        let residency = self.state.lock().residency;
-        let bus_window = match residency {
-            Residency::Device(_) => AddrRange::new(self.bar.bus, self.size),
-            Residency::Host { .. } => AddrRange::new(BusAddr(self.host_base.0), self.size),
-        }
-        .unwrap_or_else(|_| unreachable!("checked when the GPU was made"));
-        ExporterInfo {
-            residency,
-            size: self.size,
-            movable: self.movable,
-            pinnable: self.pinnable,
-            bus_window,
-        }
-    }
-
-    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        let name = self.device.to_string();
+    /// A grant of `requested` bytes made by `make`, after the injected revoke and, while the
+    /// memory is in the BAR, the injected full window; logged.
+    fn grant(
+        &self,
+        requested: u64,
+        pin: bool,
+        make: impl FnOnce(&mut GrantBook) -> Result<ExportGrant>,
+    ) -> Result<ExportGrant> {
+        let name = self.device().to_string();
         if self.faults.should_fail(
             FaultPoint::ExporterRevoke,
             || format!("{name} revoked during export"),
@@ -176,102 +106,69 @@ impl MemoryExporter for MockGpu {
         ) {
             self.revoke();
         }
-        if range.is_empty() || range.end().0 > self.size {
-            return Err(Error::OutOfBounds {
-                kind: "offset",
-                start: range.start().0,
-                len: range.len(),
-                limit_start: 0,
-                limit_len: self.size,
-            });
-        }
-        if pin && !self.pinnable {
-            return Err(Error::NotPinnable {
-                exporter: self.id,
-                reason: "device-private memory cannot be pinned",
-            });
-        }
-        let mut s = self.state.lock();
-        if s.revoked {
-            return Err(Error::Revoked(self.id));
-        }
-        // The window holds whole pages: every page the range touches.
-        let pages = range.pages(SZ_4K)?.len() / SZ_4K;
-        let in_bar = matches!(s.residency, Residency::Device(_));
-        let free = self.window_pages - s.window_used;
-        let injected = in_bar
-            && self.faults.should_fail(
-                FaultPoint::BarWindow,
-                || format!("{name} BAR window full"),
-                &self.log,
-            );
-        if in_bar && (pages > free || injected) {
-            return Err(Error::WindowFull {
-                exporter: self.id,
-                requested: range.len(),
-                available: if injected { 0 } else { free * SZ_4K },
-            });
-        }
-        let window = if in_bar { pages } else { 0 };
-        s.window_used += window;
-        s.next_grant += 1;
-        let g = ExportGrant {
-            exporter: self.id,
-            id: s.next_grant,
-            range,
-            pinned: pin,
+        let window_fault = |in_bar: bool| {
+            let full = in_bar
+                && self.faults.should_fail(
+                    FaultPoint::BarWindow,
+                    || format!("{name} BAR window full"),
+                    &self.log,
+                );
+            if !full {
+                return Ok(());
+            }
+            Err(Error::WindowFull {
+                exporter: self.mem.id(),
+                requested,
+                available: 0,
+            })
         };
-        s.grants.insert(g.id, (g.clone(), window));
+        let g = self.mem.grant_with(pin, window_fault, make)?;
         self.log.push(Event::Grant {
             exporter: name,
             grant: g.id,
-            offset: range.start().0,
-            len: range.len(),
+            offset: g.range.start().0,
+            len: g.range.len(),
             pinned: pin,
         });
         Ok(g)
     }
 
+    /// Revokes the memory: every later export fails.
+    pub(crate) fn revoke(&self) {
+        if self.mem.revoke_once() {
+            self.log.push(Event::Revoke {
+                exporter: self.device().to_string(),
+            });
+        }
+    }
+}
+
+impl MemoryExporter for MockGpu {
+    fn id(&self) -> ExporterId {
+        self.mem.id()
+    }
+
+    fn info(&self) -> ExporterInfo {
+        self.mem.info()
+    }
+
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        self.grant(range.len(), pin, |book| book.export(range, pin))
+    }
+
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        self.export(AddrRange::new(Offset(0), len)?, pin)
+        self.grant(len, pin, |book| book.allocate(len, pin))
     }
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
-        let s = self.state.lock();
-        let (g, _) = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        let span = g.range.pages(SZ_4K)?;
-        let (start, len) = (span.start().0, span.len());
-        Ok(vec![match s.residency {
-            Residency::Device(_) => Chunk {
-                offset: Offset(start),
-                len,
-                phys: PhysAddr(self.bar.cpu.0 + start),
-                bus: BusAddr(self.bar.bus.0 + start),
-                mmio: true,
-            },
-            Residency::Host { .. } => Chunk {
-                offset: Offset(start),
-                len,
-                phys: PhysAddr(self.host_base.0 + start),
-                bus: BusAddr(self.host_base.0 + start),
-                mmio: false,
-            },
-        }])
+        self.mem.chunks(grant)
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {
-        let mut s = self.state.lock();
-        let (g, window) = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        s.window_used -= window;
+        self.mem.release(grant)?;
         self.log.push(Event::Release {
-            exporter: self.device.to_string(),
-            grant: g.id,
+            exporter: self.device().to_string(),
+            grant: grant.id,
         });
         Ok(())
     }

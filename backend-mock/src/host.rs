@@ -2,179 +2,100 @@
 //! at the top of RAM; GPUs carve their migration targets out of the bottom.
 
 use crate::events::{Event, EventLog};
-use p2p_core::addr::{align_up, AddrRange, BusAddr, Offset, PhysAddr};
+use p2p_core::addr::{align_up, AddrRange, Offset, PhysAddr};
+use p2p_core::export::HostRam;
 use p2p_core::page::SZ_4K;
-use p2p_core::testing::alloc_top_down;
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-#[derive(Debug, Default)]
-struct State {
-    next_grant: u64,
-    grants: HashMap<u64, ExportGrant>,
-    /// Bounce-pool allocations: start → length.
-    pool: BTreeMap<u64, u64>,
-    /// Next free byte for carve-outs.
-    carve: u64,
-}
-
-/// Host RAM `[0, size)`.
+/// Host RAM `[0, size)`: [`HostRam`] with its grants logged, and carve-outs for migration
+/// targets below the bounce pool.
 #[derive(Debug)]
 pub struct MockHostMemory {
-    id: ExporterId,
-    ram: AddrRange<PhysAddr>,
-    pool: AddrRange<PhysAddr>,
+    ram: HostRam,
     log: Arc<EventLog>,
-    state: Mutex<State>,
+    /// Next free byte for carve-outs.
+    carve: Mutex<u64>,
 }
 
 impl MockHostMemory {
     pub(crate) fn new(ram_bytes: u64, pool_bytes: u64, log: Arc<EventLog>) -> Self {
-        let pool_bytes = pool_bytes.min(ram_bytes / 2);
         Self {
-            id: ExporterId::fresh(),
-            ram: AddrRange::new(PhysAddr(0), ram_bytes).unwrap_or_else(|_| unreachable!()),
-            pool: AddrRange::new(PhysAddr(ram_bytes - pool_bytes), pool_bytes)
-                .unwrap_or_else(|_| unreachable!()),
+            ram: HostRam::new(ram_bytes, pool_bytes.min(ram_bytes / 2)),
             log,
             // The first 1 MiB stays unused, as on a PC.
-            state: Mutex::new(State {
-                carve: 1 << 20,
-                ..State::default()
-            }),
+            carve: Mutex::new(1 << 20),
         }
     }
 
     /// RAM's physical range.
     pub fn ram(&self) -> AddrRange<PhysAddr> {
-        self.ram
+        self.ram.ram()
     }
 
     /// Reserves `len` bytes of RAM for good (a GPU's migration target).
     pub(crate) fn carve(&self, len: u64) -> Result<PhysAddr> {
-        let mut s = self.state.lock();
+        let mut carve = self.carve.lock();
         let size = align_up(len, SZ_4K).ok_or(Error::EmptyRange { what: "carve-out" })?;
-        let at = s.carve;
-        if at + size > self.pool.start().0 {
+        let (at, pool) = (*carve, self.ram.pool().start().0);
+        if at + size > pool {
             return Err(Error::WindowFull {
-                exporter: self.id,
+                exporter: self.ram.id(),
                 requested: len,
-                available: self.pool.start().0 - at,
+                available: pool - at,
             });
         }
-        s.carve += size;
+        *carve += size;
         Ok(PhysAddr(at))
     }
 
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
-        self.state.lock().grants.len()
+        self.ram.grants()
     }
 
-    fn insert(&self, range: AddrRange<Offset>, pin: bool, pool: bool) -> ExportGrant {
-        let mut s = self.state.lock();
-        s.next_grant += 1;
-        let g = ExportGrant {
-            exporter: self.id,
-            id: s.next_grant,
-            range,
-            pinned: pin,
-        };
-        s.grants.insert(g.id, g.clone());
-        if pool {
-            s.pool.insert(range.start().0, range.len());
-        }
+    /// Logs a grant RAM made.
+    fn logged(&self, g: Result<ExportGrant>) -> Result<ExportGrant> {
+        let g = g?;
         self.log.push(Event::Grant {
             exporter: "host".into(),
             grant: g.id,
-            offset: range.start().0,
-            len: range.len(),
-            pinned: pin,
+            offset: g.range.start().0,
+            len: g.range.len(),
+            pinned: g.pinned,
         });
-        g
+        Ok(g)
     }
 }
 
 impl MemoryExporter for MockHostMemory {
     fn id(&self) -> ExporterId {
-        self.id
+        self.ram.id()
     }
 
     fn info(&self) -> ExporterInfo {
-        ExporterInfo {
-            residency: Residency::Host { numa: 0 },
-            size: self.ram.len(),
-            movable: false,
-            pinnable: true,
-            bus_window: AddrRange::new(BusAddr(0), self.ram.len())
-                .unwrap_or_else(|_| unreachable!()),
-        }
+        self.ram.info()
     }
 
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        if range.is_empty() || range.end().0 > self.ram.len() {
-            return Err(Error::OutOfBounds {
-                kind: "phys",
-                start: range.start().0,
-                len: range.len(),
-                limit_start: 0,
-                limit_len: self.ram.len(),
-            });
-        }
-        Ok(self.insert(range, pin, false))
+        self.logged(self.ram.export(range, pin))
     }
 
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        let size = align_up(len, SZ_4K).ok_or(Error::EmptyRange {
-            what: "bounce buffer",
-        })?;
-        let at = {
-            let s = self.state.lock();
-            let used: u64 = s.pool.values().sum();
-            let last = self.pool.last().map_or(0, |l| l.0);
-            alloc_top_down(&s.pool, self.pool.start().0, last, size, SZ_4K).ok_or(
-                Error::WindowFull {
-                    exporter: self.id,
-                    requested: len,
-                    available: self.pool.len() - used,
-                },
-            )?
-        };
-        Ok(self.insert(AddrRange::new(Offset(at), size)?, pin, true))
+        self.logged(self.ram.allocate(len, pin))
     }
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
-        let s = self.state.lock();
-        let g = s.grants.get(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        let start = g.range.start().0 & !(SZ_4K - 1);
-        let end = align_up(g.range.end().0, SZ_4K).unwrap_or(g.range.end().0);
-        Ok(vec![Chunk {
-            offset: Offset(start),
-            len: end - start,
-            phys: PhysAddr(start),
-            bus: BusAddr(start),
-            mmio: false,
-        }])
+        self.ram.chunks(grant)
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {
-        let mut s = self.state.lock();
-        let g = s.grants.remove(&grant.id).ok_or(Error::UnknownGrant {
-            exporter: self.id,
-            grant: grant.id,
-        })?;
-        if s.pool.get(&g.range.start().0) == Some(&g.range.len()) {
-            s.pool.remove(&g.range.start().0);
-        }
+        self.ram.release(grant)?;
         self.log.push(Event::Release {
             exporter: "host".into(),
-            grant: g.id,
+            grant: grant.id,
         });
         Ok(())
     }

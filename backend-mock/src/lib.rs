@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dma;
 pub mod domain;
 pub mod events;
 pub mod faults;
@@ -38,6 +39,7 @@ pub mod sanitizer;
 pub mod story;
 pub mod wrap;
 
+pub use dma::DmaEngine;
 pub use domain::{FlushMode, MockDomain};
 pub use events::{Event, EventLog};
 pub use faults::{FaultInjector, FaultPoint};

@@ -2,6 +2,7 @@
 //! event log, fault injector) and the [`Machine`] that pairs it with a negotiator and makes GPUs
 //! and NICs.
 
+use crate::dma::DmaEngine;
 use crate::domain::{FlushMode, MockDomain};
 use crate::events::EventLog;
 use crate::faults::FaultInjector;
@@ -13,6 +14,7 @@ use crate::sanitizer::{Finding, Sanitizer, SanitizerMode};
 use crate::wrap::{Faulty, Sanitized};
 use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, SoftIommu, VtdSecondLevel};
 use p2p_core::addr::{AddrRange, Iova, Offset, PhysAddr};
+use p2p_core::export::DeviceMemory;
 use p2p_core::negotiate::{InvalidationReport, MappingObserver, Negotiator};
 use p2p_core::topology::Topology;
 use p2p_core::traits::{
@@ -301,34 +303,11 @@ impl Machine {
         pinnable: bool,
     ) -> Result<Arc<MockGpu>> {
         let topo = self.platform.topology_ref();
-        let bar = topo
-            .endpoint(device)?
-            .bars
-            .iter()
-            .max_by_key(|b| b.size)
-            .copied()
-            .ok_or_else(|| {
-                Error::InvalidTopology(format!("device {device} has no BAR to export"))
-            })?;
-        if size == 0 || size > bar.size {
-            return Err(Error::OutOfBounds {
-                kind: "offset",
-                start: 0,
-                len: size,
-                limit_start: 0,
-                limit_len: bar.size,
-            });
-        }
+        let mem =
+            DeviceMemory::new(topo, device, size, window_pages, movable, pinnable)?.linear()?;
         let host_base = self.platform.host.carve(size)?;
         Ok(Arc::new(MockGpu::new(
-            device,
-            bar,
-            size,
-            window_pages,
-            movable,
-            pinnable,
-            host_base,
-            topo.numa_of(device)?,
+            mem.with_host_base(host_base),
             self.platform.memory.clone(),
             self.platform.log.clone(),
             self.platform.faults.clone(),
@@ -339,6 +318,51 @@ impl Machine {
     pub fn nic(&self, device: PciAddr, caps: ImporterCaps) -> Result<Arc<MockNic>> {
         self.platform.topology_ref().endpoint(device)?;
         Ok(Arc::new(MockNic::new(device, caps, self.platform.clone())))
+    }
+
+    /// The DMA engine of `device`, whose requests above `dma_mask` are refused: for an importer
+    /// of your own (its invalidation, its capabilities) whose DMA the machine routes, checks
+    /// and applies like a [`MockNic`]'s.
+    ///
+    /// ```
+    /// use backend_mock::{DmaEngine, Machine, MockConfig};
+    /// use p2p_core::prelude::*;
+    /// use p2p_core::topology::presets;
+    /// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+    ///
+    /// /// An out-of-tree importer: an NVMe controller that counts the invalidations it gets.
+    /// #[derive(Debug)]
+    /// struct Nvme { engine: DmaEngine, caps: ImporterCaps, told: AtomicUsize }
+    ///
+    /// impl DmaImporter for Nvme {
+    ///     fn device(&self) -> PciAddr { self.engine.device() }
+    ///     fn caps(&self) -> ImporterCaps { self.caps }
+    ///     fn invalidate(&self, _: &Invalidation) -> p2p_core::Result<()> {
+    ///         self.told.fetch_add(1, Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> p2p_core::Result<()> {
+    /// let m = Machine::new(presets::workstation()?, &MockConfig::new(3))?;
+    /// let gpu = m.gpu("0000:03:00.0".parse()?, 1 << 20, 256, true, true)?;
+    /// let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 0 };
+    /// let nvme: PciAddr = "0000:05:00.0".parse()?;
+    /// let nvme = Arc::new(Nvme { engine: m.dma_engine(nvme, caps.dma_mask)?, caps, told: AtomicUsize::new(0) });
+    ///
+    /// let (exp, imp): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>) = (gpu.clone(), nvme.clone());
+    /// let map = m.negotiator().map(&exp, &imp, AddrRange::new(Offset(0), 4096)?, Access::WRITE, &Policy::default())?;
+    /// nvme.engine.dma_write(map.segments()?[0].addr, b"from nvme").unwrap();
+    /// assert_eq!(gpu.cpu_read(0, 9), b"from nvme");
+    /// m.migrate(&gpu)?; // the mapping is invalidated: the importer is told
+    /// assert_eq!(nvme.told.load(Ordering::Relaxed), 1);
+    /// drop(map);
+    /// assert!(m.finish().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn dma_engine(&self, device: PciAddr, dma_mask: u64) -> Result<DmaEngine> {
+        self.platform.topology_ref().endpoint(device)?;
+        Ok(DmaEngine::new(device, dma_mask, self.platform.clone()))
     }
 
     /// Moves a GPU's memory to host RAM: the copy happens inside the invalidation, so no

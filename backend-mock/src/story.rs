@@ -6,7 +6,8 @@
 use crate::platform::{Machine, MockConfig};
 use crate::sanitizer::SanitizerMode;
 use p2p_core::prelude::*;
-use p2p_core::topology::presets::{self, SplitMix64};
+use p2p_core::rand::SplitMix64;
+use p2p_core::topology::presets;
 use std::sync::Arc;
 
 /// What the story saw, for callers that check it.
@@ -25,10 +26,10 @@ const NIC_ODP: &str = "0000:04:00.0";
 const NIC_PINNED: &str = "0000:14:00.0";
 const LEN: u64 = 64 << 10;
 
-fn fail(step: &str, what: String) -> Error {
-    Error::Backend {
-        backend: "story",
-        message: format!("{step}: {what}"),
+fn fail(step: &'static str, what: String) -> Error {
+    Error::CheckFailed {
+        what: step,
+        detail: what,
     }
 }
 

@@ -86,12 +86,9 @@ impl Platform for PassthroughPlatform {
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
         self.topology.read().lookup(device)?;
         if let Some(why) = self.translated.get(&device) {
-            return Err(Error::Backend {
-                backend: "passthrough",
-                message: format!(
-                    "device {device}: {why}, so its DMA is translated; bus addresses would fault \
-                     (use backend-iommu's VFIO path)"
-                ),
+            return Err(Error::DeviceTranslated {
+                device,
+                why: why.clone(),
             });
         }
         Ok(self.identity.clone())

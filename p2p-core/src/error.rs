@@ -4,6 +4,7 @@
 use crate::negotiate::Reason;
 use crate::pci::PciAddr;
 use crate::traits::ExporterId;
+use std::sync::Arc;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -303,7 +304,100 @@ pub enum Error {
         /// What it was given.
         given: String,
     },
-    /// A backend failure that carries its own description (an injected fault, an I/O error).
+    /// A fault injected on purpose (a test's countdown, a seeded rate): never a real failure.
+    #[error("injected fault at {point}: {detail}")]
+    Injected {
+        /// Where it was injected (a page store, a flush, an importer's invalidation).
+        point: &'static str,
+        /// What it hit (an address, a device).
+        detail: String,
+    },
+    /// A call into the operating system failed: which call, on what, with the OS error (and the
+    /// `std::io::Error` it came as, where there was one).
+    #[error("{call} on {target} failed: {}{hint}", os_text(*.errno, .source))]
+    Os {
+        /// The call (`mlock`, `pread`, `VFIO_IOMMU_MAP_DMA`).
+        call: &'static str,
+        /// What it was applied to (a path, a length, an IOVA range), with its values.
+        target: String,
+        /// The OS error number, if the OS gave one.
+        errno: Option<i32>,
+        /// What would help, when the error number says (` (raise RLIMIT_MEMLOCK ...)`), or "".
+        hint: &'static str,
+        /// The error as the standard library reported it.
+        source: Option<IoSource>,
+    },
+    /// An unmap whose range would cut a larger page: refused whole, nothing unmapped (Linux
+    /// never splits a large page on unmap).
+    #[error("unmap of {iova:#x}+{len:#x} would split the {page_size:#x}-byte page at {page_start:#x}; unmap whole pages")]
+    WouldSplit {
+        /// First IOVA of the unmap.
+        iova: u64,
+        /// Its length.
+        len: u64,
+        /// First IOVA of the page it would cut.
+        page_start: u64,
+        /// That page's size.
+        page_size: u64,
+    },
+    /// Memory to map overlaps memory already registered with a domain (a VFIO domain maps only
+    /// registered windows, each at most once).
+    #[error("window {start:#x}+{len:#x} overlaps the window at {other_start:#x}+{other_len:#x} already registered")]
+    WindowOverlap {
+        /// The new window's first physical byte.
+        start: u64,
+        /// Its length.
+        len: u64,
+        /// The registered window's first physical byte.
+        other_start: u64,
+        /// Its length.
+        other_len: u64,
+    },
+    /// Physical memory a domain was asked to map lies in no window registered with it.
+    #[error("physical {phys:#x}+{len:#x} is in no window registered with the domain (register it first)")]
+    NotRegistered {
+        /// First physical byte asked for.
+        phys: u64,
+        /// Length asked for.
+        len: u64,
+    },
+    /// The kernel's page size is not the one this code was built for.
+    #[error("the kernel's page size is {found:#x}, this crate assumes {expected:#x}")]
+    PageSize {
+        /// What the kernel reports.
+        found: u64,
+        /// What the crate assumes.
+        expected: u64,
+    },
+    /// A device's DMA is translated by an IOMMU that this backend does not drive, so the
+    /// addresses it would program fault.
+    #[error("device {device}: {why}, so its DMA is translated; bus addresses would fault (use an IOMMU backend)")]
+    DeviceTranslated {
+        /// The device.
+        device: PciAddr,
+        /// What says so (its IOMMU group, the kernel's domain type).
+        why: String,
+    },
+    /// Something this process may not do without a privilege it lacks.
+    #[error("{what} needs {privilege}: run as root or grant it")]
+    NeedsPrivilege {
+        /// What was attempted, with its values.
+        what: String,
+        /// The privilege (`CAP_SYS_ADMIN`).
+        privilege: &'static str,
+    },
+    /// A self-check of a demonstration or example failed (the data read back differs, a plan is
+    /// not the one expected).
+    #[error("{what} failed: {detail}")]
+    CheckFailed {
+        /// The step.
+        what: &'static str,
+        /// What differed, with the values.
+        detail: String,
+    },
+    /// A backend failure that carries only a description. No in-tree site is left outside
+    /// backend-iommu's page tables and VFIO container, which are being rewritten; new code uses
+    /// a variant a caller can match.
     #[error("{backend}: {message}")]
     Backend {
         /// The backend.
@@ -313,7 +407,89 @@ pub enum Error {
     },
 }
 
+/// The text of an OS error: the standard library's (which names the number), else the number's.
+fn os_text(errno: Option<i32>, source: &Option<IoSource>) -> String {
+    match (source, errno) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(n)) => std::io::Error::from_raw_os_error(n).to_string(),
+        (None, None) => "no OS error number".into(),
+    }
+}
+
+impl Error {
+    /// [`Error::Os`] for `call` on `target` that failed with `e`.
+    pub fn os(call: &'static str, target: impl Into<String>, e: std::io::Error) -> Self {
+        Error::Os {
+            call,
+            target: target.into(),
+            errno: e.raw_os_error(),
+            hint: "",
+            source: Some(IoSource(Arc::new(e))),
+        }
+    }
+}
+
+/// An `std::io::Error` kept as the source of an [`Error`]: shared, so that the error stays
+/// `Clone`, and compared by kind and OS error number, so that it stays `Eq`.
+#[derive(Debug, Clone)]
+pub struct IoSource(pub Arc<std::io::Error>);
+
+impl PartialEq for IoSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for IoSource {}
+
+impl std::fmt::Display for IoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+// It displays as the io::Error itself, so its source is the io::Error's (a report printing the
+// chain would say the same thing twice otherwise); the io::Error is `.0`.
+impl std::error::Error for IoSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// `:12` for a known line, nothing otherwise: `file.xml:12: ...` reads as editors expect.
 fn at_line(line: &Option<u32>) -> String {
     line.map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_say_the_call_the_target_and_the_errno_and_keep_their_source() {
+        let e = Error::os(
+            "mlock",
+            "0x1000 bytes",
+            std::io::Error::from_raw_os_error(12),
+        );
+        assert!(matches!(
+            e,
+            Error::Os {
+                errno: Some(12),
+                ..
+            }
+        ));
+        let text = e.to_string();
+        assert!(text.starts_with("mlock on 0x1000 bytes failed: "), "{text}");
+        assert!(text.contains("os error 12"), "{text}");
+        // Clone and Eq hold though io::Error has neither.
+        assert_eq!(e.clone(), e);
+        let other = Error::os(
+            "mlock",
+            "0x1000 bytes",
+            std::io::Error::from_raw_os_error(1),
+        );
+        assert_ne!(e, other);
+        assert!(std::error::Error::source(&e).is_some());
+    }
 }

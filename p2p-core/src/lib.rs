@@ -2,17 +2,39 @@
 //!
 //! The vocabulary, PCIe topology, traits and mapping negotiator of p2pdma.
 //!
+//! Contents, one concept a module:
+//!
+//! - [`access`]: [`Access`] bitflags and [`DmaDirection`].
 //! - [`addr`]: address newtypes that never mix ([`PhysAddr`], [`BusAddr`], [`Iova`], [`DmaAddr`],
 //!   [`VirtAddr`], [`Offset`]) and ranges that never wrap.
+//! - [`error`]: the one [`Error`] enum every fallible call returns.
+//! - [`pci`]: [`PciAddr`] in lspci form.
+//! - [`page`]: page sizes and the page-size bitmap.
 //! - [`topology`]: host bridges, root ports, switches and endpoints with ACS bits; the path class
-//!   (`LOC`…`SYS`) and the route Linux's p2pdma would take for any pair.
+//!   (`LOC`…`SYS`) and the route Linux's p2pdma would take for any pair. Its readers and
+//!   writers are cargo features, all on by default: `sysfs` (`topology::sysfs`, a Linux `/sys`
+//!   tree), `nccl` (`topology::nccl`, NCCL's topology XML, with roxmltree), `json`
+//!   (`topology::file`, the project's file format, with serde_json) and `render`
+//!   (`topology::render`: matrix, DOT, reports); `serde` (implied by `json` and `render`)
+//!   derives Serialize/Deserialize on the vocabulary. A driver that only negotiates turns them
+//!   off and compiles none of serde, serde_json or roxmltree.
 //! - [`traits`]: [`MemoryExporter`], [`DmaImporter`], [`IommuDomain`], [`Platform`].
 //! - [`negotiate`]: the plan for an (exporter, importer, policy), mappings with merged scatter
 //!   lists, the registry and the invalidation protocol for movable memory.
+//! - [`export`]: exporters that need no backend (a BAR, device memory, host RAM) and the
+//!   [`GrantBook`](export::GrantBook) every exporter keeps its grants in.
+//! - [`reference`](mod@reference): the domain contract in its plainest form (a 4 KiB page map, an IOVA space),
+//!   the state of the reference domains.
+//! - [`range_alloc`]: first-fit, top-down range allocation.
+//! - [`fault`]: the fault-injection countdown every injector shares.
+//! - [`rand`]: the seeded generator behind everything random.
 //! - [`conformance`]: checks of each trait's contract that any implementation runs in its tests.
 //! - [`wrap`]: wrappers that add a behaviour to any implementation ([`wrap::Traced`]); a shared
 //!   `Arc<D>` is a domain too.
-//! - [`testing`]: simple in-memory implementations of the traits.
+//! - [`testing`]: the doubles p2p-core's tests and examples use (the simulated machine is
+//!   backend-mock).
+//! - Private: `hex` (hexadecimal numbers in serialized addresses, with `serde`), `sync` (the locks and atomics the
+//!   loom models swap).
 //!
 //! ```
 //! use p2p_core::prelude::*;
@@ -33,6 +55,7 @@
 //! assert_eq!(mapping.segments()?.len(), 16);          // 1 MiB split at 64 KiB
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -41,10 +64,15 @@ pub mod addr;
 pub mod conformance;
 pub mod error;
 pub mod export;
+pub mod fault;
+#[cfg(feature = "serde")]
 mod hex;
 pub mod negotiate;
 pub mod page;
 pub mod pci;
+pub mod rand;
+pub mod range_alloc;
+pub mod reference;
 mod sync;
 pub mod testing;
 pub mod topology;

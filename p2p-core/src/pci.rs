@@ -109,12 +109,14 @@ impl FromStr for PciAddr {
     }
 }
 
+#[cfg(feature = "serde")]
 impl serde::Serialize for PciAddr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
+#[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for PciAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -22,6 +22,28 @@ use crate::traits::{
 };
 use std::sync::Arc;
 
+/// Implements [`IommuDomain`]'s four description methods (`kind`, `aperture`, `page_sizes`,
+/// `reserved_regions`) inside an `impl IommuDomain` block by asking the field `$field`: what a
+/// wrapper forwards to the domain it wraps, unchanged, and what a reference domain answers from
+/// its [`Geometry`](crate::reference::Geometry).
+#[macro_export]
+macro_rules! forward_domain_description {
+    ($field:ident) => {
+        fn kind(&self) -> $crate::traits::DomainKind {
+            self.$field.kind()
+        }
+        fn aperture(&self) -> $crate::addr::AddrRange<$crate::addr::Iova> {
+            self.$field.aperture()
+        }
+        fn page_sizes(&self) -> $crate::page::PageSizes {
+            self.$field.page_sizes()
+        }
+        fn reserved_regions(&self) -> ::std::vec::Vec<$crate::traits::ReservedRegion> {
+            self.$field.reserved_regions()
+        }
+    };
+}
+
 /// A shared domain is a domain: wrappers and platforms can hold `Arc<dyn IommuDomain>`.
 impl<T: IommuDomain + ?Sized> IommuDomain for Arc<T> {
     fn kind(&self) -> DomainKind {
@@ -93,18 +115,7 @@ impl<D: IommuDomain> Traced<D> {
 }
 
 impl<D: IommuDomain> IommuDomain for Traced<D> {
-    fn kind(&self) -> DomainKind {
-        self.inner.kind()
-    }
-    fn aperture(&self) -> AddrRange<Iova> {
-        self.inner.aperture()
-    }
-    fn page_sizes(&self) -> PageSizes {
-        self.inner.page_sizes()
-    }
-    fn reserved_regions(&self) -> Vec<ReservedRegion> {
-        self.inner.reserved_regions()
-    }
+    crate::forward_domain_description!(inner);
     fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, at: MapAttrs) -> Result<()> {
         let r = self.inner.map_attrs(i, p, len, a, at);
         tracing::debug!(target: "p2pdma::domain", domain = self.name, iova = %i, phys = %p, len, ?a, ?at, ok = r.is_ok(), "map");

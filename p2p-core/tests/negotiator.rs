@@ -242,7 +242,7 @@ fn failed_iommu_map_rolls_back_everything() {
     let (_, imp) = importer(odp(), 64);
     let dom = r.platform.test_domain(a(NIC)).unwrap();
     for fail_at in [0, 1, 50, 99] {
-        dom.fail_after(fail_at);
+        dom.fail_nth(fail_at + 1);
         let err = r.map(&imp, range(0, 100 * SZ_4K)).unwrap_err();
         assert!(err.to_string().contains("injected"), "{err}");
         assert_eq!(r.leftovers(), (0, 0, 0, 0), "fail at {fail_at}");
@@ -569,7 +569,7 @@ fn failed_registration_of_100_segments_maps_nothing() {
     }
     let (_, imp) = importer(odp(), 64);
     let dom = r.platform.test_domain(a(NIC)).unwrap();
-    dom.fail_after(73);
+    dom.fail_nth(74);
     let va = AddrRange::new(VirtAddr(0), 100 * SZ_4K).unwrap();
     assert!(r
         .neg

@@ -6,7 +6,8 @@
 mod fake_sysfs;
 
 use fake_sysfs::{write_topology, FakeSysfs};
-use p2p_core::topology::presets::{self, SplitMix64};
+use p2p_core::rand::SplitMix64;
+use p2p_core::topology::presets;
 use p2p_core::topology::{file, nccl, sysfs, Topology};
 use proptest::prelude::*;
 use std::fmt::Write;

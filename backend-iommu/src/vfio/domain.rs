@@ -36,6 +36,29 @@ impl Type1 for VfioContainer {
     }
 }
 
+/// How many bytes from `start` one `UNMAP_DMA` may cover so that it unmaps what
+/// [`IommuDomain::unmap`] promises: the run of recorded maps that begin back to back at `start`
+/// and end by `end` (0 when nothing is mapped at `start`). Where a map straddles `start` or
+/// `end`, the whole `end - start` is returned so that the kernel refuses the split (EINVAL) and
+/// unmaps nothing.
+fn unmap_span(maps: &BTreeMap<u64, Mapped>, start: u64, end: u64) -> u64 {
+    let straddles_start = maps
+        .range(..start)
+        .next_back()
+        .is_some_and(|(&at, m)| at + m.len > start);
+    if straddles_start {
+        return end - start;
+    }
+    let mut at = start;
+    while let Some(m) = maps.get(&at).filter(|_| at < end) {
+        if at + m.len > end {
+            return end - start;
+        }
+        at += m.len;
+    }
+    at - start
+}
+
 /// x86's MSI doorbell window, which VT-d reports as a hole in the IOVA ranges.
 const MSI: (u64, u64) = (0xfee0_0000, 0xfeef_ffff);
 
@@ -159,12 +182,11 @@ impl VfioDomain {
             .iter()
             .find(|o| AddrRange::new(PhysAddr(o.phys), o.len).is_ok_and(|or| or.overlaps(&r)))
         {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "window {r} overlaps the window at {:#x}+{:#x} already registered",
-                    o.phys, o.len
-                ),
+            return Err(Error::WindowOverlap {
+                start: phys.0,
+                len,
+                other_start: o.phys,
+                other_len: o.len,
             });
         }
         w.push(Window {
@@ -182,13 +204,8 @@ impl VfioDomain {
             .iter()
             .find(|w| phys >= w.phys && phys - w.phys + len <= w.len)
             .map(|w| w.va + (phys - w.phys))
-            .ok_or_else(|| Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "physical {phys:#x}+{len:#x} is in no window this process mapped \
-                     (register it with VfioDomain::add_window)"
-                ),
-            })
+            // Register it with `VfioDomain::add_window` first.
+            .ok_or(Error::NotRegistered { phys, len })
     }
 }
 
@@ -248,12 +265,17 @@ impl IommuDomain for VfioDomain {
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
         let r = AddrRange::new(iova, len)?;
         let mut maps = self.maps.lock();
-        let done = self.kernel.unmap_dma(iova.0, len)?;
-        // The kernel removed the mappings that lie inside the range: forget them too.
-        maps.retain(|&at, m| {
-            let inside = at >= r.start().0 && at + m.len <= r.end().0;
-            !inside
-        });
+        // Type1's UNMAP_DMA removes every mapping inside its range, holes or not, while the
+        // trait stops at the first hole: so the kernel gets only the run of back-to-back maps.
+        let span = unmap_span(&maps, r.start().0, r.end().0);
+        if span == 0 {
+            return Ok(0);
+        }
+        let done = self.kernel.unmap_dma(iova.0, span)?;
+        let gone: Vec<u64> = maps.range(iova.0..iova.0 + span).map(|(&a, _)| a).collect();
+        for at in gone {
+            maps.remove(&at);
+        }
         Ok(done)
     }
 

@@ -3,9 +3,8 @@
 use crate::events::{Event, EventLog};
 use crate::faults::{FaultInjector, FaultPoint};
 use p2p_core::access::Access;
-use p2p_core::addr::{AddrRange, Iova, PhysAddr};
-use p2p_core::page::PageSizes;
-use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, ReservedRegion, Translation};
+use p2p_core::addr::{Iova, PhysAddr};
+use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, Translation};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -69,18 +68,7 @@ impl<D: IommuDomain> Faulty<D> {
 }
 
 impl<D: IommuDomain> IommuDomain for Faulty<D> {
-    fn kind(&self) -> DomainKind {
-        self.inner.kind()
-    }
-    fn aperture(&self) -> AddrRange<Iova> {
-        self.inner.aperture()
-    }
-    fn page_sizes(&self) -> PageSizes {
-        self.inner.page_sizes()
-    }
-    fn reserved_regions(&self) -> Vec<ReservedRegion> {
-        self.inner.reserved_regions()
-    }
+    p2p_core::forward_domain_description!(inner);
 
     fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, at: MapAttrs) -> Result<()> {
         if self.inner.kind() == DomainKind::Translated

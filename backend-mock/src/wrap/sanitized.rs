@@ -3,9 +3,9 @@
 use crate::events::{Event, EventLog};
 use crate::sanitizer::{FindingKind, Sanitizer};
 use p2p_core::access::Access;
-use p2p_core::addr::{AddrRange, Iova, PhysAddr};
-use p2p_core::page::{PageSizes, SZ_4K};
-use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, ReservedRegion, Translation};
+use p2p_core::addr::{Iova, PhysAddr};
+use p2p_core::page::SZ_4K;
+use p2p_core::traits::{IommuDomain, MapAttrs, Translation};
 use p2p_core::{PciAddr, Result};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -107,18 +107,7 @@ impl<D: IommuDomain> Sanitized<D> {
 }
 
 impl<D: IommuDomain> IommuDomain for Sanitized<D> {
-    fn kind(&self) -> DomainKind {
-        self.inner.kind()
-    }
-    fn aperture(&self) -> AddrRange<Iova> {
-        self.inner.aperture()
-    }
-    fn page_sizes(&self) -> PageSizes {
-        self.inner.page_sizes()
-    }
-    fn reserved_regions(&self) -> Vec<ReservedRegion> {
-        self.inner.reserved_regions()
-    }
+    p2p_core::forward_domain_description!(inner);
 
     // Map and unmap hold the records across the inner call, so the record changes in the same
     // order as the domain: otherwise an unmap's clean-up could erase the record of a map another

@@ -1,6 +1,8 @@
 //! A buffer of anonymous memory, locked into RAM, backed by huge pages when the machine has them.
 
+use p2p_core::error::IoSource;
 use p2p_core::{Error, Result};
+use std::sync::Arc;
 
 /// The base page size this crate assumes (x86-64, arm64 with 4 KiB pages); checked against the
 /// kernel's at allocation.
@@ -36,7 +38,7 @@ unsafe impl Send for LockedRegion {}
 // SAFETY: shared access only reads through &self (as_slice); writes need &mut self.
 unsafe impl Sync for LockedRegion {}
 
-fn os_error(what: &str, len: usize) -> Error {
+fn os_error(what: &'static str, len: usize) -> Error {
     let e = std::io::Error::last_os_error();
     let hint = match e.raw_os_error() {
         Some(libc::ENOMEM) | Some(libc::EPERM) | Some(libc::EAGAIN) if what == "mlock" => {
@@ -44,9 +46,12 @@ fn os_error(what: &str, len: usize) -> Error {
         }
         _ => "",
     };
-    Error::Backend {
-        backend: "passthrough",
-        message: format!("{what} of {len:#x} bytes failed: {e}{hint}"),
+    Error::Os {
+        call: what,
+        target: format!("{len:#x} bytes"),
+        errno: e.raw_os_error(),
+        hint,
+        source: Some(IoSource(Arc::new(e))),
     }
 }
 
@@ -63,9 +68,9 @@ impl LockedRegion {
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if page != PAGE as libc::c_long {
-            return Err(Error::Backend {
-                backend: "passthrough",
-                message: format!("the kernel's page size is {page}, this crate assumes {PAGE}"),
+            return Err(Error::PageSize {
+                found: page as u64,
+                expected: PAGE,
             });
         }
         let len = usize::try_from(len).map_err(|_| Error::AddressOverflow {

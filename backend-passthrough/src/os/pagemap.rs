@@ -18,19 +18,12 @@ pub struct Pagemap {
     file: File,
 }
 
-fn err(message: String) -> Error {
-    Error::Backend {
-        backend: "passthrough",
-        message,
-    }
-}
-
 impl Pagemap {
     /// Opens this process's pagemap.
     pub fn open() -> Result<Self> {
         File::open("/proc/self/pagemap")
             .map(|file| Self { file })
-            .map_err(|e| err(format!("/proc/self/pagemap: cannot open: {e}")))
+            .map_err(|e| Error::os("open", "/proc/self/pagemap", e))
     }
 
     /// The physical address of the page holding `va` (page aligned).
@@ -44,9 +37,8 @@ impl Pagemap {
         let first = va / PAGE;
         let mut raw = vec![0u8; pages * 8];
         self.file.read_exact_at(&mut raw, first * 8).map_err(|e| {
-            err(format!(
-                "/proc/self/pagemap: cannot read the entries of {pages} pages from {va:#x}: {e}"
-            ))
+            let target = format!("/proc/self/pagemap, the entries of {pages} pages from {va:#x}");
+            Error::os("pread", target, e)
         })?;
         raw.chunks_exact(8)
             .enumerate()
@@ -72,10 +64,10 @@ fn decode(va: u64, entry: u64) -> Result<u64> {
     }
     let pfn = entry & PFN_MASK;
     if pfn == 0 {
-        return Err(err(format!(
-            "/proc/self/pagemap hides page frame numbers from this process (virtual address \
-             {va:#x}): reading them needs CAP_SYS_ADMIN; run as root or grant the capability"
-        )));
+        return Err(Error::NeedsPrivilege {
+            what: format!("reading the page frame number of {va:#x} from /proc/self/pagemap"),
+            privilege: "CAP_SYS_ADMIN",
+        });
     }
     Ok(pfn * PAGE)
 }

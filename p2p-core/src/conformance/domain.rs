@@ -6,7 +6,7 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Iova, PhysAddr};
 use crate::error::Error;
 use crate::page::{SZ_2M, SZ_4K};
-use crate::topology::presets::SplitMix64;
+use crate::rand::SplitMix64;
 use crate::traits::IommuDomain;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

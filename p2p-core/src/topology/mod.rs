@@ -8,15 +8,23 @@ mod acs;
 pub mod advice;
 pub mod allowlist;
 mod builder;
+#[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub mod file;
 pub mod groups;
 pub mod limits;
+#[cfg(feature = "nccl")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nccl")))]
 pub mod nccl;
 pub mod nvlink;
 mod path;
 pub mod presets;
 pub mod rank;
+#[cfg(feature = "render")]
+#[cfg_attr(docsrs, doc(cfg(feature = "render")))]
 pub mod render;
+#[cfg(feature = "sysfs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sysfs")))]
 pub mod sysfs;
 
 pub use acs::AcsFlags;
@@ -43,10 +51,9 @@ impl NodeId {
 
 /// What a host bridge allows for peer-to-peer traffic that reaches it (Linux's
 /// `host_bridge_whitelist` entries).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
 pub enum HostBridgeP2p {
     /// Not on the allow-list: P2P through it is not supported.
     #[default]
@@ -75,10 +82,9 @@ pub struct HostBridge {
 }
 
 /// The class of an endpoint, coarse as NCCL and `nvidia-smi` see it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum DeviceClass {
     /// A GPU (display or 3D controller).
     Gpu,
@@ -126,7 +132,8 @@ impl fmt::Display for DeviceClass {
 }
 
 /// A memory BAR of an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Bar {
     /// BAR index (0..=5).
     pub index: u8,
@@ -135,7 +142,7 @@ pub struct Bar {
     /// PCI bus address of the BAR (equal to `cpu` unless the host bridge window is offset).
     pub bus: BusAddr,
     /// Size in bytes.
-    #[serde(with = "crate::hex")]
+    #[cfg_attr(feature = "serde", serde(with = "crate::hex"))]
     pub size: u64,
 }
 
@@ -320,6 +327,17 @@ impl Topology {
             NodeKind::Endpoint(e) => Ok(e),
             _ => Err(Error::NotAnEndpoint(addr)),
         }
+    }
+
+    /// The largest memory BAR of an endpoint: where a GPU's or accelerator's exportable memory
+    /// is; [`Error::InvalidTopology`] if it has none.
+    pub fn largest_bar(&self, addr: PciAddr) -> Result<Bar> {
+        self.endpoint(addr)?
+            .bars
+            .iter()
+            .max_by_key(|b| b.size)
+            .copied()
+            .ok_or_else(|| Error::InvalidTopology(format!("device {addr} has no BAR to export")))
     }
 
     /// The host bridge above a node.

@@ -9,10 +9,9 @@ use std::fmt;
 
 /// How far apart two devices are, in the words of `nvidia-smi topo -m`. Ordered from nearest to
 /// farthest, so a policy can say "at most PXB".
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "UPPERCASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "UPPERCASE"))]
 pub enum PathClass {
     /// The same device.
     Loc,

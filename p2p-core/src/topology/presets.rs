@@ -4,6 +4,7 @@
 use super::{AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, Topology, TopologyBuilder};
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
+use crate::rand::SplitMix64;
 
 /// Names and one-line descriptions of the presets.
 pub const PRESETS: [(&str, &str); 3] = [
@@ -152,32 +153,6 @@ pub fn acs_switch() -> Result<Topology> {
         vec![Bar::identity(0, 0x90_0000_0000, NIC_REGS)],
     )?;
     b.build()
-}
-
-/// A small deterministic PRNG (SplitMix64): the generator must give the same machine for the
-/// same seed on every platform and version.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// Seeds the generator.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
 }
 
 /// A random but valid machine: 1–3 host bridges on 1–2 NUMA nodes, root ports, switches nested

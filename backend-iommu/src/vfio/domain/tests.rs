@@ -14,11 +14,9 @@ struct FakeType1 {
     maps: Mutex<BTreeMap<u64, (u64, u64)>>,
 }
 
-fn errno(call: &str, e: i32) -> Error {
-    Error::Backend {
-        backend: "vfio",
-        message: format!("{call}: {}", std::io::Error::from_raw_os_error(e)),
-    }
+fn errno(call: &'static str, iova: u64, size: u64, e: i32) -> Error {
+    let target = format!("iova {iova:#x}+{size:#x}");
+    Error::os(call, target, std::io::Error::from_raw_os_error(e))
 }
 
 impl Type1 for FakeType1 {
@@ -34,7 +32,7 @@ impl Type1 for FakeType1 {
         if m.iter()
             .any(|(&a, &(s, _))| a < iova + size && iova < a + s)
         {
-            return Err(errno("VFIO_IOMMU_MAP_DMA", libc::EEXIST));
+            return Err(errno("VFIO_IOMMU_MAP_DMA", iova, size, libc::EEXIST));
         }
         m.insert(iova, (size, vaddr));
         Ok(())
@@ -45,7 +43,7 @@ impl Type1 for FakeType1 {
         if m.iter()
             .any(|(&a, &(s, _))| a < end && iova < a + s && (a < iova || a + s > end))
         {
-            return Err(errno("VFIO_IOMMU_UNMAP_DMA", libc::EINVAL));
+            return Err(errno("VFIO_IOMMU_UNMAP_DMA", iova, size, libc::EINVAL));
         }
         let inside: Vec<u64> = m.range(iova..end).map(|(&a, _)| a).collect();
         Ok(inside
@@ -106,18 +104,18 @@ fn maps_go_to_the_virtual_address_behind_the_physical_one() {
         d.map(Iova(0x20_1000), PhysAddr(0x1000_0000), 0x1000, Access::READ),
         Err(Error::AlreadyMapped(_))
     ));
-    let e = d
-        .map(Iova(0x40_0000), PhysAddr(0x5000_0000), 0x1000, Access::READ)
-        .unwrap_err();
-    assert!(e.to_string().contains("no window"), "{e}");
-    assert!(d
-        .map(
-            Iova(0x40_0000),
-            PhysAddr(0x1040_0000 - 0x1000),
-            0x2000,
-            Access::READ
-        )
-        .is_err());
+    assert_eq!(
+        d.map(Iova(0x40_0000), PhysAddr(0x5000_0000), 0x1000, Access::READ),
+        Err(Error::NotRegistered {
+            phys: 0x5000_0000,
+            len: 0x1000
+        })
+    );
+    let straddles = PhysAddr(0x1040_0000 - 0x1000);
+    assert!(matches!(
+        d.map(Iova(0x40_0000), straddles, 0x2000, Access::READ),
+        Err(Error::NotRegistered { .. })
+    ));
     assert!(matches!(
         d.map(
             Iova(0xfee0_0000),
@@ -133,9 +131,37 @@ fn maps_go_to_the_virtual_address_behind_the_physical_one() {
     ));
     assert_eq!(fake.maps.lock().len(), 1);
     // Windows may not overlap.
-    assert!(d
-        .add_window(VirtAddr(0x1000), PhysAddr(0x1000_1000), 0x1000)
-        .is_err());
+    assert!(matches!(
+        d.add_window(VirtAddr(0x1000), PhysAddr(0x1000_1000), 0x1000),
+        Err(Error::WindowOverlap {
+            start: 0x1000_1000,
+            other_start: 0x1000_0000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn kernel_refusals_are_os_errors_with_their_errno() {
+    let d = VfioDomain::over(Arc::new(Ranges(vec![(0, (1 << 39) - 1)]))).unwrap();
+    d.add_window(VirtAddr(0x7f00_0000_0000), PhysAddr(0x1000_0000), 0x1000)
+        .unwrap();
+    let e = d
+        .map(Iova(0x1000), PhysAddr(0x1000_0000), 0x1000, Access::READ)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Os { call: "VFIO_IOMMU_MAP_DMA", errno: Some(libc::ENOSYS), source: Some(_), target, .. }
+                if target == "iova 0x1000+0x1000"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("VFIO_IOMMU_MAP_DMA on iova 0x1000+0x1000 failed"),
+        "{e}"
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -192,14 +218,20 @@ proptest! {
                 Op::Unmap { page, pages } => {
                     let (iova, len) = (base + page * 0x1000, pages * 0x1000);
                     let end = iova + len;
-                    let bisects = model.iter().any(|&(a, l, _)| a < end && iova < a + l && (a < iova || a + l > end));
+                    // The trait's unmap: the run of back-to-back maps from iova, up to the
+                    // first hole; a map cut by the start or by the run's end refuses it all.
+                    let mut bisects = model.iter().any(|&(a, l, _)| a < iova && iova < a + l);
+                    let mut at = iova;
+                    while let Some(&(_, l, _)) = model.iter().find(|&&(a, _, _)| a == at && a < end) {
+                        bisects |= at + l > end;
+                        at += l;
+                    }
                     let r = d.unmap(Iova(iova), len);
                     if bisects {
                         prop_assert!(r.is_err());
                     } else {
-                        let inside: u64 = model.iter().filter(|&&(a, l, _)| a >= iova && a + l <= end).map(|m| m.1).sum();
-                        prop_assert_eq!(r.ok(), Some(inside));
-                        model.retain(|&(a, l, _)| !(a >= iova && a + l <= end));
+                        prop_assert_eq!(r.ok(), Some(at - iova));
+                        model.retain(|&(a, _, _)| !(a >= iova && a < at));
                     }
                 }
             }
@@ -231,11 +263,11 @@ impl Type1 for Ranges {
             iova_ranges: self.0.clone(),
         })
     }
-    fn map_dma(&self, _: u64, _: u64, _: u64, _: Access) -> Result<()> {
-        Err(errno("VFIO_IOMMU_MAP_DMA", libc::ENOSYS))
+    fn map_dma(&self, _: u64, iova: u64, size: u64, _: Access) -> Result<()> {
+        Err(errno("VFIO_IOMMU_MAP_DMA", iova, size, libc::ENOSYS))
     }
-    fn unmap_dma(&self, _: u64, _: u64) -> Result<u64> {
-        Err(errno("VFIO_IOMMU_UNMAP_DMA", libc::ENOSYS))
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<u64> {
+        Err(errno("VFIO_IOMMU_UNMAP_DMA", iova, size, libc::ENOSYS))
     }
 }
 
@@ -291,35 +323,36 @@ fn conformance_domain() -> Arc<dyn IommuDomain> {
     Arc::new(d)
 }
 
-/// Checks the domain fails today, with the rule it breaks: type1's `UNMAP_DMA` removes every
-/// mapping inside the range, holes or not, and `VfioDomain::unmap` passes the whole range on,
-/// so an unmap does not stop at the first hole as `IommuDomain::unmap` promises.
-const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
-    (
-        "unmap return values",
-        "stops at the first IOVA that is not mapped",
-    ),
-    (
-        "unmap across page sizes",
-        "stops at the first IOVA that is not mapped",
-    ),
-];
-
-/// Every check but the known violations passes; each known one still fails with its rule (so
-/// that fixing it fails this test until the entry is removed).
+/// Every translated-domain check of the suite passes over the type1 model, each on a fresh
+/// domain (unmap stops at the first hole although type1's UNMAP_DMA does not).
 #[test]
 fn conformance_vfio_domain_over_the_type1_model() {
-    use p2p_core::conformance::{DomainConfig, TRANSLATED_CHECKS};
-    let cfg = DomainConfig::strict();
-    for (name, check) in TRANSLATED_CHECKS {
-        let known = KNOWN_VIOLATIONS.iter().find(|(k, _)| k == name);
-        match (check(&*conformance_domain(), &cfg), known) {
-            (Ok(()), None) => {}
-            (Err(v), Some((_, rule))) if v.rule.contains(rule) => {
-                println!("known violation, {name}: {v}");
-            }
-            (Err(v), _) => panic!("{name}: {v}"),
-            (Ok(()), Some(_)) => panic!("{name} passes now: remove it from KNOWN_VIOLATIONS"),
-        }
-    }
+    use p2p_core::conformance::check_domain_with;
+    let cfg = p2p_core::conformance::DomainConfig::strict();
+    check_domain_with(conformance_domain, &cfg).unwrap_or_else(|v| panic!("{v}"));
+}
+
+/// An unmap across a hole reaches the kernel only for the run before the hole: what lies after
+/// it stays mapped in the kernel too, not just in the domain's record.
+#[test]
+fn unmap_passes_the_kernel_only_the_run_before_a_hole() {
+    let (d, fake) = domain();
+    let (phys, _, _) = WINDOWS[0];
+    d.map(Iova(0x10_0000), PhysAddr(phys), 0x2000, Access::READ)
+        .unwrap();
+    d.map(
+        Iova(0x10_3000),
+        PhysAddr(phys + 0x3000),
+        0x1000,
+        Access::READ,
+    )
+    .unwrap();
+    assert_eq!(d.unmap(Iova(0x10_0000), 0x4000).unwrap(), 0x2000);
+    assert_eq!(
+        fake.maps.lock().keys().copied().collect::<Vec<_>>(),
+        [0x10_3000]
+    );
+    assert_eq!(d.unmap(Iova(0x10_2000), 0x2000).unwrap(), 0);
+    assert_eq!(d.unmap(Iova(0x10_3000), 0x1000).unwrap(), 0x1000);
+    assert!(fake.maps.lock().is_empty());
 }

@@ -1,0 +1,140 @@
+//! The conformance suite against the simulated machine: the reference domain alone, every
+//! device's full domain stack as the machine holds it (fault injector, sanitizer, `SoftIommu` or
+//! the reference underneath), the GPU and host-memory exporters, the platform and the NIC.
+//! `cargo test --workspace conformance` runs these with every other backend's.
+
+use backend_mock::{
+    DomainChoice, FlushMode, Machine, MockConfig, MockDomain, MockPlatform, SanitizerMode,
+};
+use p2p_core::conformance::{
+    check_domain, check_domain_with, check_exporter, check_importer, check_platform, DomainConfig,
+};
+use p2p_core::prelude::*;
+use p2p_core::topology::presets;
+use std::sync::Arc;
+
+const GPU: &str = "0000:03:00.0";
+const NIC: &str = "0000:05:00.0";
+
+fn addr(s: &str) -> PciAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn topo() -> Topology {
+    presets::workstation().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The checks misuse domains on purpose (unmaps of nothing, say), which the sanitizer reports:
+/// it collects here instead of panicking.
+fn config(domains: DomainChoice, flush: FlushMode) -> MockConfig {
+    MockConfig {
+        domains,
+        flush,
+        sanitizer: SanitizerMode::Collect,
+        ..MockConfig::new(11)
+    }
+}
+
+/// The domain stack of the NIC on a fresh machine built with `cfg`.
+fn stack(cfg: MockConfig) -> impl Fn() -> Arc<dyn IommuDomain> {
+    move || {
+        let p = MockPlatform::new(topo(), &cfg).unwrap_or_else(|e| panic!("{e}"));
+        let d = p.iommu(addr(NIC)).unwrap_or_else(|e| panic!("{e}"));
+        d.clone() as Arc<dyn IommuDomain>
+    }
+}
+
+#[test]
+fn conformance_mock_domain_reference() {
+    let strict = || {
+        Arc::new(MockDomain::new(
+            DomainKind::Translated,
+            FlushMode::Strict,
+            vec![],
+        ))
+    };
+    check_domain(move || strict() as Arc<dyn IommuDomain>).unwrap_or_else(|v| panic!("{v}"));
+    for batch in [1, 4] {
+        let lazy = move || {
+            let d = MockDomain::new(DomainKind::Translated, FlushMode::Lazy { batch }, vec![]);
+            Arc::new(d) as Arc<dyn IommuDomain>
+        };
+        check_domain_with(lazy, &DomainConfig::lazy(batch))
+            .unwrap_or_else(|v| panic!("batch {batch}: {v}"));
+    }
+    for kind in [DomainKind::Identity, DomainKind::Blocked] {
+        let d = move || Arc::new(MockDomain::new(kind, FlushMode::Strict, vec![]));
+        check_domain(move || d() as Arc<dyn IommuDomain>).unwrap_or_else(|v| panic!("{v}"));
+    }
+}
+
+#[test]
+fn conformance_mock_domain_stack_soft_iommu() {
+    for choice in [DomainChoice::SoftVtd, DomainChoice::SoftArm] {
+        let name = format!("{choice:?}");
+        check_domain(stack(config(choice.clone(), FlushMode::Strict)))
+            .unwrap_or_else(|v| panic!("{name}, strict: {v}"));
+        let lazy = config(choice, FlushMode::Lazy { batch: 4 });
+        check_domain_with(stack(lazy), &DomainConfig::lazy(4))
+            .unwrap_or_else(|v| panic!("{name}, lazy: {v}"));
+    }
+}
+
+#[test]
+fn conformance_mock_domain_stack_reference() {
+    check_domain(stack(config(DomainChoice::Reference, FlushMode::Strict)))
+        .unwrap_or_else(|v| panic!("{v}"));
+}
+
+fn machine() -> Machine {
+    let cfg = config(DomainChoice::SoftVtd, FlushMode::Strict);
+    Machine::new(topo(), &cfg).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn conformance_mock_gpu_with_revoke() {
+    let m = machine();
+    let gpu = m
+        .gpu(addr(GPU), 1 << 20, 64, true, true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let revoke = || {
+        m.revoke(&gpu).unwrap_or_else(|e| panic!("revoke: {e}"));
+    };
+    check_exporter(&*gpu, Some(&revoke)).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_mock_gpu_unpinnable_then_in_host_ram() {
+    let m = machine();
+    let gpu = m
+        .gpu(addr(GPU), 1 << 20, 64, true, false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    check_exporter(&*gpu, None).unwrap_or_else(|v| panic!("unpinnable: {v}"));
+    m.migrate(&gpu).unwrap_or_else(|e| panic!("migrate: {e}"));
+    check_exporter(&*gpu, None).unwrap_or_else(|v| panic!("in host RAM: {v}"));
+}
+
+#[test]
+fn conformance_mock_host_memory() {
+    let m = machine();
+    check_exporter(&**m.platform().host(), None).unwrap_or_else(|v| panic!("{v}"));
+}
+
+#[test]
+fn conformance_mock_platform_and_nic() {
+    for kind in [DomainKind::Translated, DomainKind::Identity] {
+        let cfg = MockConfig {
+            domain_kind: kind,
+            ..config(DomainChoice::SoftVtd, FlushMode::Strict)
+        };
+        let m = Machine::new(topo(), &cfg).unwrap_or_else(|e| panic!("{e}"));
+        check_platform(&**m.platform()).unwrap_or_else(|v| panic!("{kind}: {v}"));
+        let caps = ImporterCaps {
+            flags: ImporterFlags::ODP | ImporterFlags::P2P,
+            dma_mask: dma_mask(48),
+            max_segment: 1 << 16,
+        };
+        let nic = m.nic(addr(NIC), caps).unwrap_or_else(|e| panic!("{e}"));
+        check_importer(&*nic).unwrap_or_else(|v| panic!("{kind}: {v}"));
+    }
+}
