@@ -7,7 +7,9 @@ use crate::memory::PhysMemory;
 use p2p_core::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use p2p_core::page::SZ_4K;
 use p2p_core::topology::Bar;
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use p2p_core::traits::{
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+};
 use p2p_core::{Error, PciAddr, Result};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -114,6 +116,23 @@ impl MockGpu {
     /// The CPU's view of the object: writes at `off`.
     pub fn cpu_write(&self, off: u64, data: &[u8]) {
         self.memory.write(self.phys_of(off).0, data);
+    }
+
+    /// Where `len` bytes at `offset` of an outstanding grant are now; the bounds and grant
+    /// checks of [`MemoryExporter::read`].
+    fn grant_phys(&self, grant: &ExportGrant, offset: Offset, len: usize) -> Result<PhysAddr> {
+        let s = self.state.lock();
+        if !s.grants.contains_key(&grant.id) || grant.exporter != self.id {
+            return Err(Error::UnknownGrant {
+                exporter: self.id,
+                grant: grant.id,
+            });
+        }
+        check_grant_access(grant, offset, len)?;
+        Ok(match s.residency {
+            Residency::Device(_) => PhysAddr(self.bar.cpu.0 + offset.0),
+            Residency::Host { .. } => PhysAddr(self.host_base.0 + offset.0),
+        })
     }
 
     /// Moves the object to host RAM: copies it, poisons the BAR copy. Run the invalidation
@@ -260,6 +279,18 @@ impl MemoryExporter for MockGpu {
                 mmio: false,
             },
         }])
+    }
+
+    fn read(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        let phys = self.grant_phys(grant, offset, buf.len())?;
+        buf.copy_from_slice(&self.memory.read(phys.0, buf.len()));
+        Ok(())
+    }
+
+    fn write(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        let phys = self.grant_phys(grant, offset, data.len())?;
+        self.memory.write(phys.0, data);
+        Ok(())
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -2,10 +2,13 @@
 //! at the top of RAM; GPUs carve their migration targets out of the bottom.
 
 use crate::events::{Event, EventLog};
+use crate::memory::PhysMemory;
 use p2p_core::addr::{align_up, AddrRange, BusAddr, Offset, PhysAddr};
 use p2p_core::page::SZ_4K;
 use p2p_core::testing::alloc_top_down;
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use p2p_core::traits::{
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -28,11 +31,18 @@ pub struct MockHostMemory {
     ram: AddrRange<PhysAddr>,
     pool: AddrRange<PhysAddr>,
     log: Arc<EventLog>,
+    /// The bytes behind RAM (and everything else), for the CPU's reads and writes.
+    memory: Arc<PhysMemory>,
     state: Mutex<State>,
 }
 
 impl MockHostMemory {
-    pub(crate) fn new(ram_bytes: u64, pool_bytes: u64, log: Arc<EventLog>) -> Self {
+    pub(crate) fn new(
+        ram_bytes: u64,
+        pool_bytes: u64,
+        log: Arc<EventLog>,
+        memory: Arc<PhysMemory>,
+    ) -> Self {
         let pool_bytes = pool_bytes.min(ram_bytes / 2);
         Self {
             id: ExporterId::fresh(),
@@ -40,6 +50,7 @@ impl MockHostMemory {
             pool: AddrRange::new(PhysAddr(ram_bytes - pool_bytes), pool_bytes)
                 .unwrap_or_else(|_| unreachable!()),
             log,
+            memory,
             // The first 1 MiB stays unused, as on a PC.
             state: Mutex::new(State {
                 carve: 1 << 20,
@@ -72,6 +83,17 @@ impl MockHostMemory {
     /// Grants outstanding.
     pub fn grants(&self) -> usize {
         self.state.lock().grants.len()
+    }
+
+    /// The grant and bounds checks of [`MemoryExporter::read`]: offsets are physical addresses.
+    fn check_outstanding(&self, grant: &ExportGrant, offset: Offset, len: usize) -> Result<()> {
+        if grant.exporter != self.id || !self.state.lock().grants.contains_key(&grant.id) {
+            return Err(Error::UnknownGrant {
+                exporter: self.id,
+                grant: grant.id,
+            });
+        }
+        check_grant_access(grant, offset, len)
     }
 
     fn insert(&self, range: AddrRange<Offset>, pin: bool, pool: bool) -> ExportGrant {
@@ -161,6 +183,18 @@ impl MemoryExporter for MockHostMemory {
             bus: BusAddr(start),
             mmio: false,
         }])
+    }
+
+    fn read(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        self.check_outstanding(grant, offset, buf.len())?;
+        buf.copy_from_slice(&self.memory.read(offset.0, buf.len()));
+        Ok(())
+    }
+
+    fn write(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        self.check_outstanding(grant, offset, data.len())?;
+        self.memory.write(offset.0, data);
+        Ok(())
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

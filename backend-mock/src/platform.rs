@@ -129,10 +129,12 @@ impl MockPlatform {
         let log = Arc::new(EventLog::default());
         let faults = Arc::new(FaultInjector::new(config.seed));
         let sanitizer = Arc::new(Sanitizer::new(config.sanitizer, log.clone()));
+        let memory = Arc::new(PhysMemory::default());
         let host = Arc::new(MockHostMemory::new(
             config.ram_bytes,
             config.bounce_pool,
             log.clone(),
+            memory.clone(),
         ));
         let mut windows = Vec::new();
         for (a, e) in topology.endpoints() {
@@ -176,7 +178,7 @@ impl MockPlatform {
         }
         Ok(Self {
             topology: Arc::new(topology),
-            memory: Arc::default(),
+            memory,
             domains,
             reference,
             host,

@@ -311,6 +311,18 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// An exporter whose memory the CPU cannot read or write (bounce buffers need it).
+    #[error("exporter {exporter} gives the CPU no access to its memory")]
+    NoCpuAccess {
+        /// The exporter.
+        exporter: ExporterId,
+    },
+    /// An exporter that cannot allocate fresh memory, only export what it holds.
+    #[error("exporter {exporter} cannot allocate memory")]
+    CannotAllocate {
+        /// The exporter.
+        exporter: ExporterId,
+    },
 }
 
 /// `:12` for a known line, nothing otherwise: `file.xml:12: ...` reads as editors expect.

@@ -21,7 +21,7 @@ mod sg;
 pub use address_space::{AddressSpace, Backing, Registration};
 pub use decide::{decide, Facts};
 pub use invalidation::{Invalidating, InvalidationReport};
-pub use mapping::Mapping;
+pub use mapping::{BounceBuffer, Mapping};
 pub use negotiator::Negotiator;
 pub use observer::{MappingEvent, MappingObserver, TeardownCause};
 pub use plan::{Plan, Reason, Strategy};

@@ -124,10 +124,63 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// Reserves a window for `range`, pinned or not.
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant>;
     /// Reserves `len` fresh bytes anywhere (a bounce buffer, a new GPU allocation).
-    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant>;
+    ///
+    /// The default refuses with [`Error::CannotAllocate`](crate::Error::CannotAllocate): a
+    /// device that only exports memory its owner already placed (a BAR, a CMB) need not
+    /// implement it. A [`Platform::host_memory`](crate::Platform::host_memory) must, since
+    /// bounce buffers come from it.
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        let _ = (len, pin);
+        Err(crate::Error::CannotAllocate {
+            exporter: self.id(),
+        })
+    }
     /// The physically contiguous pieces of a grant, in offset order: page-aligned chunks covering
     /// the pages the grant's range touches.
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>>;
     /// Gives a grant back; an error if it is unknown (released twice).
     fn release(&self, grant: &ExportGrant) -> Result<()>;
+
+    /// Copies `buf.len()` bytes of the memory object at `offset` into `buf`, through the CPU's
+    /// view of wherever the memory is now. The bytes must lie inside `grant`'s range and the
+    /// grant must be outstanding ([`Error::OutOfBounds`](crate::Error::OutOfBounds),
+    /// [`Error::UnknownGrant`](crate::Error::UnknownGrant) otherwise).
+    ///
+    /// Used to fill and drain bounce buffers ([`Mapping::sync_for_device`]
+    /// (crate::negotiate::Mapping::sync_for_device)). The default fails with
+    /// [`Error::NoCpuAccess`](crate::Error::NoCpuAccess): memory the CPU cannot reach can still
+    /// be mapped peer to peer, only not bounced. A
+    /// [`Platform::host_memory`](crate::Platform::host_memory) must implement it and
+    /// [`write`](Self::write).
+    fn read(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        let _ = (grant, offset, buf);
+        Err(crate::Error::NoCpuAccess {
+            exporter: self.id(),
+        })
+    }
+
+    /// Copies `data` into the memory object at `offset`, under the same rules as
+    /// [`read`](Self::read).
+    fn write(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        let _ = (grant, offset, data);
+        Err(crate::Error::NoCpuAccess {
+            exporter: self.id(),
+        })
+    }
+}
+
+/// Checks that `len` bytes at `offset` lie inside `grant`'s range: the bounds rule of
+/// [`MemoryExporter::read`] and [`MemoryExporter::write`], for implementations to share.
+pub fn check_grant_access(grant: &ExportGrant, offset: Offset, len: usize) -> Result<()> {
+    let wanted = AddrRange::new(offset, len as u64)?;
+    if grant.range.contains_range(&wanted) {
+        return Ok(());
+    }
+    Err(crate::Error::OutOfBounds {
+        kind: "offset",
+        start: offset.0,
+        len: len as u64,
+        limit_start: grant.range.start().0,
+        limit_len: grant.range.len(),
+    })
 }

@@ -13,6 +13,8 @@ pub use domain::{
     check_iova_range, check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedKind,
     ReservedRegion, Translation,
 };
-pub use exporter::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+pub use exporter::{
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+};
 pub use importer::{DmaImporter, ImporterCaps, ImporterFlags, Invalidation, InvalidationKind};
 pub use platform::Platform;
