@@ -353,11 +353,22 @@ impl Machine {
         Ok(inv.end())
     }
 
-    /// Revokes a GPU's memory inside the invalidation: afterwards no grant can be made.
+    /// Revokes a GPU's memory inside the invalidation: afterwards no grant can be made. Refused
+    /// with [`Error::Pinned`] while a pinned mapping holds it (see [`revoke_forced`]
+    /// (Self::revoke_forced)).
     pub fn revoke(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
         let inv =
             self.negotiator
                 .begin_invalidation(gpu.id(), whole(gpu)?, InvalidationKind::Revoke)?;
+        gpu.revoke();
+        Ok(inv.end())
+    }
+
+    /// Revokes a GPU's memory without asking, as a device reset does: every mapping of it,
+    /// pinned ones included, is torn down and dead, and DMA through it afterwards faults (the
+    /// sanitizer reports [`FindingKind::AfterRevoke`](crate::FindingKind::AfterRevoke)).
+    pub fn revoke_forced(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
+        let inv = self.negotiator.begin_forced_revoke(gpu.id(), whole(gpu)?)?;
         gpu.revoke();
         Ok(inv.end())
     }

@@ -113,9 +113,13 @@ pub struct Chunk {
 /// - [`chunks`](Self::chunks) and [`release`](Self::release) of a grant that is not outstanding
 ///   (released already, or another exporter's) fail with
 ///   [`Error::UnknownGrant`](crate::Error::UnknownGrant).
-/// - Moving or revoking memory is the exporter owner's act, and goes through
-///   [`Negotiator::invalidate`](crate::negotiate::Negotiator::invalidate) first, which tells every
-///   importer and tears their mappings down; pinned grants make that fail.
+/// - Moving or revoking memory is the exporter owner's act, and goes through the negotiator
+///   first, which tells every importer and tears their mappings down. To move (migration,
+///   eviction) ask with [`Negotiator::begin_invalidation`]
+///   (crate::negotiate::Negotiator::begin_invalidation): pinned grants make it fail with
+///   [`Error::Pinned`](crate::Error::Pinned). When the memory goes away regardless (device
+///   reset, dma-buf revoke) force it with [`Negotiator::begin_forced_revoke`]
+///   (crate::negotiate::Negotiator::begin_forced_revoke): pinned mappings die too.
 pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// Its id.
     fn id(&self) -> ExporterId;

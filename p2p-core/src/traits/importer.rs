@@ -39,7 +39,10 @@ pub struct ImporterCaps {
 pub enum InvalidationKind {
     /// The memory moves (dma-buf `move_notify`, an HMM migration).
     Move,
-    /// The memory is revoked (device reset, decode disabled).
+    /// The memory is revoked (device reset, decode disabled). A forced revoke
+    /// ([`Negotiator::begin_forced_revoke`](crate::negotiate::Negotiator::begin_forced_revoke))
+    /// sends this to pinned mappings too: the importer must stop, since its mapping is torn
+    /// down whatever it answers.
     Revoke,
 }
 
