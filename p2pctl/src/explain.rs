@@ -102,6 +102,11 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             "importer": a.importer,
             "strategy": plan.strategy.name(),
             "refused": plan.is_refused(),
+            // Facts as values, so scripts need not parse the lines; null where a refused plan
+            // has none.
+            "pinned": (!plan.is_refused()).then_some(plan.pin),
+            "memory": plan.memory_state(),
+            "reasons": plan.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "plan": plan.to_string().lines().collect::<Vec<_>>(),
             "acs_advice": advice,
         });

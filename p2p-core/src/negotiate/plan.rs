@@ -178,6 +178,19 @@ impl Plan {
     pub fn is_refused(&self) -> bool {
         matches!(self.strategy, Strategy::Refused(_))
     }
+
+    /// What becomes of the memory while a mapping under this plan lives, in words: `pinned`
+    /// (it cannot move; only a forced revoke takes it away), `revocable` (an invalidation tears
+    /// the mapping down when the memory moves), or `not mapped` for a refused plan, which
+    /// grants nothing. Agrees with [`pin`](Self::pin) and the reasons, which is what `p2pctl
+    /// explain` prints.
+    pub fn memory_state(&self) -> &'static str {
+        match (self.is_refused(), self.pin) {
+            (true, _) => "not mapped (refused)",
+            (false, true) => "pinned",
+            (false, false) => "revocable",
+        }
+    }
 }
 
 impl fmt::Display for Plan {
@@ -191,11 +204,7 @@ impl fmt::Display for Plan {
             )?;
         }
         writeln!(f, "importer domain: {}", self.domain)?;
-        writeln!(
-            f,
-            "memory: {}",
-            if self.pin { "pinned" } else { "revocable" }
-        )?;
+        writeln!(f, "memory: {}", self.memory_state())?;
         writeln!(f, "because:")?;
         for (i, r) in self.reasons.iter().enumerate() {
             writeln!(f, "  {}. {r}", i + 1)?;

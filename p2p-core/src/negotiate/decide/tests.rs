@@ -270,3 +270,30 @@ fn same_device_is_direct() {
     assert_eq!(p.strategy, Strategy::Direct);
     assert_eq!(p.path.unwrap().class, PathClass::Loc);
 }
+
+/// The printed memory state agrees with the plan: a non-ODP importer whose mask does not reach
+/// the BAR is refused (not "revocable", whatever its reasons say), bounces pinned, and an ODP
+/// importer's plan is revocable.
+#[test]
+fn printed_memory_state_agrees_with_the_plan() {
+    let mut c = case();
+    c.facts.caps.flags.remove(ImporterFlags::ODP);
+    c.facts.caps.dma_mask = dma_mask(32);
+    let refused = c.run(&ws());
+    assert!(refused.is_refused());
+    assert_eq!(refused.reasons[0], Reason::PinnedForNonOdp);
+    let text = refused.to_string();
+    assert!(text.contains("memory: not mapped (refused)"), "{text}");
+    assert!(!text.contains("revocable"), "{text}");
+    c.policy.fallback = Fallback::Bounce;
+    let bounced = c.run(&ws());
+    assert_eq!(bounced.strategy, Strategy::Bounce);
+    assert!(
+        bounced.to_string().contains("memory: pinned\n"),
+        "{bounced}"
+    );
+    assert!(case()
+        .run(&ws())
+        .to_string()
+        .contains("memory: revocable\n"));
+}
