@@ -639,6 +639,7 @@ proptest! {
                 max_path: PathClass::ALL[pol as usize % 6],
                 allow_host_bridge: pol & 8 != 0,
                 fallback: if pol & 16 != 0 { Fallback::Bounce } else { Fallback::Refuse },
+                require_iommu_isolation: pol & 32 != 0,
             };
             let cached = neg.negotiate(&**exp, &imp, RW, &policy);
             let cold = neg.negotiate_uncached(&**exp, &imp, RW, &policy);

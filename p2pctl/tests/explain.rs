@@ -62,3 +62,31 @@ fn an_odp_plan_is_revocable() {
     assert_eq!(code, Some(0), "{s}");
     assert!(s.contains("memory: revocable"), "{s}");
 }
+
+/// `--require-isolation` refuses the workstation's switch route; every plan names its
+/// isolation; a pair in one IOMMU group is said to be.
+#[test]
+fn isolation_is_stated_and_enforceable() {
+    let (code, s) = explain(&["--odp"]);
+    assert_eq!(code, Some(0), "{s}");
+    assert!(
+        s.contains("plan: direct") && s.contains("isolation: none"),
+        "{s}"
+    );
+    let (code, s) = explain(&["--odp", "--require-isolation"]);
+    assert_eq!(code, Some(3), "{s}");
+    assert!(s.contains("requires IOMMU isolation"), "{s}");
+    let (_, json) = explain(&[
+        "--odp",
+        "--require-isolation",
+        "--fallback",
+        "bounce",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["strategy"], "bounce");
+    assert_eq!(v["isolation"], "page-granular");
+    // The workstation's GPU and NIC sit under one switch without ACS: one IOMMU group.
+    assert_eq!(v["shared_iommu_group"], true, "{json}");
+    assert!(explain(&["--odp"]).1.contains("iommu group: shared"));
+}

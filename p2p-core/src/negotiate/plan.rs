@@ -102,6 +102,47 @@ pub enum Reason {
     BounceFallback,
     /// The policy refuses instead of bouncing.
     PolicyRefuses,
+    /// The policy requires IOMMU isolation and this way of reaching the memory has none.
+    IsolationRequired {
+        /// What bypasses the IOMMU ("bus addresses", "a passthrough domain").
+        bypass: &'static str,
+    },
+}
+
+/// What an importer can reach through a plan's mapping: the answer a multi-tenant host or a
+/// VMM needs before it assigns the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// No IOMMU check: the device emits bus addresses (a `Direct` route, an identity domain)
+    /// and can reach anything those reach, such as the peer's whole BAR, not only the range
+    /// mapped.
+    None,
+    /// The importer's IOMMU translates every request: only the mapped pages (whole 4 KiB pages
+    /// around the range) are reachable, and only while the mapping lives.
+    PageGranular,
+    /// A refused plan maps nothing.
+    NotMapped,
+}
+
+impl Isolation {
+    /// Short name, as `explain --json` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::None => "none",
+            Isolation::PageGranular => "page-granular",
+            Isolation::NotMapped => "not-mapped",
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::None => "none: the device emits bus addresses the IOMMU does not check, so it can reach more than the mapped range",
+            Isolation::PageGranular => "page-granular: the importer's IOMMU admits only the mapped pages",
+            Isolation::NotMapped => "none needed: nothing is mapped",
+        })
+    }
 }
 
 impl fmt::Display for Reason {
@@ -144,6 +185,9 @@ impl fmt::Display for Reason {
             }
             Reason::BounceFallback => f.write_str("falling back to a bounce buffer in host RAM"),
             Reason::PolicyRefuses => f.write_str("the policy refuses rather than bounce"),
+            Reason::IsolationRequired { bypass } => {
+                write!(f, "the policy requires IOMMU isolation, and {bypass} bypass the IOMMU")
+            }
         }
     }
 }
@@ -179,6 +223,19 @@ impl Plan {
         matches!(self.strategy, Strategy::Refused(_))
     }
 
+    /// The isolation a mapping under this plan gives: none for `Direct` and `Identity` (and a
+    /// bounce buffer under a passthrough domain), page-granular when the importer's IOMMU
+    /// translates (`ViaIommu`, a bounce buffer in a translated domain).
+    pub fn isolation(&self) -> Isolation {
+        match (&self.strategy, self.domain) {
+            (Strategy::Refused(_), _) => Isolation::NotMapped,
+            (Strategy::ViaIommu, _) | (Strategy::Bounce, DomainKind::Translated) => {
+                Isolation::PageGranular
+            }
+            _ => Isolation::None,
+        }
+    }
+
     /// What becomes of the memory while a mapping under this plan lives, in words: `pinned`
     /// (it cannot move; only a forced revoke takes it away), `revocable` (an invalidation tears
     /// the mapping down when the memory moves), or `not mapped` for a refused plan, which
@@ -205,6 +262,7 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "importer domain: {}", self.domain)?;
         writeln!(f, "memory: {}", self.memory_state())?;
+        writeln!(f, "isolation: {}", self.isolation())?;
         writeln!(f, "because:")?;
         for (i, r) in self.reasons.iter().enumerate() {
             writeln!(f, "  {}. {r}", i + 1)?;
