@@ -102,14 +102,14 @@ fn cpu_access_checks_grant_and_bounds() {
     let p = pair(&m, 2, odp());
     let g = p.exporter.export(range(0x100, 0x100), false).unwrap();
     let mut buf = [0u8; 0x10];
-    p.exporter.read(&g, Offset(0x100), &mut buf).unwrap();
-    let outside = p.exporter.read(&g, Offset(0x1f8), &mut buf);
+    p.exporter.read_grant(&g, Offset(0x100), &mut buf).unwrap();
+    let outside = p.exporter.read_grant(&g, Offset(0x1f8), &mut buf);
     assert!(
         matches!(outside, Err(Error::OutOfBounds { .. })),
         "{outside:?}"
     );
     p.exporter.release(&g).unwrap();
-    let gone = p.exporter.write(&g, Offset(0x100), &buf);
+    let gone = p.exporter.write_grant(&g, Offset(0x100), &buf);
     assert!(matches!(gone, Err(Error::UnknownGrant { .. })), "{gone:?}");
 
     #[derive(Debug)]
@@ -131,7 +131,7 @@ fn cpu_access_checks_grant_and_bounds() {
             unreachable!("not exported")
         }
     }
-    let none = NoCpu.read(&g, Offset(0x100), &mut buf);
+    let none = NoCpu.read_grant(&g, Offset(0x100), &mut buf);
     assert_eq!(
         none,
         Err(Error::NoCpuAccess {

@@ -8,7 +8,8 @@ use p2p_core::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use p2p_core::page::SZ_4K;
 use p2p_core::topology::Bar;
 use p2p_core::traits::{
-    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, MemoryKind,
+    Residency,
 };
 use p2p_core::{Error, PciAddr, Result};
 use parking_lot::Mutex;
@@ -54,8 +55,7 @@ impl MockGpu {
         bar: Bar,
         size: u64,
         window_pages: u64,
-        movable: bool,
-        pinnable: bool,
+        kind: MemoryKind,
         host_base: PhysAddr,
         host_numa: u32,
         memory: Arc<PhysMemory>,
@@ -68,8 +68,8 @@ impl MockGpu {
             bar,
             size,
             window_pages,
-            movable,
-            pinnable,
+            movable: kind.movable,
+            pinnable: kind.pinnable,
             host_base,
             host_numa,
             memory,
@@ -119,7 +119,7 @@ impl MockGpu {
     }
 
     /// Where `len` bytes at `offset` of an outstanding grant are now; the bounds and grant
-    /// checks of [`MemoryExporter::read`].
+    /// checks of [`MemoryExporter::read_grant`].
     fn grant_phys(&self, grant: &ExportGrant, offset: Offset, len: usize) -> Result<PhysAddr> {
         let s = self.state.lock();
         if !s.grants.contains_key(&grant.id) || grant.exporter != self.id {
@@ -281,13 +281,13 @@ impl MemoryExporter for MockGpu {
         }])
     }
 
-    fn read(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
         let phys = self.grant_phys(grant, offset, buf.len())?;
         buf.copy_from_slice(&self.memory.read(phys.0, buf.len()));
         Ok(())
     }
 
-    fn write(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
         let phys = self.grant_phys(grant, offset, data.len())?;
         self.memory.write(phys.0, data);
         Ok(())

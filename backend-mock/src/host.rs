@@ -85,7 +85,7 @@ impl MockHostMemory {
         self.state.lock().grants.len()
     }
 
-    /// The grant and bounds checks of [`MemoryExporter::read`]: offsets are physical addresses.
+    /// The grant and bounds checks of [`MemoryExporter::read_grant`]: offsets are physical addresses.
     fn check_outstanding(&self, grant: &ExportGrant, offset: Offset, len: usize) -> Result<()> {
         if grant.exporter != self.id || !self.state.lock().grants.contains_key(&grant.id) {
             return Err(Error::UnknownGrant {
@@ -185,13 +185,13 @@ impl MemoryExporter for MockHostMemory {
         }])
     }
 
-    fn read(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
         self.check_outstanding(grant, offset, buf.len())?;
         buf.copy_from_slice(&self.memory.read(offset.0, buf.len()));
         Ok(())
     }
 
-    fn write(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
         self.check_outstanding(grant, offset, data.len())?;
         self.memory.write(offset.0, data);
         Ok(())

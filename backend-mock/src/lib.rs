@@ -11,7 +11,7 @@
 //! use p2p_core::topology::presets;
 //! # fn main() -> p2p_core::Result<()> {
 //! let m = Machine::new(presets::workstation()?, &MockConfig::new(7))?;
-//! let gpu = m.gpu("0000:03:00.0".parse()?, 1 << 20, 256, true, true)?;
+//! let gpu = m.gpu("0000:03:00.0".parse()?, 1 << 20, 256, MemoryKind::MOVABLE)?;
 //! let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 0 };
 //! let nic = m.nic("0000:05:00.0".parse()?, caps)?;
 //! let (exp, imp): (std::sync::Arc<dyn MemoryExporter>, std::sync::Arc<dyn DmaImporter>) = (gpu.clone(), nic.clone());

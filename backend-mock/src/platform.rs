@@ -16,7 +16,7 @@ use p2p_core::addr::{AddrRange, Iova, Offset, PhysAddr};
 use p2p_core::negotiate::{InvalidationReport, MappingObserver, Negotiator};
 use p2p_core::topology::Topology;
 use p2p_core::traits::{
-    DomainKind, ImporterCaps, InvalidationKind, IommuDomain, MemoryExporter, Platform,
+    DomainKind, ImporterCaps, InvalidationKind, IommuDomain, MemoryExporter, MemoryKind, Platform,
     ReservedKind, ReservedRegion,
 };
 use p2p_core::{Error, PciAddr, Result};
@@ -292,15 +292,14 @@ impl Machine {
         &self.negotiator
     }
 
-    /// A GPU exporting `size` bytes of `device`'s largest BAR through a window of
-    /// `window_pages` 4 KiB pages, with a migration target carved out of host RAM.
+    /// A GPU exporting `size` bytes of memory of `kind` in `device`'s largest BAR through a
+    /// window of `window_pages` 4 KiB pages, with a migration target carved out of host RAM.
     pub fn gpu(
         &self,
         device: PciAddr,
         size: u64,
         window_pages: u64,
-        movable: bool,
-        pinnable: bool,
+        kind: MemoryKind,
     ) -> Result<Arc<MockGpu>> {
         let topo = self.platform.topology_ref();
         let bar = topo
@@ -327,8 +326,7 @@ impl Machine {
             bar,
             size,
             window_pages,
-            movable,
-            pinnable,
+            kind,
             host_base,
             topo.numa_of(device)?,
             self.platform.memory.clone(),

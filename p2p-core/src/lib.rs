@@ -22,7 +22,7 @@
 //! let topo = p2p_core::topology::presets::workstation()?;
 //! let gpu: PciAddr = "0000:03:00.0".parse()?;
 //! let nic: PciAddr = "0000:05:00.0".parse()?;
-//! let exporter: Arc<dyn MemoryExporter> = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, true, true)?);
+//! let exporter: Arc<dyn MemoryExporter> = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, MemoryKind::MOVABLE)?);
 //! let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 1 << 16 };
 //! let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic, caps));
 //! let neg = Negotiator::new(Arc::new(TestPlatform::new(topo, DomainKind::Translated)));

@@ -262,16 +262,16 @@ pub struct TestExporter {
 }
 
 impl TestExporter {
-    /// Exports `size` bytes of `device`'s memory through its largest BAR of the topology, which
-    /// holds at most `window_pages` pages at once.
+    /// Exports `size` bytes of `device`'s memory of `kind` through its largest BAR of the
+    /// topology, which holds at most `window_pages` pages at once.
     pub fn new(
         topology: &Topology,
         device: PciAddr,
         size: u64,
         window_pages: u64,
-        movable: bool,
-        pinnable: bool,
+        kind: MemoryKind,
     ) -> Result<Self> {
+        let MemoryKind { movable, pinnable } = kind;
         let bar = topology
             .endpoint(device)?
             .bars

@@ -16,8 +16,7 @@ fn setup() -> (Negotiator, Arc<TestExporter>, Arc<TestImporter>) {
             "0000:03:00.0".parse().unwrap(),
             1 << 20,
             256,
-            true,
-            true,
+            MemoryKind::MOVABLE,
         )
         .unwrap(),
     );

@@ -194,8 +194,17 @@ impl Rig {
     fn with(pinnable: bool, flags: ImporterFlags) -> Self {
         let topo = presets::workstation().expect("the preset builds");
         let gpu = Arc::new(Gpu {
-            inner: TestExporter::new(&topo, pci(GPU), 16 * SZ_4K, 16, true, pinnable)
-                .expect("the GPU exports"),
+            inner: TestExporter::new(
+                &topo,
+                pci(GPU),
+                16 * SZ_4K,
+                16,
+                MemoryKind {
+                    movable: true,
+                    pinnable,
+                },
+            )
+            .expect("the GPU exports"),
             seen: loom::sync::Mutex::new(()),
         });
         let recorder = Arc::new(Recorder::new());

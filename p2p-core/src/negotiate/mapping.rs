@@ -92,8 +92,8 @@ impl Mapping {
     /// read by the CPU.
     pub fn sync_for_device(&self) -> Result<()> {
         self.sync(|exp, grant, host, bounce, at, buf| {
-            exp.read(grant, Offset(grant.range.start().0 + at), buf)?;
-            host.write(bounce, Offset(bounce.range.start().0 + at), buf)
+            exp.read_grant(grant, Offset(grant.range.start().0 + at), buf)?;
+            host.write_grant(bounce, Offset(bounce.range.start().0 + at), buf)
         })
     }
 
@@ -103,8 +103,8 @@ impl Mapping {
     /// as [`sync_for_device`](Self::sync_for_device) does.
     pub fn sync_for_cpu(&self) -> Result<()> {
         self.sync(|exp, grant, host, bounce, at, buf| {
-            host.read(bounce, Offset(bounce.range.start().0 + at), buf)?;
-            exp.write(grant, Offset(grant.range.start().0 + at), buf)
+            host.read_grant(bounce, Offset(bounce.range.start().0 + at), buf)?;
+            exp.write_grant(grant, Offset(grant.range.start().0 + at), buf)
         })
     }
 

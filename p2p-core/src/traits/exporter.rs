@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::pci::PciAddr;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Identifies an exporter for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +46,35 @@ impl fmt::Display for Residency {
             Residency::Host { numa } => write!(f, "in host RAM on NUMA node {numa}"),
         }
     }
+}
+
+/// Whether memory may move and whether a grant may pin it: the two facts about memory that
+/// decide between pinning and ODP. Named, so a constructor call says what it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemoryKind {
+    /// The memory may move (TTM eviction, HMM migration), so an importer without ODP must pin
+    /// it.
+    pub movable: bool,
+    /// A grant may pin it. Device-private memory (HMM) never can.
+    pub pinnable: bool,
+}
+
+impl MemoryKind {
+    /// Memory that moves unless pinned (GPU VRAM under TTM).
+    pub const MOVABLE: Self = Self {
+        movable: true,
+        pinnable: true,
+    };
+    /// Memory that moves and cannot be pinned (HMM device-private): only ODP importers.
+    pub const DEVICE_PRIVATE: Self = Self {
+        movable: true,
+        pinnable: false,
+    };
+    /// Memory that stays where it is (a controller memory buffer, a fixed BAR carve-out).
+    pub const FIXED: Self = Self {
+        movable: false,
+        pinnable: true,
+    };
 }
 
 /// What the negotiator needs to know of an exporter.
@@ -155,8 +185,8 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// [`Error::NoCpuAccess`](crate::Error::NoCpuAccess): memory the CPU cannot reach can still
     /// be mapped peer to peer, only not bounced. A
     /// [`Platform::host_memory`](crate::Platform::host_memory) must implement it and
-    /// [`write`](Self::write).
-    fn read(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+    /// [`write_grant`](Self::write_grant).
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
         let _ = (grant, offset, buf);
         Err(crate::Error::NoCpuAccess {
             exporter: self.id(),
@@ -164,8 +194,8 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     }
 
     /// Copies `data` into the memory object at `offset`, under the same rules as
-    /// [`read`](Self::read).
-    fn write(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+    /// [`read_grant`](Self::read_grant).
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
         let _ = (grant, offset, data);
         Err(crate::Error::NoCpuAccess {
             exporter: self.id(),
@@ -174,7 +204,7 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
 }
 
 /// Checks that `len` bytes at `offset` lie inside `grant`'s range: the bounds rule of
-/// [`MemoryExporter::read`] and [`MemoryExporter::write`], for implementations to share.
+/// [`MemoryExporter::read_grant`] and [`MemoryExporter::write_grant`], for implementations to share.
 pub fn check_grant_access(grant: &ExportGrant, offset: Offset, len: usize) -> Result<()> {
     let wanted = AddrRange::new(offset, len as u64)?;
     if grant.range.contains_range(&wanted) {
@@ -187,4 +217,56 @@ pub fn check_grant_access(grant: &ExportGrant, offset: Offset, len: usize) -> Re
         limit_start: grant.range.start().0,
         limit_len: grant.range.len(),
     })
+}
+
+/// A shared exporter is an exporter: `&Arc<MyExporter>` can be passed wherever an
+/// `&impl MemoryExporter` is taken (as [`Negotiator::negotiate`]
+/// (crate::negotiate::Negotiator::negotiate) does).
+impl<T: MemoryExporter + ?Sized> MemoryExporter for Arc<T> {
+    fn id(&self) -> ExporterId {
+        (**self).id()
+    }
+    fn info(&self) -> ExporterInfo {
+        (**self).info()
+    }
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        (**self).export(range, pin)
+    }
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        (**self).allocate(len, pin)
+    }
+    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+        (**self).chunks(grant)
+    }
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        (**self).release(grant)
+    }
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        (**self).read_grant(grant, offset, buf)
+    }
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        (**self).write_grant(grant, offset, data)
+    }
+}
+
+/// Turns a shared exporter of any type into the trait object the registry keeps, so that
+/// [`Negotiator::establish`](crate::negotiate::Negotiator::establish) and
+/// [`map`](crate::negotiate::Negotiator::map) take `&Arc<MyExporter>` and
+/// `&Arc<dyn MemoryExporter>` alike. Implemented for every sized exporter and for
+/// `dyn MemoryExporter`; there is nothing to implement by hand.
+pub trait IntoDynExporter: MemoryExporter {
+    /// The same object as `Arc<dyn MemoryExporter>`.
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter>;
+}
+
+impl<T: MemoryExporter + 'static> IntoDynExporter for T {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter> {
+        self
+    }
+}
+
+impl IntoDynExporter for dyn MemoryExporter {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter> {
+        self
+    }
 }

@@ -14,7 +14,10 @@ pub use domain::{
     ReservedRegion, Translation,
 };
 pub use exporter::{
-    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, IntoDynExporter,
+    MemoryExporter, MemoryKind, Residency,
 };
-pub use importer::{DmaImporter, ImporterCaps, ImporterFlags, Invalidation, InvalidationKind};
+pub use importer::{
+    DmaImporter, ImporterCaps, ImporterFlags, IntoDynImporter, Invalidation, InvalidationKind,
+};
 pub use platform::Platform;
