@@ -63,7 +63,7 @@ impl MockGpu {
         faults: Arc<FaultInjector>,
     ) -> Self {
         Self {
-            id: ExporterId::fresh(),
+            id: ExporterId::fresh_named(format!("GPU {device}")),
             device,
             bar,
             size,

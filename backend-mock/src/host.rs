@@ -45,7 +45,7 @@ impl MockHostMemory {
     ) -> Self {
         let pool_bytes = pool_bytes.min(ram_bytes / 2);
         Self {
-            id: ExporterId::fresh(),
+            id: ExporterId::fresh_named("host RAM"),
             ram: AddrRange::new(PhysAddr(0), ram_bytes).unwrap_or_else(|_| unreachable!()),
             pool: AddrRange::new(PhysAddr(ram_bytes - pool_bytes), pool_bytes)
                 .unwrap_or_else(|_| unreachable!()),

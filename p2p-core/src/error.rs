@@ -118,7 +118,7 @@ pub enum Error {
         known: String,
     },
     /// The negotiator found no acceptable way to map.
-    #[error("no DMA plan for exporter {exporter} and importer {importer}: {refusal}")]
+    #[error("no DMA plan for {importer} to reach {exporter}: {refusal}")]
     Refused {
         /// The exporter.
         exporter: ExporterId,
@@ -128,9 +128,7 @@ pub enum Error {
         refusal: Reason,
     },
     /// The exporter's BAR window (or memory pool) cannot hold the request.
-    #[error(
-        "exporter {exporter}: window full, {requested:#x} bytes requested, {available:#x} free"
-    )]
+    #[error("{exporter}: window full, {requested:#x} bytes requested, {available:#x} free")]
     WindowFull {
         /// The exporter.
         exporter: ExporterId,
@@ -140,10 +138,10 @@ pub enum Error {
         available: u64,
     },
     /// The exporter revoked its memory: no new grants or mappings.
-    #[error("exporter {0} has revoked its memory")]
+    #[error("{0} has revoked its memory")]
     Revoked(ExporterId),
     /// A grant that the exporter does not know (released, or from another exporter).
-    #[error("exporter {exporter} holds no grant {grant}")]
+    #[error("{exporter} holds no grant {grant}")]
     UnknownGrant {
         /// The exporter.
         exporter: ExporterId,
@@ -151,7 +149,7 @@ pub enum Error {
         grant: u64,
     },
     /// Memory that cannot be pinned was asked to be.
-    #[error("exporter {exporter} cannot pin its memory: {reason}")]
+    #[error("{exporter} cannot pin its memory: {reason}")]
     NotPinnable {
         /// The exporter.
         exporter: ExporterId,
@@ -159,7 +157,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A revoke or move of a range that a pinned mapping holds.
-    #[error("exporter {exporter}: range {range} is pinned by importer {importer} and cannot move")]
+    #[error("{exporter}: range {range} is pinned by importer {importer} and cannot move")]
     Pinned {
         /// The exporter.
         exporter: ExporterId,
@@ -250,7 +248,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A plan made while the memory was in one place was used after it moved.
-    #[error("plan for exporter {exporter} was made while its memory was {planned}, but it is now {now}: negotiate again")]
+    #[error("plan for {exporter} was made while its memory was {planned}, but it is now {now}: negotiate again")]
     StalePlan {
         /// The exporter.
         exporter: ExporterId,
@@ -261,7 +259,7 @@ pub enum Error {
     },
 
     /// A mapping could not be published because invalidations kept overlapping its set-up.
-    #[error("mapping of exporter {exporter} range {range} gave up after {attempts} attempts: its memory was invalidated during every one")]
+    #[error("mapping of {exporter} range {range} gave up after {attempts} attempts: its memory was invalidated during every one")]
     Contended {
         /// The exporter.
         exporter: ExporterId,
@@ -312,13 +310,13 @@ pub enum Error {
         message: String,
     },
     /// An exporter whose memory the CPU cannot read or write (bounce buffers need it).
-    #[error("exporter {exporter} gives the CPU no access to its memory")]
+    #[error("{exporter} gives the CPU no access to its memory")]
     NoCpuAccess {
         /// The exporter.
         exporter: ExporterId,
     },
     /// An exporter that cannot allocate fresh memory, only export what it holds.
-    #[error("exporter {exporter} cannot allocate memory")]
+    #[error("{exporter} cannot allocate memory")]
     CannotAllocate {
         /// The exporter.
         exporter: ExporterId,

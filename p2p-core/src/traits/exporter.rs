@@ -3,26 +3,59 @@
 use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::Result;
 use crate::pci::PciAddr;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
-/// Identifies an exporter for the life of the process.
+/// Identifies an exporter for the life of the process, and names it in messages.
+///
+/// An id made with [`fresh_named`](Self::fresh_named) prints as its name (`GPU 0000:03:00.0`),
+/// one made with [`fresh`](Self::fresh) as `exporter#3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ExporterId(pub u64);
 
 static NEXT_EXPORTER: AtomicU64 = AtomicU64::new(1);
+
+/// The names given with [`ExporterId::fresh_named`]. Like the ids, they live for the process:
+/// an exporter is made once per device or memory object, so this stays small, and an error
+/// that outlives its exporter still prints the name.
+static NAMES: RwLock<BTreeMap<u64, Arc<str>>> = RwLock::new(BTreeMap::new());
 
 impl ExporterId {
     /// An id no other call in this process returns: implementations take one at construction.
     pub fn fresh() -> Self {
         Self(NEXT_EXPORTER.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// A fresh id that messages print as `name`: say what the memory is and where
+    /// (`GPU 0000:03:00.0`, `host RAM`).
+    pub fn fresh_named(name: impl Into<String>) -> Self {
+        let id = Self::fresh();
+        let name: Arc<str> = Arc::from(name.into());
+        NAMES
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.0, name);
+        id
+    }
+
+    /// The name given at construction, if any.
+    pub fn name(self) -> Option<Arc<str>> {
+        NAMES
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&self.0)
+            .cloned()
+    }
 }
 
 impl fmt::Display for ExporterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "exporter#{}", self.0)
+        match self.name() {
+            Some(name) => f.write_str(&name),
+            None => write!(f, "exporter#{}", self.0),
+        }
     }
 }
 
