@@ -2,7 +2,7 @@
 
 use super::plan_cache::{CacheStats, PlanCache};
 use super::registry::{Entry, Registry, Resources, State};
-use super::{decide, establish, Facts, Mapping, Plan, Policy, Sequence, Strategy};
+use super::{decide, establish, Facts, Mapping, Plan, Policy, ReasonList, Sequence, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
@@ -125,7 +125,12 @@ impl Negotiator {
     fn plan(&self, topo: &Topology, facts: &Facts, policy: &Policy) -> Result<Plan> {
         let _span = tracing::debug_span!("negotiate", exporter = %facts.exporter, importer = %facts.importer).entered();
         let plan = decide(topo, facts, policy)?;
-        tracing::debug!(strategy = %plan.strategy, "planned");
+        // Plans are cached, so this runs once per distinct set of facts, not per map.
+        if plan.is_refused() {
+            tracing::info!(exporter = %facts.exporter, importer = %facts.importer, strategy = %plan.strategy, reasons = %ReasonList(&plan.reasons), "refused");
+        } else {
+            tracing::debug!(strategy = %plan.strategy, reasons = %ReasonList(&plan.reasons), "planned");
+        }
         Ok(plan)
     }
 
@@ -161,6 +166,7 @@ impl Negotiator {
         check_range(&**exporter, range)?;
         if let Strategy::Refused(why) = &plan.strategy {
             // Refused plans touch nothing: no registration, no grant, no IOVA.
+            tracing::info!(exporter = %plan.exporter, importer = %plan.importer, reasons = %ReasonList(&plan.reasons), "establish of a refused plan");
             return Err(Error::Refused {
                 exporter: plan.exporter,
                 importer: plan.importer,
@@ -267,9 +273,13 @@ impl Negotiator {
             let still_there = inner.entries.contains_key(&id);
             if still_there && !seq.read_retry(begin) {
                 let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+                let (importer, segments, bytes) =
+                    (e.importer.device(), res.segments.len(), e.range.len());
                 e.pinned = plan.pin;
                 e.state = State::Live(Box::new(res));
                 self.registry.notify_established(&inner, id);
+                drop(inner);
+                tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");
                 return Ok(plan);
             }
             drop(inner);
@@ -345,9 +355,15 @@ impl Negotiator {
                 establish::build(&*self.platform, &plan, &exporter, &*importer, mapping.range)?;
             Ok((plan, res))
         });
-        if published.is_err() {
-            if let Some(e) = self.registry.inner.lock().entries.get_mut(&mapping.id) {
-                e.state = State::Invalidated(InvalidationKind::Move);
+        match &published {
+            Ok(plan) => {
+                tracing::debug!(mapping = mapping.id, strategy = %plan.strategy, "re-faulted")
+            }
+            Err(err) => {
+                tracing::debug!(mapping = mapping.id, %err, "re-fault failed");
+                if let Some(e) = self.registry.inner.lock().entries.get_mut(&mapping.id) {
+                    e.state = State::Invalidated(InvalidationKind::Move);
+                }
             }
         }
         published.map(|p| (*p).clone())

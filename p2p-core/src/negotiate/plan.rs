@@ -109,6 +109,23 @@ pub enum Reason {
     },
 }
 
+/// A plan's reasons as one line (`1. ...; 2. ...`), for log fields: a tracing event formats it
+/// only when a subscriber records the event.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonList<'a>(pub &'a [Reason]);
+
+impl fmt::Display for ReasonList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}. {r}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
 /// What an importer can reach through a plan's mapping: the answer a multi-tenant host or a
 /// VMM needs before it assigns the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
