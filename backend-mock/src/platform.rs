@@ -352,8 +352,7 @@ impl Machine {
     }
 
     /// Revokes a GPU's memory inside the invalidation: afterwards no grant can be made. Refused
-    /// with [`Error::Pinned`] while a pinned mapping holds it (see [`revoke_forced`]
-    /// (Self::revoke_forced)).
+    /// with [`Error::Pinned`] while a pinned mapping holds it (see [`revoke_forced`](Self::revoke_forced)).
     pub fn revoke(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
         let inv =
             self.negotiator

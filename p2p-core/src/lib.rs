@@ -14,6 +14,10 @@
 //!   `Arc<D>` is a domain too.
 //! - [`testing`]: simple in-memory implementations of the traits.
 //!
+//! **Writing a driver?** Start with the [implementer's guide](guide): a complete exporter and
+//! importer of your own, what each method must guarantee, which thread calls what, and which
+//! error to return.
+//!
 //! ```
 //! use p2p_core::prelude::*;
 //! use p2p_core::testing::*;
@@ -22,9 +26,9 @@
 //! let topo = p2p_core::topology::presets::workstation()?;
 //! let gpu: PciAddr = "0000:03:00.0".parse()?;
 //! let nic: PciAddr = "0000:05:00.0".parse()?;
-//! let exporter: Arc<dyn MemoryExporter> = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, MemoryKind::MOVABLE)?);
+//! let exporter = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, MemoryKind::MOVABLE)?);
 //! let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 1 << 16 };
-//! let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic, caps));
+//! let importer = Arc::new(TestImporter::new(nic, caps));
 //! let neg = Negotiator::new(Arc::new(TestPlatform::new(topo, DomainKind::Translated)));
 //!
 //! let range = AddrRange::new(Offset(0), 1 << 20)?;
@@ -41,6 +45,7 @@ pub mod addr;
 pub mod conformance;
 pub mod error;
 pub mod export;
+pub mod guide;
 mod hex;
 pub mod negotiate;
 pub mod page;

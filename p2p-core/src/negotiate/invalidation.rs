@@ -59,8 +59,8 @@ impl Drop for Invalidating<'_> {
 
 impl Negotiator {
     /// Runs the invalidation protocol for a move or revoke of `range` that the caller has
-    /// already carried out or does not need to wait on: [`begin_invalidation`]
-    /// (Self::begin_invalidation) and at once [`Invalidating::end`].
+    /// already carried out or does not need to wait on: [`begin_invalidation`](Self::begin_invalidation)
+    /// and at once [`Invalidating::end`].
     ///
     /// To move memory, prefer `begin_invalidation`, move while holding the guard, then end it:
     /// a mapping set up between this returning and the move would see the old place.
@@ -100,8 +100,8 @@ impl Negotiator {
     /// revoke). Every overlapping mapping, **pinned ones included**, is invalidated as
     /// [`begin_invalidation`](Self::begin_invalidation) does with
     /// [`InvalidationKind::Revoke`]: its importer is told, its IOMMU mapping unmapped and
-    /// flushed, its grant released, and it is left dead ([`Mapping::segments`]
-    /// (super::Mapping::segments) fails, it cannot be re-faulted). DMA through it afterwards
+    /// flushed, its grant released, and it is left dead ([`Mapping::segments`](super::Mapping::segments)
+    /// fails, it cannot be re-faulted). DMA through it afterwards
     /// faults in the IOMMU, and a DMA sanitizer sees a revoke as its cause.
     ///
     /// An importer that cannot stop is not waited for: its mapping is torn down anyway, it is

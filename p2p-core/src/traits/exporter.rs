@@ -178,11 +178,11 @@ pub struct Chunk {
 ///   [`Error::UnknownGrant`](crate::Error::UnknownGrant).
 /// - Moving or revoking memory is the exporter owner's act, and goes through the negotiator
 ///   first, which tells every importer and tears their mappings down. To move (migration,
-///   eviction) ask with [`Negotiator::begin_invalidation`]
-///   (crate::negotiate::Negotiator::begin_invalidation): pinned grants make it fail with
+///   eviction) ask with [`Negotiator::begin_invalidation`](crate::negotiate::Negotiator::begin_invalidation):
+///   pinned grants make it fail with
 ///   [`Error::Pinned`](crate::Error::Pinned). When the memory goes away regardless (device
-///   reset, dma-buf revoke) force it with [`Negotiator::begin_forced_revoke`]
-///   (crate::negotiate::Negotiator::begin_forced_revoke): pinned mappings die too.
+///   reset, dma-buf revoke) force it with [`Negotiator::begin_forced_revoke`](crate::negotiate::Negotiator::begin_forced_revoke):
+///   pinned mappings die too.
 pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// Its id.
     fn id(&self) -> ExporterId;
@@ -213,8 +213,8 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// grant must be outstanding ([`Error::OutOfBounds`](crate::Error::OutOfBounds),
     /// [`Error::UnknownGrant`](crate::Error::UnknownGrant) otherwise).
     ///
-    /// Used to fill and drain bounce buffers ([`Mapping::sync_for_device`]
-    /// (crate::negotiate::Mapping::sync_for_device)). The default fails with
+    /// Used to fill and drain bounce buffers ([`Mapping::sync_for_device`](crate::negotiate::Mapping::sync_for_device)).
+    /// The default fails with
     /// [`Error::NoCpuAccess`](crate::Error::NoCpuAccess): memory the CPU cannot reach can still
     /// be mapped peer to peer, only not bounced. A
     /// [`Platform::host_memory`](crate::Platform::host_memory) must implement it and
@@ -253,8 +253,8 @@ pub fn check_grant_access(grant: &ExportGrant, offset: Offset, len: usize) -> Re
 }
 
 /// A shared exporter is an exporter: `&Arc<MyExporter>` can be passed wherever an
-/// `&impl MemoryExporter` is taken (as [`Negotiator::negotiate`]
-/// (crate::negotiate::Negotiator::negotiate) does).
+/// `&impl MemoryExporter` is taken (as [`Negotiator::negotiate`](crate::negotiate::Negotiator::negotiate)
+/// does).
 impl<T: MemoryExporter + ?Sized> MemoryExporter for Arc<T> {
     fn id(&self) -> ExporterId {
         (**self).id()
