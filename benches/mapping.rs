@@ -321,7 +321,7 @@ fn negotiate(c: &mut Criterion) {
     let topo = presets::dgx().unwrap();
     let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
     let nic: PciAddr = "0000:84:00.0".parse().unwrap();
-    let exporter = TestExporter::new(&topo, gpu, 1 << 20, 256, true, true).unwrap();
+    let exporter = TestExporter::new(&topo, gpu, 1 << 20, 256, MemoryKind::MOVABLE).unwrap();
     let caps = ImporterCaps {
         flags: ImporterFlags::ODP | ImporterFlags::P2P,
         dma_mask: dma_mask(64),

@@ -13,7 +13,7 @@ fn a_dgx_gpu_and_its_switch_neighbour_nic_use_bus_addresses() {
     let far_nic: PciAddr = "0000:84:00.0".parse().unwrap();
     assert_eq!(topo.path(gpu, nic).unwrap().class, PathClass::Pix);
     let exporter: Arc<dyn MemoryExporter> =
-        Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 256, false, true).unwrap());
+        Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 256, MemoryKind::FIXED).unwrap());
     let caps = ImporterCaps {
         flags: ImporterFlags::P2P,
         dma_mask: dma_mask(64),

@@ -24,7 +24,7 @@ fn workload(seed: u64) -> String {
     let mut rng = SplitMix64::new(seed);
     let gpus: Vec<_> = [GPU, GPU1]
         .iter()
-        .map(|g| m.gpu(a(g), 64 * 4096, 32, true, true).unwrap())
+        .map(|g| m.gpu(a(g), 64 * 4096, 32, MemoryKind::MOVABLE).unwrap())
         .collect();
     let nic = m.nic(a(NIC), odp()).unwrap();
     let imp: Arc<dyn DmaImporter> = nic.clone();

@@ -54,7 +54,7 @@ fn every_injection_point_in_a_64_segment_map_rolls_back_completely() {
     let mut n = 1;
     loop {
         let m = Machine::new(presets::acs_switch().unwrap(), &collect(n)).unwrap();
-        let gpu = m.gpu(a(GPU), 1 << 20, 1024, true, true).unwrap();
+        let gpu = m.gpu(a(GPU), 1 << 20, 1024, MemoryKind::MOVABLE).unwrap();
         let space = Interleaved { gpu: gpu.clone() };
         let nic: Arc<dyn DmaImporter> = m.nic(a(NIC), odp()).unwrap();
         m.platform().faults().fail_nth(n);
@@ -160,7 +160,7 @@ fn an_importer_that_cannot_stop_blocks_the_migration() {
 #[test]
 fn a_window_that_fills_fails_cleanly_and_recovers() {
     let m = Machine::new(presets::workstation().unwrap(), &MockConfig::new(42)).unwrap();
-    let gpu = m.gpu(a(GPU), 64 * 4096, 16, true, true).unwrap();
+    let gpu = m.gpu(a(GPU), 64 * 4096, 16, MemoryKind::MOVABLE).unwrap();
     let nic = m.nic(a(NIC), odp()).unwrap();
     let (exp, imp): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>) = (gpu.clone(), nic);
     let p = Policy::default();

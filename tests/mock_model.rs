@@ -139,7 +139,15 @@ fn run(seed: u64, acs: bool, ops: Vec<Op>) -> Result<(), proptest::test_runner::
         .into_iter()
         .map(|(g, movable)| ModelGpu {
             dev: m
-                .gpu(a(g), PAGES * PAGE, WINDOW, movable, !movable)
+                .gpu(
+                    a(g),
+                    PAGES * PAGE,
+                    WINDOW,
+                    MemoryKind {
+                        movable,
+                        pinnable: !movable,
+                    },
+                )
                 .unwrap(),
             data: vec![0; (PAGES * PAGE) as usize],
             revoked: false,

@@ -4,7 +4,9 @@ mod common;
 
 use backend_mock::{DmaFault, Machine, MockConfig, Target, Via};
 use common::*;
-use p2pdma::core::topology::{presets, Bar, DeviceClass, HostBridgeP2p, TopologyBuilder};
+use p2pdma::core::topology::{
+    presets, Bar, DeviceClass, HostBridgeAt, HostBridgeP2p, TopologyBuilder,
+};
 use p2pdma::prelude::*;
 use std::sync::Arc;
 
@@ -67,7 +69,7 @@ fn acs_redirect_forces_the_iommu_path() {
 fn colliding(reserve: bool) -> (Machine, Arc<backend_mock::MockNic>) {
     let mut b = TopologyBuilder::new();
     let hb = b
-        .host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)
+        .host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::None))
         .unwrap();
     let rp = b.root_port(hb, a("00:01.0")).unwrap();
     let sw = b.switch(rp, a("01:00.0")).unwrap();
@@ -150,7 +152,7 @@ fn a_host_bridge_off_the_allow_list_rejects_peer_traffic_and_touches_nothing() {
         ..collect(4)
     };
     let m = Machine::new(presets::workstation().unwrap(), &config).unwrap();
-    let gpu = m.gpu(a(GPU), 4096, 16, false, true).unwrap();
+    let gpu = m.gpu(a(GPU), 4096, 16, MemoryKind::FIXED).unwrap();
     gpu.cpu_write(0, b"untouched");
     let far = m
         .nic(a("0000:10:00.0"), caps(ImporterFlags::P2P, 64))
@@ -217,7 +219,7 @@ fn a_bridge_known_only_as_a_bridge_forwards_between_its_devices() {
     // PCIe-to-PCI bridge found in sysfs, or an NCCL file's switch, is modelled).
     let mut b = TopologyBuilder::new();
     let hb = b
-        .host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)
+        .host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::None))
         .unwrap();
     let rp = b.root_port(hb, a("00:01.0")).unwrap();
     let br = b.bridge(rp, a("01:00.0")).unwrap();

@@ -28,7 +28,9 @@ fn legal_sequences_are_clean_even_in_panic_mode() {
 }
 
 #[test]
-#[should_panic(expected = "DMA sanitizer: OutsideMapping")]
+#[should_panic(
+    expected = "DMA sanitizer: DMA outside any mapping: device 0000:05:00.0 address 0x12340000"
+)]
 fn panic_mode_stops_at_the_first_finding() {
     let m = Machine::new(presets::acs_switch().unwrap(), &MockConfig::new(11)).unwrap();
     let nic = m.nic(a(NIC), odp()).unwrap();

@@ -169,7 +169,7 @@ fn the_negotiator_maps_a_peer_bar_through_the_soft_iommu() {
     let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
     let nic_addr: PciAddr = "0000:05:00.0".parse().unwrap();
     let exporter: Arc<dyn MemoryExporter> =
-        Arc::new(TestExporter::new(&topo, gpu, 4 << 20, 2048, true, true).unwrap());
+        Arc::new(TestExporter::new(&topo, gpu, 4 << 20, 2048, MemoryKind::MOVABLE).unwrap());
     let nic = Arc::new(SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap());
     let platform = Arc::new(SoftPlatform {
         topology: Arc::new(topo),

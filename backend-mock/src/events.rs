@@ -240,7 +240,7 @@ impl fmt::Display for Event {
                 "dma {device} {} {addr:#x} len {len:#x}: {outcome}",
                 if *write { "write" } else { "read" }
             ),
-            Event::Fault { point, detail } => write!(f, "injected fault {point:?}: {detail}"),
+            Event::Fault { point, detail } => write!(f, "injected fault ({point}): {detail}"),
             Event::Finding { summary } => write!(f, "SANITIZER {summary}"),
         }
     }

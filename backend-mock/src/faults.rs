@@ -33,6 +33,18 @@ impl FaultPoint {
     ];
 }
 
+impl std::fmt::Display for FaultPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaultPoint::BarWindow => "BAR window full",
+            FaultPoint::PageTableAlloc => "page-table frame allocation",
+            FaultPoint::FlushTimeout => "IOTLB flush timeout",
+            FaultPoint::ImporterInvalidate => "importer failed to stop",
+            FaultPoint::ExporterRevoke => "exporter revoked",
+        })
+    }
+}
+
 #[derive(Debug)]
 struct State {
     rng: SplitMix64,

@@ -6,7 +6,9 @@ use crate::faults::{FaultInjector, FaultPoint};
 use crate::memory::PhysMemory;
 use p2p_core::addr::{AddrRange, Offset, PhysAddr};
 use p2p_core::export::{DeviceMemory, GrantBook};
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter};
+use p2p_core::traits::{
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter,
+};
 use p2p_core::{Error, PciAddr, Result};
 use std::sync::Arc;
 
@@ -72,6 +74,15 @@ impl MockGpu {
     /// The CPU's view of the object: writes at `off`.
     pub fn cpu_write(&self, off: u64, data: &[u8]) {
         self.memory.write(self.phys_of(off).0, data);
+    }
+
+    /// Where `len` bytes at `offset` of an outstanding grant are now; the bounds and grant
+    /// checks of [`MemoryExporter::read_grant`] (the grant book refuses a grant it does not hold,
+    /// another exporter's included).
+    fn grant_phys(&self, grant: &ExportGrant, offset: Offset, len: usize) -> Result<PhysAddr> {
+        self.mem.chunks(grant)?;
+        check_grant_access(grant, offset, len)?;
+        Ok(self.phys_of(offset.0))
     }
 
     /// Moves the object to host RAM: copies it, poisons the BAR copy. Run the invalidation
@@ -162,6 +173,18 @@ impl MemoryExporter for MockGpu {
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         self.mem.chunks(grant)
+    }
+
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        let phys = self.grant_phys(grant, offset, buf.len())?;
+        buf.copy_from_slice(&self.memory.read(phys.0, buf.len()));
+        Ok(())
+    }
+
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        let phys = self.grant_phys(grant, offset, data.len())?;
+        self.memory.write(phys.0, data);
+        Ok(())
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

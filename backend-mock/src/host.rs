@@ -2,10 +2,13 @@
 //! at the top of RAM; GPUs carve their migration targets out of the bottom.
 
 use crate::events::{Event, EventLog};
+use crate::memory::PhysMemory;
 use p2p_core::addr::{align_up, AddrRange, Offset, PhysAddr};
 use p2p_core::export::HostRam;
 use p2p_core::page::SZ_4K;
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter};
+use p2p_core::traits::{
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter,
+};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -16,18 +19,33 @@ use std::sync::Arc;
 pub struct MockHostMemory {
     ram: HostRam,
     log: Arc<EventLog>,
+    /// The bytes behind RAM (and everything else), for the CPU's reads and writes.
+    memory: Arc<PhysMemory>,
     /// Next free byte for carve-outs.
     carve: Mutex<u64>,
 }
 
 impl MockHostMemory {
-    pub(crate) fn new(ram_bytes: u64, pool_bytes: u64, log: Arc<EventLog>) -> Self {
+    pub(crate) fn new(
+        ram_bytes: u64,
+        pool_bytes: u64,
+        log: Arc<EventLog>,
+        memory: Arc<PhysMemory>,
+    ) -> Self {
         Self {
             ram: HostRam::new(ram_bytes, pool_bytes.min(ram_bytes / 2)),
             log,
+            memory,
             // The first 1 MiB stays unused, as on a PC.
             carve: Mutex::new(1 << 20),
         }
+    }
+
+    /// The grant and bounds checks of [`MemoryExporter::read_grant`] (offsets are physical
+    /// addresses; the grant book refuses a grant it does not hold, another exporter's included).
+    fn check_outstanding(&self, grant: &ExportGrant, offset: Offset, len: usize) -> Result<()> {
+        self.ram.chunks(grant)?;
+        check_grant_access(grant, offset, len)
     }
 
     /// RAM's physical range.
@@ -89,6 +107,18 @@ impl MemoryExporter for MockHostMemory {
 
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
         self.ram.chunks(grant)
+    }
+
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        self.check_outstanding(grant, offset, buf.len())?;
+        buf.copy_from_slice(&self.memory.read(offset.0, buf.len()));
+        Ok(())
+    }
+
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        self.check_outstanding(grant, offset, data.len())?;
+        self.memory.write(offset.0, data);
+        Ok(())
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

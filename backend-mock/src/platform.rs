@@ -18,7 +18,7 @@ use p2p_core::export::DeviceMemory;
 use p2p_core::negotiate::{InvalidationReport, MappingObserver, Negotiator};
 use p2p_core::topology::Topology;
 use p2p_core::traits::{
-    DomainKind, ImporterCaps, InvalidationKind, IommuDomain, MemoryExporter, Platform,
+    DomainKind, ImporterCaps, InvalidationKind, IommuDomain, MemoryExporter, MemoryKind, Platform,
     ReservedKind, ReservedRegion,
 };
 use p2p_core::{Error, PciAddr, Result};
@@ -131,10 +131,12 @@ impl MockPlatform {
         let log = Arc::new(EventLog::default());
         let faults = Arc::new(FaultInjector::new(config.seed));
         let sanitizer = Arc::new(Sanitizer::new(config.sanitizer, log.clone()));
+        let memory = Arc::new(PhysMemory::default());
         let host = Arc::new(MockHostMemory::new(
             config.ram_bytes,
             config.bounce_pool,
             log.clone(),
+            memory.clone(),
         ));
         let mut windows = Vec::new();
         for (a, e) in topology.endpoints() {
@@ -178,7 +180,7 @@ impl MockPlatform {
         }
         Ok(Self {
             topology: Arc::new(topology),
-            memory: Arc::default(),
+            memory,
             domains,
             reference,
             host,
@@ -292,19 +294,17 @@ impl Machine {
         &self.negotiator
     }
 
-    /// A GPU exporting `size` bytes of `device`'s largest BAR through a window of
-    /// `window_pages` 4 KiB pages, with a migration target carved out of host RAM.
+    /// A GPU exporting `size` bytes of memory of `kind` in `device`'s largest BAR through a
+    /// window of `window_pages` 4 KiB pages, with a migration target carved out of host RAM.
     pub fn gpu(
         &self,
         device: PciAddr,
         size: u64,
         window_pages: u64,
-        movable: bool,
-        pinnable: bool,
+        kind: MemoryKind,
     ) -> Result<Arc<MockGpu>> {
         let topo = self.platform.topology_ref();
-        let mem =
-            DeviceMemory::new(topo, device, size, window_pages, movable, pinnable)?.linear()?;
+        let mem = DeviceMemory::new(topo, device, size, window_pages, kind)?.linear()?;
         let host_base = self.platform.host.carve(size)?;
         Ok(Arc::new(MockGpu::new(
             mem.with_host_base(host_base),
@@ -345,7 +345,7 @@ impl Machine {
     ///
     /// # fn main() -> p2p_core::Result<()> {
     /// let m = Machine::new(presets::workstation()?, &MockConfig::new(3))?;
-    /// let gpu = m.gpu("0000:03:00.0".parse()?, 1 << 20, 256, true, true)?;
+    /// let gpu = m.gpu("0000:03:00.0".parse()?, 1 << 20, 256, MemoryKind::MOVABLE)?;
     /// let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 0 };
     /// let nvme: PciAddr = "0000:05:00.0".parse()?;
     /// let nvme = Arc::new(Nvme { engine: m.dma_engine(nvme, caps.dma_mask)?, caps, told: AtomicUsize::new(0) });
@@ -375,11 +375,21 @@ impl Machine {
         Ok(inv.end())
     }
 
-    /// Revokes a GPU's memory inside the invalidation: afterwards no grant can be made.
+    /// Revokes a GPU's memory inside the invalidation: afterwards no grant can be made. Refused
+    /// with [`Error::Pinned`] while a pinned mapping holds it (see [`revoke_forced`](Self::revoke_forced)).
     pub fn revoke(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
         let inv =
             self.negotiator
                 .begin_invalidation(gpu.id(), whole(gpu)?, InvalidationKind::Revoke)?;
+        gpu.revoke();
+        Ok(inv.end())
+    }
+
+    /// Revokes a GPU's memory without asking, as a device reset does: every mapping of it,
+    /// pinned ones included, is torn down and dead, and DMA through it afterwards faults (the
+    /// sanitizer reports [`FindingKind::AfterRevoke`](crate::FindingKind::AfterRevoke)).
+    pub fn revoke_forced(&self, gpu: &MockGpu) -> Result<InvalidationReport> {
+        let inv = self.negotiator.begin_forced_revoke(gpu.id(), whole(gpu)?)?;
         gpu.revoke();
         Ok(inv.end())
     }

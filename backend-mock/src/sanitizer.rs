@@ -36,6 +36,22 @@ pub enum FindingKind {
     AboveMask,
 }
 
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FindingKind::OutsideMapping => "DMA outside any mapping",
+            FindingKind::AfterUnmap => "DMA after unmap",
+            FindingKind::AfterRevoke => "DMA after revoke",
+            FindingKind::StaleIotlb => "DMA through a stale IOTLB entry",
+            FindingKind::WrongDirection => "DMA in a direction the mapping does not allow",
+            FindingKind::DoubleUnmap => "unmap of IOVAs that are not mapped",
+            FindingKind::WrongUnmapSize => "unmap of another size than its map",
+            FindingKind::Leaked => "mapping leaked",
+            FindingKind::AboveMask => "address above the DMA mask",
+        })
+    }
+}
+
 /// One problem the sanitizer saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -57,7 +73,7 @@ impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?}: device {} address {:#x} len {:#x}",
+            "{}: device {} address {:#x} len {:#x}",
             self.kind, self.device, self.addr, self.len
         )?;
         if let Some(m) = self.mapping {
@@ -266,7 +282,7 @@ impl MappingObserver for Sanitizer {
         self.log.push(Event::TornDown {
             mapping: ev.mapping,
             importer: ev.importer.to_string(),
-            cause: format!("{cause:?}"),
+            cause: cause.to_string(),
         });
         let revoked = cause == TeardownCause::Invalidated(InvalidationKind::Revoke);
         let mut s = self.state.lock();

@@ -46,7 +46,7 @@ pub fn run(seed: u64, say: &mut dyn FnMut(&str)) -> Result<StoryReport> {
         "1. GPU {GPU} exports {} KiB of movable device memory through its BAR",
         LEN >> 10
     ));
-    let gpu = m.gpu(GPU.parse()?, LEN, 1024, true, false)?;
+    let gpu = m.gpu(GPU.parse()?, LEN, 1024, MemoryKind::DEVICE_PRIVATE)?;
     let exporter: Arc<dyn MemoryExporter> = gpu.clone();
 
     let odp_caps = ImporterCaps {
@@ -148,7 +148,12 @@ pub fn run(seed: u64, say: &mut dyn FnMut(&str)) -> Result<StoryReport> {
         max_segment: 0,
     };
     let pinned: Arc<dyn DmaImporter> = m.nic(NIC_PINNED.parse()?, pinned_caps)?;
-    let gpu2 = m.gpu("0000:13:00.0".parse()?, LEN, 1024, true, false)?;
+    let gpu2 = m.gpu(
+        "0000:13:00.0".parse()?,
+        LEN,
+        1024,
+        MemoryKind::DEVICE_PRIVATE,
+    )?;
     let exporter2: Arc<dyn MemoryExporter> = gpu2;
     match m.negotiator().map(
         &exporter2,

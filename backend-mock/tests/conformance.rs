@@ -95,7 +95,7 @@ fn machine() -> Machine {
 fn conformance_mock_gpu_with_revoke() {
     let m = machine();
     let gpu = m
-        .gpu(addr(GPU), 1 << 20, 64, true, true)
+        .gpu(addr(GPU), 1 << 20, 64, MemoryKind::MOVABLE)
         .unwrap_or_else(|e| panic!("{e}"));
     let revoke = || {
         m.revoke(&gpu).unwrap_or_else(|e| panic!("revoke: {e}"));
@@ -107,7 +107,7 @@ fn conformance_mock_gpu_with_revoke() {
 fn conformance_mock_gpu_unpinnable_then_in_host_ram() {
     let m = machine();
     let gpu = m
-        .gpu(addr(GPU), 1 << 20, 64, true, false)
+        .gpu(addr(GPU), 1 << 20, 64, MemoryKind::DEVICE_PRIVATE)
         .unwrap_or_else(|e| panic!("{e}"));
     check_exporter(&*gpu, None).unwrap_or_else(|v| panic!("unpinnable: {v}"));
     m.migrate(&gpu).unwrap_or_else(|e| panic!("migrate: {e}"));

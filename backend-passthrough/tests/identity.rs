@@ -4,7 +4,7 @@
 use backend_passthrough::{BarExporter, IdentityDomain, PassthroughPlatform};
 use p2p_core::prelude::*;
 use p2p_core::testing::{TestHostMemory, TestImporter};
-use p2p_core::topology::{Bar, DeviceClass, HostBridgeP2p};
+use p2p_core::topology::{Bar, DeviceClass, HostBridgeAt, HostBridgeP2p};
 use p2p_core::traits::{DomainKind, IommuDomain};
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ fn a(s: &str) -> PciAddr {
 fn machine() -> Topology {
     let mut b = TopologyBuilder::new();
     let hb = b
-        .host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::Any)
+        .host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::Any))
         .unwrap();
     let rp = b.root_port(hb, a("00:01.0")).unwrap();
     let sw = b.switch(rp, a("01:00.0")).unwrap();

@@ -119,7 +119,7 @@ pub enum Error {
         known: String,
     },
     /// The negotiator found no acceptable way to map.
-    #[error("no DMA plan for exporter {exporter} and importer {importer}: {refusal}")]
+    #[error("no DMA plan for {importer} to reach {exporter}: {refusal}")]
     Refused {
         /// The exporter.
         exporter: ExporterId,
@@ -129,9 +129,7 @@ pub enum Error {
         refusal: Reason,
     },
     /// The exporter's BAR window (or memory pool) cannot hold the request.
-    #[error(
-        "exporter {exporter}: window full, {requested:#x} bytes requested, {available:#x} free"
-    )]
+    #[error("{exporter}: window full, {requested:#x} bytes requested, {available:#x} free")]
     WindowFull {
         /// The exporter.
         exporter: ExporterId,
@@ -141,10 +139,10 @@ pub enum Error {
         available: u64,
     },
     /// The exporter revoked its memory: no new grants or mappings.
-    #[error("exporter {0} has revoked its memory")]
+    #[error("{0} has revoked its memory")]
     Revoked(ExporterId),
     /// A grant that the exporter does not know (released, or from another exporter).
-    #[error("exporter {exporter} holds no grant {grant}")]
+    #[error("{exporter} holds no grant {grant}")]
     UnknownGrant {
         /// The exporter.
         exporter: ExporterId,
@@ -152,7 +150,7 @@ pub enum Error {
         grant: u64,
     },
     /// Memory that cannot be pinned was asked to be.
-    #[error("exporter {exporter} cannot pin its memory: {reason}")]
+    #[error("{exporter} cannot pin its memory: {reason}")]
     NotPinnable {
         /// The exporter.
         exporter: ExporterId,
@@ -160,7 +158,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A revoke or move of a range that a pinned mapping holds.
-    #[error("exporter {exporter}: range {range} is pinned by importer {importer} and cannot move")]
+    #[error("{exporter}: range {range} is pinned by importer {importer} and cannot move")]
     Pinned {
         /// The exporter.
         exporter: ExporterId,
@@ -251,7 +249,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// A plan made while the memory was in one place was used after it moved.
-    #[error("plan for exporter {exporter} was made while its memory was {planned}, but it is now {now}: negotiate again")]
+    #[error("plan for {exporter} was made while its memory was {planned}, but it is now {now}: negotiate again")]
     StalePlan {
         /// The exporter.
         exporter: ExporterId,
@@ -262,7 +260,7 @@ pub enum Error {
     },
 
     /// A mapping could not be published because invalidations kept overlapping its set-up.
-    #[error("mapping of exporter {exporter} range {range} gave up after {attempts} attempts: its memory was invalidated during every one")]
+    #[error("mapping of {exporter} range {range} gave up after {attempts} attempts: its memory was invalidated during every one")]
     Contended {
         /// The exporter.
         exporter: ExporterId,
@@ -404,6 +402,18 @@ pub enum Error {
         backend: &'static str,
         /// What happened.
         message: String,
+    },
+    /// An exporter whose memory the CPU cannot read or write (bounce buffers need it).
+    #[error("{exporter} gives the CPU no access to its memory")]
+    NoCpuAccess {
+        /// The exporter.
+        exporter: ExporterId,
+    },
+    /// An exporter that cannot allocate fresh memory, only export what it holds.
+    #[error("{exporter} cannot allocate memory")]
+    CannotAllocate {
+        /// The exporter.
+        exporter: ExporterId,
     },
 }
 

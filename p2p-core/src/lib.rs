@@ -36,6 +36,10 @@
 //! - Private: `hex` (hexadecimal numbers in serialized addresses, with `serde`), `sync` (the locks and atomics the
 //!   loom models swap).
 //!
+//! **Writing a driver?** Start with the [implementer's guide](guide): a complete exporter and
+//! importer of your own, what each method must guarantee, which thread calls what, and which
+//! error to return.
+//!
 //! ```
 //! use p2p_core::prelude::*;
 //! use p2p_core::testing::*;
@@ -44,9 +48,9 @@
 //! let topo = p2p_core::topology::presets::workstation()?;
 //! let gpu: PciAddr = "0000:03:00.0".parse()?;
 //! let nic: PciAddr = "0000:05:00.0".parse()?;
-//! let exporter: Arc<dyn MemoryExporter> = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, true, true)?);
+//! let exporter = Arc::new(TestExporter::new(&topo, gpu, 1 << 20, 1024, MemoryKind::MOVABLE)?);
 //! let caps = ImporterCaps { flags: ImporterFlags::ODP | ImporterFlags::P2P, dma_mask: dma_mask(64), max_segment: 1 << 16 };
-//! let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic, caps));
+//! let importer = Arc::new(TestImporter::new(nic, caps));
 //! let neg = Negotiator::new(Arc::new(TestPlatform::new(topo, DomainKind::Translated)));
 //!
 //! let range = AddrRange::new(Offset(0), 1 << 20)?;
@@ -66,6 +70,7 @@ pub mod error;
 pub mod export;
 pub mod fault;
 #[cfg(feature = "serde")]
+pub mod guide;
 mod hex;
 pub mod negotiate;
 pub mod page;

@@ -51,14 +51,14 @@ fn conformance_test_domain_with_a_reserved_pci_window() {
 
 #[test]
 fn conformance_test_exporter_with_a_window_and_revoke() {
-    let e = TestExporter::new(&topo(), gpu(), 1 << 20, 64, true, true)
+    let e = TestExporter::new(&topo(), gpu(), 1 << 20, 64, MemoryKind::MOVABLE)
         .unwrap_or_else(|e| panic!("{e}"));
     check_exporter(&e, Some(&|| e.revoke())).unwrap_or_else(|v| panic!("{v}"));
 }
 
 #[test]
 fn conformance_test_exporter_unpinnable_and_in_host_ram() {
-    let e = TestExporter::new(&topo(), gpu(), 1 << 20, 64, true, false)
+    let e = TestExporter::new(&topo(), gpu(), 1 << 20, 64, MemoryKind::DEVICE_PRIVATE)
         .unwrap_or_else(|e| panic!("{e}"));
     check_exporter(&e, None).unwrap_or_else(|v| panic!("unpinnable: {v}"));
     e.migrate_to_host();

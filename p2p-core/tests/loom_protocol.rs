@@ -36,6 +36,9 @@
 //! 4. [`overlapping_invalidations_vs_establish`]: two overlapping invalidations are running when
 //!    an establish registers; the first ends before the memory moves under the second. The
 //!    sequence must stay odd until both end, so the establish never publishes the old place.
+//! 5. [`forced_revoke_vs_pinned_establish`]: a non-ODP importer's `map` (which pins) races a
+//!    forced revoke that kills pinned mappings. Nothing is live while the memory is revoked, and
+//!    afterwards nothing is live at all: the map either failed or was torn down.
 #![cfg(loom)]
 
 use loom::thread;
@@ -129,6 +132,10 @@ impl Gpu {
         self.with(TestExporter::migrate_to_host);
     }
 
+    fn revoke(&self) {
+        self.with(TestExporter::revoke);
+    }
+
     fn grants(&self) -> usize {
         self.with(TestExporter::grants)
     }
@@ -178,11 +185,26 @@ fn range(page: u64, pages: u64) -> AddrRange<Offset> {
 }
 
 impl Rig {
+    /// Movable memory that cannot be pinned, an ODP importer.
     fn new() -> Self {
+        Self::with(false, ImporterFlags::ODP | ImporterFlags::P2P)
+    }
+
+    /// `pinnable` memory and an importer with `flags`.
+    fn with(pinnable: bool, flags: ImporterFlags) -> Self {
         let topo = presets::workstation().expect("the preset builds");
         let gpu = Arc::new(Gpu {
-            inner: TestExporter::new(&topo, pci(GPU), 16 * SZ_4K, 16, true, false)
-                .expect("the GPU exports"),
+            inner: TestExporter::new(
+                &topo,
+                pci(GPU),
+                16 * SZ_4K,
+                16,
+                MemoryKind {
+                    movable: true,
+                    pinnable,
+                },
+            )
+            .expect("the GPU exports"),
             seen: loom::sync::Mutex::new(()),
         });
         let recorder = Arc::new(Recorder::new());
@@ -190,7 +212,7 @@ impl Rig {
             TestPlatform::new(topo, DomainKind::Translated).with_observer(recorder.clone()),
         );
         let caps = ImporterCaps {
-            flags: ImporterFlags::ODP | ImporterFlags::P2P,
+            flags,
             dma_mask: dma_mask(64),
             max_segment: 0,
         };
@@ -498,6 +520,39 @@ fn overlapping_invalidations_vs_establish() {
             rig.assert_domain_matches(&[m]);
         }
         drop(m);
+        rig.assert_observer_order();
+        rig.assert_nothing_left();
+    });
+}
+
+/// Model 5: a pinning `map` of a non-ODP importer races a forced revoke of the whole object
+/// (a device reset). The revoke does not wait for the pin: nothing may be live while the memory
+/// goes, and since the exporter refuses grants from then on, nothing is live afterwards either.
+#[test]
+fn forced_revoke_vs_pinned_establish() {
+    check(|| {
+        let rig = Arc::new(Rig::with(true, ImporterFlags::P2P));
+        let r = range(1, 1);
+        let mapper = {
+            let rig = rig.clone();
+            thread::spawn(move || rig.map(r))
+        };
+        let guard = rig
+            .neg
+            .begin_forced_revoke(rig.exporter.id(), range(0, 4))
+            .expect("a forced revoke is not refused");
+        rig.assert_nothing_live(range(0, 4));
+        rig.gpu.revoke();
+        let report = guard.end();
+        assert_eq!(report.unacknowledged, 0, "the test importer always stops");
+        match mapper.join().expect("no panic") {
+            Ok(m) => {
+                assert!(!m.is_live(), "a pinned mapping survived a forced revoke");
+                assert!(rig.neg.refault(&m, &Policy::default()).is_err());
+                rig.assert_domain_matches(&[&m]);
+            }
+            Err(e) => assert!(matches!(e, Error::Revoked(_)), "{e}"),
+        }
         rig.assert_observer_order();
         rig.assert_nothing_left();
     });

@@ -27,7 +27,14 @@ struct Rig {
 
 fn rig(topo: Topology, kind: DomainKind, window_pages: u64, movable: bool, pinnable: bool) -> Rig {
     let gpu = Arc::new(
-        TestExporter::new(&topo, a(GPU), 64 << 20, window_pages, movable, pinnable).unwrap(),
+        TestExporter::new(
+            &topo,
+            a(GPU),
+            64 << 20,
+            window_pages,
+            MemoryKind { movable, pinnable },
+        )
+        .unwrap(),
     );
     let platform = Arc::new(TestPlatform::new(topo, kind));
     Rig {
@@ -625,7 +632,7 @@ proptest! {
         let topo = presets::random(seed).unwrap();
         let eps: Vec<PciAddr> = topo.endpoints().map(|(a, _)| a).collect();
         let with_bar: Vec<PciAddr> = topo.endpoints().filter(|(_, e)| !e.bars.is_empty()).map(|(a, _)| a).collect();
-        let exporters: Vec<Arc<TestExporter>> = with_bar.iter().map(|&d| Arc::new(TestExporter::new(&topo, d, 1 << 20, 256, true, true).unwrap())).collect();
+        let exporters: Vec<Arc<TestExporter>> = with_bar.iter().map(|&d| Arc::new(TestExporter::new(&topo, d, 1 << 20, 256, MemoryKind::MOVABLE).unwrap())).collect();
         let platform = Arc::new(TestPlatform::new(topo, DomainKind::Translated));
         let neg = Negotiator::new(platform.clone());
         for (i, (e, imp_pick, pol, change)) in steps.into_iter().enumerate() {
@@ -639,6 +646,7 @@ proptest! {
                 max_path: PathClass::ALL[pol as usize % 6],
                 allow_host_bridge: pol & 8 != 0,
                 fallback: if pol & 16 != 0 { Fallback::Bounce } else { Fallback::Refuse },
+                require_iommu_isolation: pol & 32 != 0,
             };
             let cached = neg.negotiate(&**exp, &imp, RW, &policy);
             let cold = neg.negotiate_uncached(&**exp, &imp, RW, &policy);
@@ -673,7 +681,7 @@ impl p2p_core::negotiate::MappingObserver for Recorder {
 #[test]
 fn the_observer_sees_every_mapping_come_and_go() {
     let topo = presets::acs_switch().unwrap();
-    let gpu = Arc::new(TestExporter::new(&topo, a(GPU), 1 << 20, 64, true, true).unwrap());
+    let gpu = Arc::new(TestExporter::new(&topo, a(GPU), 1 << 20, 64, MemoryKind::MOVABLE).unwrap());
     let exporter: Arc<dyn MemoryExporter> = gpu.clone();
     let rec = Arc::new(Recorder::default());
     let neg = Negotiator::new(Arc::new(
@@ -744,7 +752,7 @@ fn the_plan_cache_stays_bounded_as_exporters_come_and_go() {
     let (_, imp) = importer(ImporterFlags::ODP | ImporterFlags::P2P, 64);
     let n = p2p_core::negotiate::PLAN_CACHE_CAPACITY + 100;
     for _ in 0..n {
-        let gpu = TestExporter::new(&topo, a(GPU), 1 << 20, 16, true, true).unwrap();
+        let gpu = TestExporter::new(&topo, a(GPU), 1 << 20, 16, MemoryKind::MOVABLE).unwrap();
         neg.negotiate(&gpu, &*imp, RW, &Policy::default()).unwrap();
     }
     let stats = neg.cache_stats();

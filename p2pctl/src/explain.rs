@@ -70,6 +70,10 @@ pub struct ExplainArgs {
     /// What to do when P2P is not possible.
     #[arg(long, value_enum, default_value = "refuse")]
     fallback: FallbackArg,
+    /// Refuse plans without IOMMU isolation (Direct, Identity), as a multi-tenant host or a
+    /// VMM would.
+    #[arg(long)]
+    require_isolation: bool,
     /// Print the plan and the ACS advice as JSON.
     #[arg(long)]
     json: bool,
@@ -89,8 +93,15 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             FallbackArg::Bounce => Fallback::Bounce,
             FallbackArg::Refuse => Fallback::Refuse,
         },
+        require_iommu_isolation: a.require_isolation,
     };
     let plan = decide(&topo, &facts(a, &topo)?, &policy)?;
+    // Devices in one IOMMU group can reach each other without the IOMMU seeing it: whatever
+    // the plan, a VMM that assigns one must take the group.
+    let shared_group = topo
+        .iommu_groups()
+        .iter()
+        .any(|g| g.contains(&a.exporter) && g.contains(&a.importer));
     // Advice is about peer-to-peer routes: memory already in host RAM has none.
     let advice = match a.memory {
         Memory::Device => Some(topo.acs_advice(a.exporter, a.importer)?),
@@ -102,6 +113,13 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             "importer": a.importer,
             "strategy": plan.strategy.name(),
             "refused": plan.is_refused(),
+            // Facts as values, so scripts need not parse the lines; null where a refused plan
+            // has none.
+            "pinned": (!plan.is_refused()).then_some(plan.pin),
+            "memory": plan.memory_state(),
+            "isolation": plan.isolation().name(),
+            "shared_iommu_group": shared_group,
+            "reasons": plan.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "plan": plan.to_string().lines().collect::<Vec<_>>(),
             "acs_advice": advice,
         });
@@ -115,6 +133,13 @@ pub fn run(a: &ExplainArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             a.importer
         );
         out!("{plan}");
+        if shared_group {
+            outln!(
+                "iommu group: shared by both devices (no ACS isolation between them): a VMM that assigns one must assign the group"
+            );
+        } else {
+            outln!("iommu group: separate");
+        }
         if let Some(advice) = advice {
             out!("\n{advice}");
         }

@@ -56,8 +56,34 @@ use std::process::ExitCode;
     about = "Peer-to-peer DMA topology and planning tool"
 )]
 struct Cli {
+    /// Log what the negotiator does to stderr: -v for INFO (refusals, invalidations, window
+    /// full, pin refusals), -vv for DEBUG (every plan, establish, re-fault and drop). RUST_LOG
+    /// (e.g. RUST_LOG=p2p_core=debug) takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Sends tracing events to stderr at the level `-v` asks for, or as `RUST_LOG` says. Without
+/// either, no subscriber is installed and the library formats nothing.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    if verbose == 0 && !from_env {
+        return;
+    }
+    let filter = if from_env {
+        EnvFilter::from_default_env()
+    } else {
+        EnvFilter::new(if verbose == 1 { "info" } else { "debug" })
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 #[derive(Subcommand)]
@@ -195,7 +221,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("p2pctl: error: {e}");

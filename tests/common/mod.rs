@@ -47,7 +47,9 @@ pub struct Pair {
 }
 
 pub fn pair(m: &Machine, gpu_pages: u64, nic_caps: ImporterCaps) -> Pair {
-    let gpu = m.gpu(a(GPU), gpu_pages * 4096, 1024, true, true).unwrap();
+    let gpu = m
+        .gpu(a(GPU), gpu_pages * 4096, 1024, MemoryKind::MOVABLE)
+        .unwrap();
     let nic = m.nic(a(NIC), nic_caps).unwrap();
     Pair {
         exporter: gpu.clone(),

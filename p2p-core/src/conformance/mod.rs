@@ -28,7 +28,7 @@
 //!
 //! let topo = p2p_core::topology::presets::workstation().unwrap();
 //! let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
-//! let exporter = TestExporter::new(&topo, gpu, 1 << 20, 64, true, true).unwrap();
+//! let exporter = TestExporter::new(&topo, gpu, 1 << 20, 64, MemoryKind::MOVABLE).unwrap();
 //! check_exporter(&exporter, Some(&|| exporter.revoke())).unwrap_or_else(|v| panic!("{v}"));
 //! let caps = ImporterCaps { flags: ImporterFlags::P2P, dma_mask: dma_mask(48), max_segment: 0 };
 //! check_importer(&TestImporter::new(gpu, caps)).unwrap_or_else(|v| panic!("{v}"));

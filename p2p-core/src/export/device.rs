@@ -7,8 +7,10 @@ use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::{Error, Result};
 use crate::page::SZ_4K;
 use crate::pci::PciAddr;
-use crate::topology::{Bar, Topology};
-use crate::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use crate::topology::{Bar, DeviceClass, Topology};
+use crate::traits::{
+    Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, MemoryKind, Residency,
+};
 use parking_lot::Mutex;
 
 #[derive(Debug)]
@@ -49,12 +51,20 @@ impl DeviceMemory {
         device: PciAddr,
         size: u64,
         window_pages: u64,
-        movable: bool,
-        pinnable: bool,
+        kind: MemoryKind,
     ) -> Result<Self> {
+        let MemoryKind { movable, pinnable } = kind;
         let bar = topology.largest_bar(device)?;
         let window_pages = window_pages.min(bar.size / SZ_4K);
-        let id = ExporterId::fresh();
+        // Messages name the device as a person reads it: `GPU 0000:03:00.0`.
+        let what = match topology.endpoint(device)?.class {
+            DeviceClass::Gpu => "GPU",
+            DeviceClass::Nic => "NIC",
+            DeviceClass::Nvme => "NVMe",
+            DeviceClass::Accelerator => "accelerator",
+            DeviceClass::Other => "device",
+        };
+        let id = ExporterId::fresh_named(format!("{what} {device}"));
         Ok(Self {
             id,
             device,

@@ -24,7 +24,7 @@ impl HostRam {
     /// `ram_bytes` of RAM from physical 0; the top `pool_bytes` (at most all of it) serve
     /// bounce buffers.
     pub fn new(ram_bytes: u64, pool_bytes: u64) -> Self {
-        let id = ExporterId::fresh();
+        let id = ExporterId::fresh_named("host RAM");
         let pool_bytes = pool_bytes.min(ram_bytes);
         let pool_at = ram_bytes - pool_bytes;
         let book = AddrRange::new(Offset(pool_at), pool_bytes)

@@ -103,6 +103,7 @@ impl Negotiator {
                 Backing::Host(off) => (host.clone(), off),
                 Backing::Device { exporter, offset } => {
                     if !odp {
+                        tracing::info!(va, importer = %importer.device(), "pin refused: device memory for an importer without ODP");
                         return Err(Error::CannotPin {
                             va,
                             importer: importer.device(),

@@ -36,7 +36,9 @@ pub struct Facts {
 /// 4. device memory: the importer must take peer memory, the path must be within the policy's
 ///    class, the kernel must route it; a switch route is `Direct` (if the mask reaches), a
 ///    host-bridge route (if allowed) is `ViaIommu` or `Identity` by the domain kind;
-/// 5. a rule of 3–4 that fails falls back to a bounce buffer or refuses, as the policy says.
+/// 5. a rule of 3–4 that fails falls back to a bounce buffer or refuses, as the policy says;
+///    a policy that requires IOMMU isolation makes a switch route fail like such a rule, and
+///    refuses a passthrough domain outright after rule 2 (nothing it offers is isolated).
 pub fn decide(topology: &Topology, f: &Facts, policy: &Policy) -> Result<Plan> {
     let path = match f.info.residency {
         Residency::Device(dev) => Some(topology.path(dev, f.importer)?),
@@ -100,6 +102,17 @@ pub fn decide(topology: &Topology, f: &Facts, policy: &Policy) -> Result<Plan> {
             Ok(plan(Strategy::Refused(why), reasons, false))
         }
     };
+    // With a passthrough domain no plan isolates (a bounce buffer is reached by bus address
+    // too), so the policy refuses outright rather than fall back.
+    if policy.require_iommu_isolation && f.domain == DomainKind::Identity {
+        reasons.push(Reason::IdentityDomain);
+        return refuse(
+            reasons,
+            Reason::IsolationRequired {
+                bypass: "addresses in a passthrough domain",
+            },
+        );
+    }
     let by_domain = |mut reasons: Vec<Reason>| {
         if f.domain == DomainKind::Translated {
             reasons.push(Reason::TranslatedDomain);
@@ -141,6 +154,10 @@ pub fn decide(topology: &Topology, f: &Facts, policy: &Policy) -> Result<Plan> {
             });
             if !mask_ok {
                 return fallback(reasons, mask_reason);
+            }
+            if policy.require_iommu_isolation {
+                let bypass = "bus addresses routed by a switch";
+                return fallback(reasons, Reason::IsolationRequired { bypass });
             }
             if f.domain == DomainKind::Translated {
                 reasons.push(Reason::NoIommuIsolation);

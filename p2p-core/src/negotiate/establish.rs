@@ -30,7 +30,12 @@ pub(crate) fn build(
         });
     }
     let domain = platform.domain(importer.device())?;
-    let grant = exporter.export(range, plan.pin)?;
+    let grant = exporter.export(range, plan.pin).inspect_err(|err| {
+        // The two refusals a user tunes for (a window size, a pinning policy) are worth a line.
+        if matches!(err, Error::WindowFull { .. } | Error::NotPinnable { .. }) {
+            tracing::info!(exporter = %plan.exporter, importer = %plan.importer, %range, %err, "grant refused");
+        }
+    })?;
     let built = with_grant(platform, plan, &**exporter, &grant, importer, &domain);
     match built {
         Ok((mapped, segments, bounce)) => Ok(Resources {

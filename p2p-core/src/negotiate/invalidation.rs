@@ -15,6 +15,9 @@ pub struct InvalidationReport {
     pub mappings: usize,
     /// IOVA bytes unmapped.
     pub bytes_unmapped: u64,
+    /// Importers that answered a forced revoke's notice with an error: their mappings were torn
+    /// down anyway (a forced revoke does not wait), so their DMA now faults.
+    pub unacknowledged: usize,
 }
 
 /// A running invalidation: from [`Negotiator::begin_invalidation`] until this is dropped (or
@@ -80,22 +83,71 @@ impl Negotiator {
     /// touched. If an importer fails to stop, the mappings already invalidated stay so, the
     /// others stay live, the invalidation ends, and the error names the importer: the memory
     /// must not move.
+    ///
+    /// This is the path for an exporter that *asks*: a migration, an eviction, a
+    /// `Move`. When the memory goes away whether or not anyone agrees (a device reset, a
+    /// dma-buf revoke, decode disabled), use [`begin_forced_revoke`](Self::begin_forced_revoke).
     pub fn begin_invalidation(
         &self,
         exporter: ExporterId,
         range: AddrRange<Offset>,
         kind: InvalidationKind,
     ) -> Result<Invalidating<'_>> {
-        let _span = tracing::debug_span!("invalidate", %exporter, %range, ?kind).entered();
-        // 1. Under the lock: refuse pinned ranges, then make every overlapping sequence odd.
+        self.begin(exporter, range, kind, false)
+    }
+
+    /// Begins a revoke that does not ask: the memory is going away (a device reset, a dma-buf
+    /// revoke). Every overlapping mapping, **pinned ones included**, is invalidated as
+    /// [`begin_invalidation`](Self::begin_invalidation) does with
+    /// [`InvalidationKind::Revoke`]: its importer is told, its IOMMU mapping unmapped and
+    /// flushed, its grant released, and it is left dead ([`Mapping::segments`](super::Mapping::segments)
+    /// fails, it cannot be re-faulted). DMA through it afterwards
+    /// faults in the IOMMU, and a DMA sanitizer sees a revoke as its cause.
+    ///
+    /// An importer that cannot stop is not waited for: its mapping is torn down anyway, it is
+    /// counted in [`InvalidationReport::unacknowledged`] and a warning is logged. So this never
+    /// fails on account of importers; it returns `Result` for symmetry with the asking path.
+    pub fn begin_forced_revoke(
+        &self,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+    ) -> Result<Invalidating<'_>> {
+        self.begin(exporter, range, InvalidationKind::Revoke, true)
+    }
+
+    /// [`begin_forced_revoke`](Self::begin_forced_revoke) and at once [`Invalidating::end`],
+    /// for memory that is already gone.
+    pub fn revoke_forced(
+        &self,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+    ) -> Result<InvalidationReport> {
+        self.begin_forced_revoke(exporter, range)
+            .map(Invalidating::end)
+    }
+
+    /// Both writers: `force` skips the pinned check and does not stop at importers that fail.
+    fn begin(
+        &self,
+        exporter: ExporterId,
+        range: AddrRange<Offset>,
+        kind: InvalidationKind,
+        force: bool,
+    ) -> Result<Invalidating<'_>> {
+        let _span = tracing::debug_span!("invalidate", %exporter, %range, ?kind, force).entered();
+        // 1. Under the lock: refuse pinned ranges (unless forced), then make every overlapping
+        // sequence odd.
         let (token, ids) = {
             let mut inner = self.registry.inner.lock();
             let ids = inner.overlapping(exporter, &range);
-            if let Some(e) = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned) {
+            let pinned = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned);
+            if let (Some(e), false) = (pinned, force) {
+                let importer = e.importer.device();
+                tracing::info!(%exporter, %range, %importer, "invalidation refused: pinned");
                 return Err(Error::Pinned {
                     exporter,
                     range: range.to_string(),
-                    importer: e.importer.device(),
+                    importer,
                 });
             }
             inner.begin_invalidation(exporter, range)
@@ -107,11 +159,16 @@ impl Negotiator {
         };
         // 2. Outside the lock: tell each live mapping's importer, then tear the mapping down.
         for id in ids {
-            self.invalidate_one(id, exporter, range, kind, &mut guard.report)?;
+            self.invalidate_one(id, exporter, range, kind, force, &mut guard.report)?;
         }
-        tracing::debug!(
+        tracing::info!(
+            %exporter,
+            %range,
+            ?kind,
+            force,
             mappings = guard.report.mappings,
             bytes = guard.report.bytes_unmapped,
+            unacknowledged = guard.report.unacknowledged,
             "invalidated"
         );
         Ok(guard)
@@ -120,13 +177,15 @@ impl Negotiator {
     /// Tells a live mapping's importer to stop, then takes its resources (the observer hears of
     /// the teardown under the registry lock) and gives them back. A mapping that is not live
     /// (being built, already invalidated, dropped) has nothing to stop: its odd sequence makes
-    /// its builder retry.
+    /// its builder retry. With `force`, an importer that fails to stop is counted and its
+    /// mapping torn down anyway.
     fn invalidate_one(
         &self,
         id: u64,
         exporter: ExporterId,
         range: AddrRange<Offset>,
         kind: InvalidationKind,
+        force: bool,
         report: &mut InvalidationReport,
     ) -> Result<()> {
         let (importer, seq) = {
@@ -145,13 +204,18 @@ impl Negotiator {
             kind,
             seq,
         };
-        importer
-            .invalidate(&notice)
-            .map_err(|err| Error::InvalidateFailed {
-                device: importer.device(),
-                range: range.to_string(),
-                reason: err.to_string(),
-            })?;
+        if let Err(err) = importer.invalidate(&notice) {
+            if !force {
+                return Err(Error::InvalidateFailed {
+                    device: importer.device(),
+                    range: range.to_string(),
+                    reason: err.to_string(),
+                });
+            }
+            // A reset does not wait for a device that cannot stop: its DMA will fault.
+            tracing::warn!(mapping = id, importer = %importer.device(), %err, "importer did not acknowledge a forced revoke");
+            report.unacknowledged += 1;
+        }
         let taken = {
             let mut inner = self.registry.inner.lock();
             let live = inner
@@ -164,6 +228,8 @@ impl Negotiator {
             self.registry
                 .notify_torn_down(&inner, id, TeardownCause::Invalidated(kind));
             let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+            // Its grant is released below: it pins nothing any more.
+            e.pinned = false;
             match std::mem::replace(&mut e.state, State::Invalidated(kind)) {
                 State::Live(res) => Some((res, e.exporter.clone())),
                 _ => None,

@@ -2,12 +2,15 @@
 
 use super::plan_cache::{CacheStats, PlanCache};
 use super::registry::{Entry, Registry, Resources, State};
-use super::{decide, establish, Facts, Mapping, Plan, Policy, Sequence, Strategy};
+use super::{decide, establish, Facts, Mapping, Plan, Policy, ReasonList, Sequence, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
 use crate::topology::Topology;
-use crate::traits::{DmaImporter, ImporterFlags, InvalidationKind, MemoryExporter, Platform};
+use crate::traits::{
+    DmaImporter, ImporterFlags, IntoDynExporter, IntoDynImporter, InvalidationKind, MemoryExporter,
+    Platform,
+};
 use std::sync::Arc;
 
 /// Plans, establishes and invalidates mappings on one [`Platform`].
@@ -49,25 +52,37 @@ impl Negotiator {
 
     /// The plan for `importer` to reach `exporter`'s memory with `access`, from the cache when
     /// it holds one for the same facts on the current topology.
-    pub fn negotiate(
+    ///
+    /// Takes any exporter and importer by reference: a `&MyExporter`, an `&Arc<MyExporter>`,
+    /// an `&Arc<dyn MemoryExporter>` or a `&dyn MemoryExporter`. A refused plan is `Ok` (see
+    /// [the refusal shape](super#refusal)).
+    pub fn negotiate<E, I>(
         &self,
-        exporter: &dyn MemoryExporter,
-        importer: &dyn DmaImporter,
+        exporter: &E,
+        importer: &I,
         access: Access,
         policy: &Policy,
-    ) -> Result<Plan> {
+    ) -> Result<Plan>
+    where
+        E: MemoryExporter + ?Sized,
+        I: DmaImporter + ?Sized,
+    {
         self.cached_plan(exporter, importer, access, policy)
             .map(|p| (*p).clone())
     }
 
     /// [`negotiate`](Self::negotiate) without copying the plan out of the cache.
-    fn cached_plan(
+    fn cached_plan<E, I>(
         &self,
-        exporter: &dyn MemoryExporter,
-        importer: &dyn DmaImporter,
+        exporter: &E,
+        importer: &I,
         access: Access,
         policy: &Policy,
-    ) -> Result<Arc<Plan>> {
+    ) -> Result<Arc<Plan>>
+    where
+        E: MemoryExporter + ?Sized,
+        I: DmaImporter + ?Sized,
+    {
         let topo = self.platform.topology();
         let key = (self.facts(exporter, importer, access)?, *policy);
         self.cache
@@ -77,23 +92,26 @@ impl Negotiator {
     }
 
     /// The plan computed from scratch, bypassing the cache.
-    pub fn negotiate_uncached(
+    pub fn negotiate_uncached<E, I>(
         &self,
-        exporter: &dyn MemoryExporter,
-        importer: &dyn DmaImporter,
+        exporter: &E,
+        importer: &I,
         access: Access,
         policy: &Policy,
-    ) -> Result<Plan> {
+    ) -> Result<Plan>
+    where
+        E: MemoryExporter + ?Sized,
+        I: DmaImporter + ?Sized,
+    {
         let facts = self.facts(exporter, importer, access)?;
         self.plan(&self.platform.topology(), &facts, policy)
     }
 
-    fn facts(
-        &self,
-        exporter: &dyn MemoryExporter,
-        importer: &dyn DmaImporter,
-        access: Access,
-    ) -> Result<Facts> {
+    fn facts<E, I>(&self, exporter: &E, importer: &I, access: Access) -> Result<Facts>
+    where
+        E: MemoryExporter + ?Sized,
+        I: DmaImporter + ?Sized,
+    {
         Ok(Facts {
             exporter: exporter.id(),
             info: exporter.info(),
@@ -107,7 +125,12 @@ impl Negotiator {
     fn plan(&self, topo: &Topology, facts: &Facts, policy: &Policy) -> Result<Plan> {
         let _span = tracing::debug_span!("negotiate", exporter = %facts.exporter, importer = %facts.importer).entered();
         let plan = decide(topo, facts, policy)?;
-        tracing::debug!(strategy = %plan.strategy, "planned");
+        // Plans are cached, so this runs once per distinct set of facts, not per map.
+        if plan.is_refused() {
+            tracing::info!(exporter = %facts.exporter, importer = %facts.importer, strategy = %plan.strategy, reasons = %ReasonList(&plan.reasons), "refused");
+        } else {
+            tracing::debug!(strategy = %plan.strategy, reasons = %ReasonList(&plan.reasons), "planned");
+        }
         Ok(plan)
     }
 
@@ -116,14 +139,23 @@ impl Negotiator {
     /// The mapping is registered before anything is built, and published only if no
     /// invalidation of its range began or ended meanwhile (the protocol is written down in
     /// [`protocol`](super::protocol)). If the memory moved since `plan` was made, this fails with
-    /// [`Error::StalePlan`]: negotiate again, or use [`map`](Self::map), which does.
-    pub fn establish(
+    /// [`Error::StalePlan`]: negotiate again, or use [`map`](Self::map), which does. A refused
+    /// plan fails with [`Error::Refused`] and touches nothing.
+    ///
+    /// Takes the devices shared (`&Arc<MyExporter>` or `&Arc<dyn MemoryExporter>`): the
+    /// registry keeps them until the mapping is dropped, to tear it down.
+    pub fn establish<E, I>(
         &self,
         plan: &Plan,
-        exporter: &Arc<dyn MemoryExporter>,
-        importer: &Arc<dyn DmaImporter>,
+        exporter: &Arc<E>,
+        importer: &Arc<I>,
         range: AddrRange<Offset>,
-    ) -> Result<Mapping> {
+    ) -> Result<Mapping>
+    where
+        E: IntoDynExporter + ?Sized,
+        I: IntoDynImporter + ?Sized,
+    {
+        let (exporter, importer) = (&exporter.clone().into_dyn(), &importer.clone().into_dyn());
         let _span = tracing::debug_span!("establish", exporter = %exporter.id(), importer = %importer.device(), %range).entered();
         if plan.exporter != exporter.id() || plan.importer != importer.device() {
             return Err(Error::PlanMismatch {
@@ -134,6 +166,7 @@ impl Negotiator {
         check_range(&**exporter, range)?;
         if let Strategy::Refused(why) = &plan.strategy {
             // Refused plans touch nothing: no registration, no grant, no IOVA.
+            tracing::info!(exporter = %plan.exporter, importer = %plan.importer, reasons = %ReasonList(&plan.reasons), "establish of a refused plan");
             return Err(Error::Refused {
                 exporter: plan.exporter,
                 importer: plan.importer,
@@ -155,15 +188,22 @@ impl Negotiator {
     }
 
     /// [`negotiate`](Self::negotiate) then [`establish`](Self::establish); if the memory moves
-    /// while the mapping is being set up, the plan is made again for its new place.
-    pub fn map(
+    /// while the mapping is being set up, the plan is made again for its new place. A refused
+    /// plan fails with [`Error::Refused`]. Takes the devices as [`establish`](Self::establish)
+    /// does.
+    pub fn map<E, I>(
         &self,
-        exporter: &Arc<dyn MemoryExporter>,
-        importer: &Arc<dyn DmaImporter>,
+        exporter: &Arc<E>,
+        importer: &Arc<I>,
         range: AddrRange<Offset>,
         access: Access,
         policy: &Policy,
-    ) -> Result<Mapping> {
+    ) -> Result<Mapping>
+    where
+        E: IntoDynExporter + ?Sized,
+        I: IntoDynImporter + ?Sized,
+    {
+        let (exporter, importer) = (&exporter.clone().into_dyn(), &importer.clone().into_dyn());
         check_range(&**exporter, range)?;
         // The plan depends on where the memory is, so it is made after each attempt's
         // read_begin (the cache makes that cheap): a plan made before the registration could
@@ -233,9 +273,13 @@ impl Negotiator {
             let still_there = inner.entries.contains_key(&id);
             if still_there && !seq.read_retry(begin) {
                 let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+                let (importer, segments, bytes) =
+                    (e.importer.device(), res.segments.len(), e.range.len());
                 e.pinned = plan.pin;
                 e.state = State::Live(Box::new(res));
                 self.registry.notify_established(&inner, id);
+                drop(inner);
+                tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");
                 return Ok(plan);
             }
             drop(inner);
@@ -311,9 +355,15 @@ impl Negotiator {
                 establish::build(&*self.platform, &plan, &exporter, &*importer, mapping.range)?;
             Ok((plan, res))
         });
-        if published.is_err() {
-            if let Some(e) = self.registry.inner.lock().entries.get_mut(&mapping.id) {
-                e.state = State::Invalidated(InvalidationKind::Move);
+        match &published {
+            Ok(plan) => {
+                tracing::debug!(mapping = mapping.id, strategy = %plan.strategy, "re-faulted")
+            }
+            Err(err) => {
+                tracing::debug!(mapping = mapping.id, %err, "re-fault failed");
+                if let Some(e) = self.registry.inner.lock().entries.get_mut(&mapping.id) {
+                    e.state = State::Invalidated(InvalidationKind::Move);
+                }
             }
         }
         published.map(|p| (*p).clone())

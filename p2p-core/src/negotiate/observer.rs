@@ -35,6 +35,16 @@ pub enum TeardownCause {
     Invalidated(InvalidationKind),
 }
 
+impl std::fmt::Display for TeardownCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TeardownCause::Dropped => "dropped",
+            TeardownCause::Invalidated(InvalidationKind::Move) => "invalidated: the memory moved",
+            TeardownCause::Invalidated(InvalidationKind::Revoke) => "revoked",
+        })
+    }
+}
+
 /// Told of every mapping the negotiator establishes and tears down, in registry order: it is
 /// called with the registry lock held, so a teardown never reaches it before the set-up it undoes.
 /// It must not block for long and must not call back into the negotiator.

@@ -102,6 +102,64 @@ pub enum Reason {
     BounceFallback,
     /// The policy refuses instead of bouncing.
     PolicyRefuses,
+    /// The policy requires IOMMU isolation and this way of reaching the memory has none.
+    IsolationRequired {
+        /// What bypasses the IOMMU ("bus addresses", "a passthrough domain").
+        bypass: &'static str,
+    },
+}
+
+/// A plan's reasons as one line (`1. ...; 2. ...`), for log fields: a tracing event formats it
+/// only when a subscriber records the event.
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonList<'a>(pub &'a [Reason]);
+
+impl fmt::Display for ReasonList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}. {r}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// What an importer can reach through a plan's mapping: the answer a multi-tenant host or a
+/// VMM needs before it assigns the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// No IOMMU check: the device emits bus addresses (a `Direct` route, an identity domain)
+    /// and can reach anything those reach, such as the peer's whole BAR, not only the range
+    /// mapped.
+    None,
+    /// The importer's IOMMU translates every request: only the mapped pages (whole 4 KiB pages
+    /// around the range) are reachable, and only while the mapping lives.
+    PageGranular,
+    /// A refused plan maps nothing.
+    NotMapped,
+}
+
+impl Isolation {
+    /// Short name, as `explain --json` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::None => "none",
+            Isolation::PageGranular => "page-granular",
+            Isolation::NotMapped => "not-mapped",
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::None => "none: the device emits bus addresses the IOMMU does not check, so it can reach more than the mapped range",
+            Isolation::PageGranular => "page-granular: the importer's IOMMU admits only the mapped pages",
+            Isolation::NotMapped => "none needed: nothing is mapped",
+        })
+    }
 }
 
 impl fmt::Display for Reason {
@@ -144,6 +202,9 @@ impl fmt::Display for Reason {
             }
             Reason::BounceFallback => f.write_str("falling back to a bounce buffer in host RAM"),
             Reason::PolicyRefuses => f.write_str("the policy refuses rather than bounce"),
+            Reason::IsolationRequired { bypass } => {
+                write!(f, "the policy requires IOMMU isolation, and {bypass} bypass the IOMMU")
+            }
         }
     }
 }
@@ -178,6 +239,32 @@ impl Plan {
     pub fn is_refused(&self) -> bool {
         matches!(self.strategy, Strategy::Refused(_))
     }
+
+    /// The isolation a mapping under this plan gives: none for `Direct` and `Identity` (and a
+    /// bounce buffer under a passthrough domain), page-granular when the importer's IOMMU
+    /// translates (`ViaIommu`, a bounce buffer in a translated domain).
+    pub fn isolation(&self) -> Isolation {
+        match (&self.strategy, self.domain) {
+            (Strategy::Refused(_), _) => Isolation::NotMapped,
+            (Strategy::ViaIommu, _) | (Strategy::Bounce, DomainKind::Translated) => {
+                Isolation::PageGranular
+            }
+            _ => Isolation::None,
+        }
+    }
+
+    /// What becomes of the memory while a mapping under this plan lives, in words: `pinned`
+    /// (it cannot move; only a forced revoke takes it away), `revocable` (an invalidation tears
+    /// the mapping down when the memory moves), or `not mapped` for a refused plan, which
+    /// grants nothing. Agrees with [`pin`](Self::pin) and the reasons, which is what `p2pctl
+    /// explain` prints.
+    pub fn memory_state(&self) -> &'static str {
+        match (self.is_refused(), self.pin) {
+            (true, _) => "not mapped (refused)",
+            (false, true) => "pinned",
+            (false, false) => "revocable",
+        }
+    }
 }
 
 impl fmt::Display for Plan {
@@ -191,11 +278,8 @@ impl fmt::Display for Plan {
             )?;
         }
         writeln!(f, "importer domain: {}", self.domain)?;
-        writeln!(
-            f,
-            "memory: {}",
-            if self.pin { "pinned" } else { "revocable" }
-        )?;
+        writeln!(f, "memory: {}", self.memory_state())?;
+        writeln!(f, "isolation: {}", self.isolation())?;
         writeln!(f, "because:")?;
         for (i, r) in self.reasons.iter().enumerate() {
             writeln!(f, "  {}. {r}", i + 1)?;

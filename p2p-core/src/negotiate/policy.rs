@@ -21,6 +21,13 @@ pub struct Policy {
     pub allow_host_bridge: bool,
     /// What to do otherwise.
     pub fallback: Fallback,
+    /// Refuse plans that give the importer no IOMMU isolation: `Direct` (bus addresses the
+    /// switch routes, so the device can reach the peer's whole BAR, not just the mapped range)
+    /// and `Identity` (a passthrough domain checks nothing). A `Direct` plan falls back as
+    /// [`fallback`](Self::fallback) says (a bounce buffer mapped through the IOMMU is
+    /// isolated); with a passthrough domain no plan isolates, so it is refused. For
+    /// multi-tenant hosts and VMMs. Off by default: Linux allows both.
+    pub require_iommu_isolation: bool,
 }
 
 impl Default for Policy {
@@ -30,6 +37,7 @@ impl Default for Policy {
             max_path: PathClass::Sys,
             allow_host_bridge: true,
             fallback: Fallback::Refuse,
+            require_iommu_isolation: false,
         }
     }
 }

@@ -45,6 +45,22 @@
 //! 4. Dropping the [`Invalidating`](super::Invalidating) guard ends the invalidation under the
 //!    lock: the sequences it held go even, to a value no reader saw (`mn_itree_inv_end`).
 //!
+//! ## Forced revoke
+//!
+//! [`Negotiator::begin_forced_revoke`](super::Negotiator::begin_forced_revoke) is the writer
+//! above with two differences, both in what it does not wait for: step 1 does not refuse pinned
+//! entries, and in step 2 an importer whose `invalidate` fails is counted and torn down anyway
+//! instead of ending the invalidation. Everything the reader relies on is unchanged (the
+//! sequences go odd under the lock before anything is torn down, teardown takes the entry's
+//! resources under the lock, the guard ends it), so the argument below holds for it word for
+//! word. A pinned establish that races it retries, and its next attempt's grant fails because the
+//! exporter revoked the memory inside the guard.
+//!
+//! Which to use: an exporter that can wait and would rather keep pinned users working (a
+//! migration, an eviction under memory pressure) asks with `begin_invalidation` and honours
+//! [`Error::Pinned`](crate::Error::Pinned); an exporter whose memory goes away regardless (a
+//! function-level reset, a hot unplug, a dma-buf revoke) forces.
+//!
 //! ## Why it holds
 //!
 //! The reader's check (4) and the writer's begin (1) take the same lock, so one comes first:

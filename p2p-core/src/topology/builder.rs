@@ -15,10 +15,10 @@ use std::collections::{HashMap, HashSet};
 /// addresses are unique; [`build`](Self::build) checks BARs for overlap.
 ///
 /// ```
-/// use p2p_core::topology::{TopologyBuilder, HostBridgeP2p, DeviceClass, Bar, PathClass, Route};
+/// use p2p_core::topology::{TopologyBuilder, HostBridgeAt, HostBridgeP2p, DeviceClass, Bar, PathClass, Route};
 /// # fn main() -> p2p_core::Result<()> {
 /// let mut b = TopologyBuilder::new();
-/// let hb = b.host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)?;
+/// let hb = b.host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::None))?;
 /// let rp = b.root_port(hb, "0000:00:01.0".parse()?)?;
 /// let sw = b.switch(rp, "0000:01:00.0".parse()?)?;
 /// let d0 = b.downstream_port(sw, "0000:02:00.0".parse()?)?;
@@ -46,6 +46,39 @@ pub struct TopologyBuilder {
     nvlinks: NvLinks,
 }
 
+/// Where a host bridge sits and what it forwards: the named arguments of
+/// [`TopologyBuilder::host_bridge`]. Every field defaults to zero (segment 0, bus 0, NUMA node 0,
+/// socket 0) and to no P2P forwarding.
+///
+/// ```
+/// use p2p_core::topology::{HostBridgeAt, HostBridgeP2p};
+/// let second_socket = HostBridgeAt { bus: 0x80, numa: 1, socket: 1, ..HostBridgeAt::new(HostBridgeP2p::Any) };
+/// assert_eq!(second_socket.segment, 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostBridgeAt {
+    /// PCI segment (domain).
+    pub segment: u32,
+    /// The root bus number it owns.
+    pub bus: u8,
+    /// Its NUMA node.
+    pub numa: u32,
+    /// Its CPU socket.
+    pub socket: u32,
+    /// Whether it forwards peer-to-peer requests.
+    pub p2p: HostBridgeP2p,
+}
+
+impl HostBridgeAt {
+    /// Segment 0, bus 0, node 0, socket 0, forwarding P2P as `p2p` says.
+    pub fn new(p2p: HostBridgeP2p) -> Self {
+        Self {
+            p2p,
+            ..Self::default()
+        }
+    }
+}
+
 impl TopologyBuilder {
     /// An empty builder.
     pub fn new() -> Self {
@@ -58,16 +91,16 @@ impl TopologyBuilder {
         self
     }
 
-    /// Adds a host bridge (root complex) on a NUMA node and socket.
-    pub fn host_bridge(
-        &mut self,
-        name: &str,
-        segment: u32,
-        bus: u8,
-        numa: u32,
-        socket: u32,
-        p2p: HostBridgeP2p,
-    ) -> Result<NodeId> {
+    /// Adds a host bridge (root complex) named `name` (as Linux names its directory,
+    /// `pci0000:00`), placed and allowed as `at` says.
+    pub fn host_bridge(&mut self, name: &str, at: HostBridgeAt) -> Result<NodeId> {
+        let HostBridgeAt {
+            segment,
+            bus,
+            numa,
+            socket,
+            p2p,
+        } = at;
         if name.is_empty() {
             return Err(Error::InvalidTopology("a host bridge needs a name".into()));
         }
@@ -411,10 +444,16 @@ mod tests {
         let mut b = TopologyBuilder::new();
         assert!(matches!(b.build(), Err(Error::InvalidTopology(_))));
         let hb = b
-            .host_bridge("hb0", 0, 0, 0, 0, HostBridgeP2p::None)
+            .host_bridge("hb0", HostBridgeAt::new(HostBridgeP2p::None))
             .unwrap();
         assert!(b
-            .host_bridge("hb0", 0, 1, 0, 0, HostBridgeP2p::None)
+            .host_bridge(
+                "hb0",
+                HostBridgeAt {
+                    bus: 1,
+                    ..HostBridgeAt::new(HostBridgeP2p::None)
+                }
+            )
             .is_err());
         assert!(
             b.downstream_port(hb, a("00:01.0")).is_err(),
@@ -441,7 +480,7 @@ mod tests {
     fn rejects_bad_bars() {
         let mut b = TopologyBuilder::new();
         let hb = b
-            .host_bridge("hb0", 0, 0, 0, 0, HostBridgeP2p::None)
+            .host_bridge("hb0", HostBridgeAt::new(HostBridgeP2p::None))
             .unwrap();
         let rp = b.root_port(hb, a("00:01.0")).unwrap();
         let rp2 = b.root_port(hb, a("00:02.0")).unwrap();

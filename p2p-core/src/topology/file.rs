@@ -40,7 +40,8 @@
 use super::limits::{self, MAX_FILE_BYTES};
 use super::nvlink::NvLinkTarget;
 use super::{
-    AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, NodeKind, Topology, TopologyBuilder,
+    AcsFlags, Bar, DeviceClass, HostBridgeAt, HostBridgeP2p, NodeId, NodeKind, Topology,
+    TopologyBuilder,
 };
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
@@ -163,7 +164,16 @@ fn build(file: &FileTopology) -> Result<Topology> {
     let mut b = TopologyBuilder::new();
     b.cpu_routes_p2p(file.cpu_routes_p2p);
     for hb in &file.host_bridges {
-        let id = b.host_bridge(&hb.name, hb.segment, hb.bus, hb.numa, hb.socket, hb.p2p)?;
+        let id = b.host_bridge(
+            &hb.name,
+            HostBridgeAt {
+                segment: hb.segment,
+                bus: hb.bus,
+                numa: hb.numa,
+                socket: hb.socket,
+                p2p: hb.p2p,
+            },
+        )?;
         for child in &hb.children {
             add(&mut b, id, child)?;
         }

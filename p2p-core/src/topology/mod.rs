@@ -28,7 +28,7 @@ pub mod render;
 pub mod sysfs;
 
 pub use acs::AcsFlags;
-pub use builder::TopologyBuilder;
+pub use builder::{HostBridgeAt, TopologyBuilder};
 pub use groups::REQUIRED_FOR_ISOLATION;
 pub use path::{PathClass, PathInfo, Route, Unsupported};
 

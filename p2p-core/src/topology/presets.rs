@@ -1,7 +1,9 @@
 //! Built-in machines: the topologies `p2pctl --preset NAME` offers, and a seeded random generator
 //! for property tests.
 
-use super::{AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, Topology, TopologyBuilder};
+use super::{
+    AcsFlags, Bar, DeviceClass, HostBridgeAt, HostBridgeP2p, NodeId, Topology, TopologyBuilder,
+};
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
 use crate::rand::SplitMix64;
@@ -56,11 +58,12 @@ pub fn dgx() -> Result<Topology> {
         let base = hb_index * 0x40;
         let hb = b.host_bridge(
             &format!("pci0000:{base:02x}"),
-            0,
-            base,
-            socket,
-            socket,
-            HostBridgeP2p::Any,
+            HostBridgeAt {
+                bus: base,
+                numa: socket,
+                socket,
+                ..HostBridgeAt::new(HostBridgeP2p::Any)
+            },
         )?;
         for j in 0..2u8 {
             let rp = b.root_port(hb, pci(0, base, j + 1, 0)?)?;
@@ -123,7 +126,7 @@ fn one_switch(b: &mut TopologyBuilder, hb: NodeId) -> Result<Vec<NodeId>> {
 /// A workstation: one switch, no ACS, a host bridge that does not route P2P.
 pub fn workstation() -> Result<Topology> {
     let mut b = TopologyBuilder::new();
-    let hb = b.host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)?;
+    let hb = b.host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::None))?;
     one_switch(&mut b, hb)?;
     let rp = b.root_port(hb, pci(0, 0, 2, 0)?)?;
     b.endpoint(
@@ -139,11 +142,17 @@ pub fn workstation() -> Result<Topology> {
 /// must go through the host bridge (an Intel Xeon E5 v3 that allows same-bridge P2P only).
 pub fn acs_switch() -> Result<Topology> {
     let mut b = TopologyBuilder::new();
-    let hb = b.host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::SameBridge)?;
+    let hb = b.host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::SameBridge))?;
     for port in one_switch(&mut b, hb)? {
         b.set_acs(port, AcsFlags::LINUX_ISOLATION)?;
     }
-    let hb1 = b.host_bridge("pci0000:80", 0, 0x80, 0, 0, HostBridgeP2p::SameBridge)?;
+    let hb1 = b.host_bridge(
+        "pci0000:80",
+        HostBridgeAt {
+            bus: 0x80,
+            ..HostBridgeAt::new(HostBridgeP2p::SameBridge)
+        },
+    )?;
     let rp = b.root_port(hb1, pci(0, 0x80, 1, 0)?)?;
     b.set_acs(rp, AcsFlags::LINUX_ISOLATION)?;
     b.endpoint(
@@ -171,7 +180,15 @@ pub fn random(seed: u64) -> Result<Topology> {
             HostBridgeP2p::Any,
         ][rng.below(3) as usize];
         let numa = rng.below(2) as u32;
-        let hb = b.host_bridge(&format!("pci{h:04x}:00"), h, 0, numa, numa, p2p)?;
+        let hb = b.host_bridge(
+            &format!("pci{h:04x}:00"),
+            HostBridgeAt {
+                segment: h,
+                numa,
+                socket: numa,
+                ..HostBridgeAt::new(p2p)
+            },
+        )?;
         // Bus numbers are handed out in order within the bridge's segment.
         let mut bus = 1u8;
         let mut ports: Vec<NodeId> = Vec::new();

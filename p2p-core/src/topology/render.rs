@@ -288,10 +288,10 @@ mod tests {
 
     #[test]
     fn only_dma_capable_endpoints_are_shown_unless_all_are_asked_for() {
-        use crate::topology::{Bar, DeviceClass, HostBridgeP2p, TopologyBuilder};
+        use crate::topology::{Bar, DeviceClass, HostBridgeAt, HostBridgeP2p, TopologyBuilder};
         let mut b = TopologyBuilder::new();
         let hb = b
-            .host_bridge("pci0000:00", 0, 0, 0, 0, HostBridgeP2p::None)
+            .host_bridge("pci0000:00", HostBridgeAt::new(HostBridgeP2p::None))
             .unwrap();
         let a = |s: &str| s.parse::<PciAddr>().unwrap();
         let bar = |cpu| vec![Bar::identity(0, cpu, 0x1000)];

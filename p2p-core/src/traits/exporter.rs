@@ -3,25 +3,59 @@
 use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::Result;
 use crate::pci::PciAddr;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
-/// Identifies an exporter for the life of the process.
+/// Identifies an exporter for the life of the process, and names it in messages.
+///
+/// An id made with [`fresh_named`](Self::fresh_named) prints as its name (`GPU 0000:03:00.0`),
+/// one made with [`fresh`](Self::fresh) as `exporter#3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ExporterId(pub u64);
 
 static NEXT_EXPORTER: AtomicU64 = AtomicU64::new(1);
+
+/// The names given with [`ExporterId::fresh_named`]. Like the ids, they live for the process:
+/// an exporter is made once per device or memory object, so this stays small, and an error
+/// that outlives its exporter still prints the name.
+static NAMES: RwLock<BTreeMap<u64, Arc<str>>> = RwLock::new(BTreeMap::new());
 
 impl ExporterId {
     /// An id no other call in this process returns: implementations take one at construction.
     pub fn fresh() -> Self {
         Self(NEXT_EXPORTER.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// A fresh id that messages print as `name`: say what the memory is and where
+    /// (`GPU 0000:03:00.0`, `host RAM`).
+    pub fn fresh_named(name: impl Into<String>) -> Self {
+        let id = Self::fresh();
+        let name: Arc<str> = Arc::from(name.into());
+        NAMES
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.0, name);
+        id
+    }
+
+    /// The name given at construction, if any.
+    pub fn name(self) -> Option<Arc<str>> {
+        NAMES
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&self.0)
+            .cloned()
+    }
 }
 
 impl fmt::Display for ExporterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "exporter#{}", self.0)
+        match self.name() {
+            Some(name) => f.write_str(&name),
+            None => write!(f, "exporter#{}", self.0),
+        }
     }
 }
 
@@ -45,6 +79,35 @@ impl fmt::Display for Residency {
             Residency::Host { numa } => write!(f, "in host RAM on NUMA node {numa}"),
         }
     }
+}
+
+/// Whether memory may move and whether a grant may pin it: the two facts about memory that
+/// decide between pinning and ODP. Named, so a constructor call says what it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemoryKind {
+    /// The memory may move (TTM eviction, HMM migration), so an importer without ODP must pin
+    /// it.
+    pub movable: bool,
+    /// A grant may pin it. Device-private memory (HMM) never can.
+    pub pinnable: bool,
+}
+
+impl MemoryKind {
+    /// Memory that moves unless pinned (GPU VRAM under TTM).
+    pub const MOVABLE: Self = Self {
+        movable: true,
+        pinnable: true,
+    };
+    /// Memory that moves and cannot be pinned (HMM device-private): only ODP importers.
+    pub const DEVICE_PRIVATE: Self = Self {
+        movable: true,
+        pinnable: false,
+    };
+    /// Memory that stays where it is (a controller memory buffer, a fixed BAR carve-out).
+    pub const FIXED: Self = Self {
+        movable: false,
+        pinnable: true,
+    };
 }
 
 /// What the negotiator needs to know of an exporter.
@@ -113,9 +176,13 @@ pub struct Chunk {
 /// - [`chunks`](Self::chunks) and [`release`](Self::release) of a grant that is not outstanding
 ///   (released already, or another exporter's) fail with
 ///   [`Error::UnknownGrant`](crate::Error::UnknownGrant).
-/// - Moving or revoking memory is the exporter owner's act, and goes through
-///   [`Negotiator::invalidate`](crate::negotiate::Negotiator::invalidate) first, which tells every
-///   importer and tears their mappings down; pinned grants make that fail.
+/// - Moving or revoking memory is the exporter owner's act, and goes through the negotiator
+///   first, which tells every importer and tears their mappings down. To move (migration,
+///   eviction) ask with [`Negotiator::begin_invalidation`](crate::negotiate::Negotiator::begin_invalidation):
+///   pinned grants make it fail with
+///   [`Error::Pinned`](crate::Error::Pinned). When the memory goes away regardless (device
+///   reset, dma-buf revoke) force it with [`Negotiator::begin_forced_revoke`](crate::negotiate::Negotiator::begin_forced_revoke):
+///   pinned mappings die too.
 pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// Its id.
     fn id(&self) -> ExporterId;
@@ -124,10 +191,115 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     /// Reserves a window for `range`, pinned or not.
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant>;
     /// Reserves `len` fresh bytes anywhere (a bounce buffer, a new GPU allocation).
-    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant>;
+    ///
+    /// The default refuses with [`Error::CannotAllocate`](crate::Error::CannotAllocate): a
+    /// device that only exports memory its owner already placed (a BAR, a CMB) need not
+    /// implement it. A [`Platform::host_memory`](crate::Platform::host_memory) must, since
+    /// bounce buffers come from it.
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        let _ = (len, pin);
+        Err(crate::Error::CannotAllocate {
+            exporter: self.id(),
+        })
+    }
     /// The physically contiguous pieces of a grant, in offset order: page-aligned chunks covering
     /// the pages the grant's range touches.
     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>>;
     /// Gives a grant back; an error if it is unknown (released twice).
     fn release(&self, grant: &ExportGrant) -> Result<()>;
+
+    /// Copies `buf.len()` bytes of the memory object at `offset` into `buf`, through the CPU's
+    /// view of wherever the memory is now. The bytes must lie inside `grant`'s range and the
+    /// grant must be outstanding ([`Error::OutOfBounds`](crate::Error::OutOfBounds),
+    /// [`Error::UnknownGrant`](crate::Error::UnknownGrant) otherwise).
+    ///
+    /// Used to fill and drain bounce buffers ([`Mapping::sync_for_device`](crate::negotiate::Mapping::sync_for_device)).
+    /// The default fails with
+    /// [`Error::NoCpuAccess`](crate::Error::NoCpuAccess): memory the CPU cannot reach can still
+    /// be mapped peer to peer, only not bounced. A
+    /// [`Platform::host_memory`](crate::Platform::host_memory) must implement it and
+    /// [`write_grant`](Self::write_grant).
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        let _ = (grant, offset, buf);
+        Err(crate::Error::NoCpuAccess {
+            exporter: self.id(),
+        })
+    }
+
+    /// Copies `data` into the memory object at `offset`, under the same rules as
+    /// [`read_grant`](Self::read_grant).
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        let _ = (grant, offset, data);
+        Err(crate::Error::NoCpuAccess {
+            exporter: self.id(),
+        })
+    }
+}
+
+/// Checks that `len` bytes at `offset` lie inside `grant`'s range: the bounds rule of
+/// [`MemoryExporter::read_grant`] and [`MemoryExporter::write_grant`], for implementations to share.
+pub fn check_grant_access(grant: &ExportGrant, offset: Offset, len: usize) -> Result<()> {
+    let wanted = AddrRange::new(offset, len as u64)?;
+    if grant.range.contains_range(&wanted) {
+        return Ok(());
+    }
+    Err(crate::Error::OutOfBounds {
+        kind: "offset",
+        start: offset.0,
+        len: len as u64,
+        limit_start: grant.range.start().0,
+        limit_len: grant.range.len(),
+    })
+}
+
+/// A shared exporter is an exporter: `&Arc<MyExporter>` can be passed wherever an
+/// `&impl MemoryExporter` is taken (as [`Negotiator::negotiate`](crate::negotiate::Negotiator::negotiate)
+/// does).
+impl<T: MemoryExporter + ?Sized> MemoryExporter for Arc<T> {
+    fn id(&self) -> ExporterId {
+        (**self).id()
+    }
+    fn info(&self) -> ExporterInfo {
+        (**self).info()
+    }
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        (**self).export(range, pin)
+    }
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        (**self).allocate(len, pin)
+    }
+    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+        (**self).chunks(grant)
+    }
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        (**self).release(grant)
+    }
+    fn read_grant(&self, grant: &ExportGrant, offset: Offset, buf: &mut [u8]) -> Result<()> {
+        (**self).read_grant(grant, offset, buf)
+    }
+    fn write_grant(&self, grant: &ExportGrant, offset: Offset, data: &[u8]) -> Result<()> {
+        (**self).write_grant(grant, offset, data)
+    }
+}
+
+/// Turns a shared exporter of any type into the trait object the registry keeps, so that
+/// [`Negotiator::establish`](crate::negotiate::Negotiator::establish) and
+/// [`map`](crate::negotiate::Negotiator::map) take `&Arc<MyExporter>` and
+/// `&Arc<dyn MemoryExporter>` alike. Implemented for every sized exporter and for
+/// `dyn MemoryExporter`; there is nothing to implement by hand.
+pub trait IntoDynExporter: MemoryExporter {
+    /// The same object as `Arc<dyn MemoryExporter>`.
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter>;
+}
+
+impl<T: MemoryExporter + 'static> IntoDynExporter for T {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter> {
+        self
+    }
+}
+
+impl IntoDynExporter for dyn MemoryExporter {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter> {
+        self
+    }
 }

@@ -6,6 +6,7 @@ use crate::pci::PciAddr;
 use crate::traits::ExporterId;
 use bitflags::bitflags;
 use std::fmt;
+use std::sync::Arc;
 
 bitflags! {
     /// What an importer can do.
@@ -22,6 +23,15 @@ bitflags! {
 }
 
 /// An importer's capabilities and addressing limits.
+///
+/// The default is the least an importer can say: no ODP, no peer memory, no atomics, a 64-bit
+/// DMA mask, no segment limit. Set what the device has:
+///
+/// ```
+/// use p2p_core::prelude::*;
+/// let caps = ImporterCaps { flags: ImporterFlags::P2P, dma_mask: dma_mask(32), ..ImporterCaps::default() };
+/// assert_eq!(caps.max_segment, 0); // no limit
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImporterCaps {
     /// Capabilities.
@@ -29,8 +39,19 @@ pub struct ImporterCaps {
     /// The highest address it can emit: a mask `2^n - 1` with `n >= 12`, as
     /// [`dma_mask(bits)`](crate::addr::dma_mask) makes.
     pub dma_mask: u64,
-    /// The longest scatter-list segment it takes.
+    /// The longest scatter-list segment it takes (Linux's `dma_set_max_seg_size`), in bytes;
+    /// `0` means no limit. Longer address-contiguous runs are split at this size.
     pub max_segment: u64,
+}
+
+impl Default for ImporterCaps {
+    fn default() -> Self {
+        Self {
+            flags: ImporterFlags::empty(),
+            dma_mask: u64::MAX,
+            max_segment: 0,
+        }
+    }
 }
 
 /// Whether memory is moving (old mappings may finish; new maps see the new place) or being
@@ -39,7 +60,10 @@ pub struct ImporterCaps {
 pub enum InvalidationKind {
     /// The memory moves (dma-buf `move_notify`, an HMM migration).
     Move,
-    /// The memory is revoked (device reset, decode disabled).
+    /// The memory is revoked (device reset, decode disabled). A forced revoke
+    /// ([`Negotiator::begin_forced_revoke`](crate::negotiate::Negotiator::begin_forced_revoke))
+    /// sends this to pinned mappings too: the importer must stop, since its mapping is torn
+    /// down whatever it answers.
     Revoke,
 }
 
@@ -74,4 +98,38 @@ pub trait DmaImporter: Send + Sync + fmt::Debug {
     fn caps(&self) -> ImporterCaps;
     /// Stop using a mapping.
     fn invalidate(&self, notice: &Invalidation) -> Result<()>;
+}
+
+/// A shared importer is an importer: `&Arc<MyNic>` can be passed wherever an
+/// `&impl DmaImporter` is taken.
+impl<T: DmaImporter + ?Sized> DmaImporter for Arc<T> {
+    fn device(&self) -> PciAddr {
+        (**self).device()
+    }
+    fn caps(&self) -> ImporterCaps {
+        (**self).caps()
+    }
+    fn invalidate(&self, notice: &Invalidation) -> Result<()> {
+        (**self).invalidate(notice)
+    }
+}
+
+/// Turns a shared importer of any type into the trait object the registry keeps (see
+/// [`IntoDynExporter`](crate::traits::IntoDynExporter)); implemented for every sized importer
+/// and for `dyn DmaImporter`.
+pub trait IntoDynImporter: DmaImporter {
+    /// The same object as `Arc<dyn DmaImporter>`.
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn DmaImporter>;
+}
+
+impl<T: DmaImporter + 'static> IntoDynImporter for T {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn DmaImporter> {
+        self
+    }
+}
+
+impl IntoDynImporter for dyn DmaImporter {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn DmaImporter> {
+        self
+    }
 }

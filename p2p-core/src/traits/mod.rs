@@ -13,6 +13,11 @@ pub use domain::{
     check_iova_range, check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece,
     ReservedKind, ReservedRegion, Translation,
 };
-pub use exporter::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
-pub use importer::{DmaImporter, ImporterCaps, ImporterFlags, Invalidation, InvalidationKind};
+pub use exporter::{
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, IntoDynExporter,
+    MemoryExporter, MemoryKind, Residency,
+};
+pub use importer::{
+    DmaImporter, ImporterCaps, ImporterFlags, IntoDynImporter, Invalidation, InvalidationKind,
+};
 pub use platform::Platform;

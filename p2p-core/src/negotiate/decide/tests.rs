@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::addr::{dma_mask, AddrRange, BusAddr};
+use crate::negotiate::Isolation;
 use crate::topology::{presets, PathClass, Unsupported};
 
 const GPU: &str = "0000:03:00.0";
@@ -269,4 +270,76 @@ fn same_device_is_direct() {
     let p = c.run(&ws());
     assert_eq!(p.strategy, Strategy::Direct);
     assert_eq!(p.path.unwrap().class, PathClass::Loc);
+}
+
+/// The printed memory state agrees with the plan: a non-ODP importer whose mask does not reach
+/// the BAR is refused (not "revocable", whatever its reasons say), bounces pinned, and an ODP
+/// importer's plan is revocable.
+#[test]
+fn printed_memory_state_agrees_with_the_plan() {
+    let mut c = case();
+    c.facts.caps.flags.remove(ImporterFlags::ODP);
+    c.facts.caps.dma_mask = dma_mask(32);
+    let refused = c.run(&ws());
+    assert!(refused.is_refused());
+    assert_eq!(refused.reasons[0], Reason::PinnedForNonOdp);
+    let text = refused.to_string();
+    assert!(text.contains("memory: not mapped (refused)"), "{text}");
+    assert!(!text.contains("revocable"), "{text}");
+    c.policy.fallback = Fallback::Bounce;
+    let bounced = c.run(&ws());
+    assert_eq!(bounced.strategy, Strategy::Bounce);
+    assert!(
+        bounced.to_string().contains("memory: pinned\n"),
+        "{bounced}"
+    );
+    assert!(case()
+        .run(&ws())
+        .to_string()
+        .contains("memory: revocable\n"));
+}
+
+/// A policy that requires IOMMU isolation refuses bus addresses (or bounces through the IOMMU,
+/// as its fallback says) and refuses a passthrough domain whatever the fallback; every plan
+/// says what isolation it gives.
+#[test]
+fn required_isolation_refuses_direct_and_identity() {
+    let c = case();
+    let direct = c.run(&ws());
+    assert_eq!(
+        (direct.strategy.clone(), direct.isolation()),
+        (Strategy::Direct, Isolation::None)
+    );
+    let mut c = case();
+    c.policy.require_iommu_isolation = true;
+    let why = Reason::IsolationRequired {
+        bypass: "bus addresses routed by a switch",
+    };
+    let refused = c.run(&ws());
+    assert_eq!(refused.strategy, Strategy::Refused(why.clone()));
+    assert_eq!(refused.isolation(), Isolation::NotMapped);
+    c.policy.fallback = Fallback::Bounce;
+    let bounced = c.run(&ws());
+    assert_eq!(bounced.strategy, Strategy::Bounce);
+    assert!(bounced.reasons.contains(&why));
+    assert_eq!(bounced.isolation(), Isolation::PageGranular);
+    assert!(bounced.to_string().contains("isolation: page-granular"));
+    // A host-bridge route through the translated domain is isolated already: unchanged.
+    let via = c.run(&acs());
+    assert_eq!(
+        (via.strategy.clone(), via.isolation()),
+        (Strategy::ViaIommu, Isolation::PageGranular)
+    );
+    // A passthrough domain isolates nothing, bounce or not.
+    c.facts.domain = DomainKind::Identity;
+    let p = c.run(&acs());
+    assert!(
+        matches!(
+            p.strategy,
+            Strategy::Refused(Reason::IsolationRequired { .. })
+        ),
+        "{p}"
+    );
+    c.policy.require_iommu_isolation = false;
+    assert_eq!(c.run(&acs()).isolation(), Isolation::None);
 }

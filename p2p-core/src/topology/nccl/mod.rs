@@ -41,7 +41,7 @@ mod device;
 
 use super::allowlist;
 use super::limits;
-use super::{HostBridgeP2p, Topology, TopologyBuilder};
+use super::{HostBridgeAt, HostBridgeP2p, Topology, TopologyBuilder};
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
 use roxmltree::{Document, Node, ParsingOptions};
@@ -246,7 +246,16 @@ impl<'o> Reader<'o> {
         let (segment, bus) = self.root_bus(cpu);
         let hb = self
             .builder
-            .host_bridge(&name, segment, bus, numa, numa, p2p)
+            .host_bridge(
+                &name,
+                HostBridgeAt {
+                    segment,
+                    bus,
+                    numa,
+                    socket: numa,
+                    ..HostBridgeAt::new(p2p)
+                },
+            )
             .map_err(|e| self.err(cpu, e.to_string()))?;
         for pci in pcis {
             self.pci(hb, pci, 1)?;

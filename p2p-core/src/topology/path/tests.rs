@@ -1,5 +1,7 @@
 use super::super::presets::{self, random};
-use super::super::{AcsFlags, Bar, DeviceClass, HostBridgeP2p, NodeId, TopologyBuilder};
+use super::super::{
+    AcsFlags, Bar, DeviceClass, HostBridgeAt, HostBridgeP2p, NodeId, TopologyBuilder,
+};
 use super::*;
 use crate::error::Error;
 use proptest::prelude::*;
@@ -20,7 +22,7 @@ struct Rig {
 
 fn rig(p2p: HostBridgeP2p) -> Rig {
     let mut b = TopologyBuilder::new();
-    let hb = b.host_bridge("hb0", 0, 0, 0, 0, p2p).unwrap();
+    let hb = b.host_bridge("hb0", HostBridgeAt::new(p2p)).unwrap();
     let rp = b.root_port(hb, a("00:01.0")).unwrap();
     let up = b.switch(rp, a("01:00.0")).unwrap();
     let d0 = b.downstream_port(up, a("02:00.0")).unwrap();
@@ -196,8 +198,18 @@ fn same_host_bridge_needs_the_allow_list() {
 
 fn two_bridges(p0: HostBridgeP2p, p1: HostBridgeP2p, numa1: u32) -> TopologyBuilder {
     let mut b = TopologyBuilder::new();
-    let h0 = b.host_bridge("hb0", 0, 0, 0, 0, p0).unwrap();
-    let h1 = b.host_bridge("hb1", 0, 0x80, numa1, numa1, p1).unwrap();
+    let h0 = b.host_bridge("hb0", HostBridgeAt::new(p0)).unwrap();
+    let h1 = b
+        .host_bridge(
+            "hb1",
+            HostBridgeAt {
+                bus: 0x80,
+                numa: numa1,
+                socket: numa1,
+                ..HostBridgeAt::new(p1)
+            },
+        )
+        .unwrap();
     let r0 = b.root_port(h0, a("00:01.0")).unwrap();
     let r1 = b.root_port(h1, a("80:01.0")).unwrap();
     b.endpoint(r0, a("01:00.0"), DeviceClass::Gpu, vec![])
@@ -323,7 +335,7 @@ proptest! {
 fn a_bridge_known_only_as_a_bridge_counts_once() {
     let mut b = TopologyBuilder::new();
     let hb = b
-        .host_bridge("hb", 0, 0, 0, 0, HostBridgeP2p::None)
+        .host_bridge("hb", HostBridgeAt::new(HostBridgeP2p::None))
         .unwrap();
     let outer = b.bridge(hb, a("00:01.0")).unwrap();
     let inner = b.bridge(outer, a("01:00.0")).unwrap();

@@ -33,7 +33,7 @@ mod unknowns;
 pub use config::{AcsState, ConfigImage, ConfigSpace, PortType};
 pub use host::{function_dir, lexical};
 
-use super::{limits, Bar, DeviceClass, NodeId, Topology, TopologyBuilder};
+use super::{limits, Bar, DeviceClass, HostBridgeAt, NodeId, Topology, TopologyBuilder};
 use crate::addr::{BusAddr, PhysAddr};
 use crate::error::Result;
 use crate::pci::PciAddr;
@@ -199,7 +199,14 @@ impl Scanner {
         });
         let hb = self
             .builder
-            .host_bridge(&name, segment, bus, 0, 0, p2p)
+            .host_bridge(
+                &name,
+                HostBridgeAt {
+                    segment,
+                    bus,
+                    ..HostBridgeAt::new(p2p)
+                },
+            )
             .map_err(|e| sysfs_err(dir, e.to_string()))?;
         let first = self.devices.len();
         let any = !children.is_empty();
