@@ -7,7 +7,8 @@ use backend_mock::{
     DomainChoice, FlushMode, Machine, MockConfig, MockDomain, MockPlatform, SanitizerMode,
 };
 use p2p_core::conformance::{
-    check_domain, check_domain_with, check_exporter, check_importer, check_platform, DomainConfig,
+    check_domain, check_domain_with, check_exporter, check_importer, check_platform, stress_domain,
+    DomainConfig, StressConfig,
 };
 use p2p_core::prelude::*;
 use p2p_core::topology::presets;
@@ -84,6 +85,19 @@ fn conformance_mock_domain_stack_soft_iommu() {
 fn conformance_mock_domain_stack_reference() {
     check_domain(stack(config(DomainChoice::Reference, FlushMode::Strict)))
         .unwrap_or_else(|v| panic!("{v}"));
+}
+
+/// The stack under concurrent use: the sanitizer's records and the fault wrapper's held-back
+/// frees must keep the domain's answers as the contract says, from several threads at once.
+#[test]
+fn conformance_mock_domain_stack_under_stress() {
+    for choice in [DomainChoice::SoftVtd, DomainChoice::Reference] {
+        for seed in [1, 2] {
+            let d = stack(config(choice.clone(), FlushMode::Strict))();
+            stress_domain(d, &StressConfig::quick(seed))
+                .unwrap_or_else(|e| panic!("{choice:?}: {e}"));
+        }
+    }
 }
 
 fn machine() -> Machine {
