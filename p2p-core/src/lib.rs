@@ -69,8 +69,8 @@ pub mod conformance;
 pub mod error;
 pub mod export;
 pub mod fault;
-#[cfg(feature = "serde")]
 pub mod guide;
+#[cfg(feature = "serde")]
 mod hex;
 pub mod negotiate;
 pub mod page;
