@@ -234,10 +234,7 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     ) -> Result<()> {
         check_map_args(&self.aperture, &self.reserved, iova, phys, len, SZ_4K)?;
         if !access.intersects(Access::READ | Access::WRITE) {
-            return Err(Error::Backend {
-                backend: "soft-iommu",
-                message: format!("map at {iova} with no read or write access"),
-            });
+            return Err(Error::NoAccess { iova: iova.0 });
         }
         let end = phys.0.checked_add(len).ok_or(Error::AddressOverflow {
             kind: "phys",

@@ -286,7 +286,7 @@ impl<F: Format> PageTable<F> {
 
     /// Unmaps `[iova, iova+len)`, returning the bytes unmapped: it crosses leaves of any size and
     /// stops at the first hole. A range whose ends would cut a larger leaf is refused with
-    /// [`Error::Backend`] naming the leaf, and nothing is unmapped. Tables whose whole span the
+    /// [`Error::WouldSplit`] naming the leaf, and nothing is unmapped. Tables whose whole span the
     /// unmap covered are unlinked and wait on the freelist for the next flush.
     pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
         if len == 0 {
@@ -298,11 +298,11 @@ impl<F: Format> PageTable<F> {
             len,
         })?;
         let _walking = epoch::pin();
-        let split = |leaf_start: u64, size: u64| {
-            Error::Backend {
-            backend: "soft-iommu",
-            message: format!("unmap of {iova:#x}+{len:#x} would split the {size:#x}-byte page at {leaf_start:#x}; unmap whole pages"),
-        }
+        let split = |page_start: u64, page_size: u64| Error::WouldSplit {
+            iova,
+            len,
+            page_start,
+            page_size,
         };
         let first = self.walk(iova);
         let first_end = if first.leaf {

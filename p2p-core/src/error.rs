@@ -393,9 +393,22 @@ pub enum Error {
         /// What differed, with the values.
         detail: String,
     },
-    /// A backend failure that carries only a description. No in-tree site is left outside
-    /// backend-iommu's page tables and VFIO container, which are being rewritten; new code uses
-    /// a variant a caller can match.
+    /// A VFIO object is not in a state the call can use: the kernel answered, but cannot do it.
+    #[error("{target}: {problem}")]
+    Vfio {
+        /// The file, device or call concerned.
+        target: String,
+        /// What is wrong with it.
+        problem: VfioProblem,
+    },
+    /// An IOMMU map asked for neither read nor write access: a mapping that allows nothing.
+    #[error("map at iova {iova:#x} with neither read nor write access")]
+    NoAccess {
+        /// The IOVA of the map.
+        iova: u64,
+    },
+    /// A backend failure that carries only a description, for out-of-tree backends with nothing
+    /// better; no in-tree site uses it (each has a variant a caller can match).
     #[error("{backend}: {message}")]
     Backend {
         /// The backend.
@@ -501,5 +514,71 @@ mod tests {
         );
         assert_ne!(e, other);
         assert!(std::error::Error::source(&e).is_some());
+    }
+}
+
+/// What [`Error::Vfio`] found wrong with a VFIO object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VfioProblem {
+    /// `VFIO_GET_API_VERSION` answered a version this code does not speak.
+    ApiVersion {
+        /// The kernel's.
+        found: i64,
+        /// Ours.
+        expected: i64,
+    },
+    /// The kernel has no type1v2 IOMMU (`vfio_iommu_type1` not loaded?).
+    NoType1v2,
+    /// No group is attached to the container yet, so it has no IOMMU.
+    NoGroupAttached,
+    /// The group is not viable: every device in it must be bound to vfio-pci.
+    GroupNotViable,
+    /// The device is not a VFIO PCI device.
+    NotPciDevice,
+    /// The device has no region of that index.
+    NoRegion {
+        /// The index asked for.
+        index: u32,
+        /// The regions it has.
+        regions: u32,
+    },
+    /// The BAR cannot be mapped into the process.
+    NotMappable {
+        /// The region's size.
+        size: u64,
+        /// Whether the kernel flags it mmap-able.
+        mmap_flag: bool,
+    },
+    /// The device is not attached to this container.
+    NotAttached,
+}
+
+impl std::fmt::Display for VfioProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VfioProblem::ApiVersion { found, expected } => {
+                write!(f, "VFIO API version {found}, this code speaks {expected}")
+            }
+            VfioProblem::NoType1v2 => {
+                f.write_str("the kernel has no type1v2 IOMMU (vfio_iommu_type1 not loaded?)")
+            }
+            VfioProblem::NoGroupAttached => {
+                f.write_str("no group attached yet, so the container has no IOMMU")
+            }
+            VfioProblem::GroupNotViable => {
+                f.write_str("group is not viable: bind every device in it to vfio-pci")
+            }
+            VfioProblem::NotPciDevice => f.write_str("not a VFIO PCI device"),
+            VfioProblem::NoRegion { index, regions } => {
+                write!(f, "no region {index} (it has {regions})")
+            }
+            VfioProblem::NotMappable { size, mmap_flag } => {
+                write!(
+                    f,
+                    "cannot be mmapped (size {size:#x}, mmap flag {mmap_flag})"
+                )
+            }
+            VfioProblem::NotAttached => f.write_str("not attached to this VFIO container"),
+        }
     }
 }

@@ -86,7 +86,7 @@ pub mod wrap;
 
 pub use access::{Access, DmaDirection};
 pub use addr::{dma_mask, AddrRange, Address, BusAddr, DmaAddr, Iova, Offset, PhysAddr, VirtAddr};
-pub use error::{Error, Result};
+pub use error::{Error, Result, VfioProblem};
 pub use pci::PciAddr;
 pub use traits::{DmaImporter, IommuDomain, MemoryExporter, Platform};
 

@@ -3,7 +3,7 @@
 use super::group::VfioGroup;
 use super::sys::{self, ioctl_ptr, ioctl_val, os_err};
 use p2p_core::access::Access;
-use p2p_core::{Error, Result};
+use p2p_core::{Error, Result, VfioProblem};
 use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -27,9 +27,9 @@ pub struct IommuInfo {
 /// `cap_offset`. A reply without the IOVA-range capability (kernels before 5.4) gives one range
 /// covering the 64-bit space, as the kernel then imposes none.
 pub fn parse_iommu_info(reply: &[u8]) -> Result<IommuInfo> {
-    let bad = |why: String| Error::Backend {
-        backend: "vfio",
-        message: format!("VFIO_IOMMU_GET_INFO reply: {why}"),
+    let bad = |why: String| Error::KernelReply {
+        call: "VFIO_IOMMU_GET_INFO",
+        detail: why,
     };
     let u32_at = |off: usize| -> Result<u32> {
         reply
@@ -111,11 +111,12 @@ impl VfioContainer {
             .map_err(|e| os_err("open", path, e))?;
         let version = ioctl_val(&file, sys::GET_API_VERSION, 0, "VFIO_GET_API_VERSION", path)?;
         if version as u32 != VFIO_API_VERSION {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "{path}: API version {version}, this code speaks {VFIO_API_VERSION}"
-                ),
+            return Err(Error::Vfio {
+                target: path.to_string(),
+                problem: VfioProblem::ApiVersion {
+                    found: i64::from(version),
+                    expected: i64::from(VFIO_API_VERSION),
+                },
             });
         }
         let ext = ioctl_val(
@@ -126,11 +127,9 @@ impl VfioContainer {
             path,
         )?;
         if ext != 1 {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "{path}: the kernel has no type1v2 IOMMU (vfio_iommu_type1 not loaded?)"
-                ),
+            return Err(Error::Vfio {
+                target: path.to_string(),
+                problem: VfioProblem::NoType1v2,
             });
         }
         Ok(Self {
@@ -197,13 +196,13 @@ impl VfioContainer {
         parse_iommu_info(&bytes)
     }
 
-    fn require_iommu(&self, call: &str) -> Result<()> {
+    fn require_iommu(&self, call: &'static str) -> Result<()> {
         if *self.iommu_set.lock() {
             Ok(())
         } else {
-            Err(Error::Backend {
-                backend: "vfio",
-                message: format!("{call}: no group attached yet, so the container has no IOMMU"),
+            Err(Error::Vfio {
+                target: call.to_string(),
+                problem: VfioProblem::NoGroupAttached,
             })
         }
     }

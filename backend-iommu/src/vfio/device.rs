@@ -1,7 +1,7 @@
 //! A VFIO device: its regions (BARs, config space), mapped or accessed through its fd.
 
 use super::sys::{self, ioctl_ptr, ioctl_val, os_err, MappedRegion};
-use p2p_core::{Error, PciAddr, Result};
+use p2p_core::{Error, PciAddr, Result, VfioProblem};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use vfio_bindings::bindings::vfio::{
@@ -56,9 +56,9 @@ impl VfioDevice {
             )?
         };
         if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!("{addr} is not a VFIO PCI device"),
+            return Err(Error::Vfio {
+                target: addr.to_string(),
+                problem: VfioProblem::NotPciDevice,
             });
         }
         Ok(Self {
@@ -76,9 +76,12 @@ impl VfioDevice {
     /// A region's size, offset and flags.
     pub fn region(&self, index: u32) -> Result<RegionInfo> {
         if index >= self.regions {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!("{}: no region {index} (it has {})", self.addr, self.regions),
+            return Err(Error::Vfio {
+                target: self.addr.to_string(),
+                problem: VfioProblem::NoRegion {
+                    index,
+                    regions: self.regions,
+                },
             });
         }
         let mut info = vfio_region_info {
@@ -147,12 +150,12 @@ impl VfioDevice {
     pub fn map_bar(&self, index: u32) -> Result<MappedRegion> {
         let r = self.region(index)?;
         if r.size == 0 || !r.mmap {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "{} BAR{index} cannot be mmapped (size {:#x}, mmap flag {})",
-                    self.addr, r.size, r.mmap
-                ),
+            return Err(Error::Vfio {
+                target: format!("{} BAR{index}", self.addr),
+                problem: VfioProblem::NotMappable {
+                    size: r.size,
+                    mmap_flag: r.mmap,
+                },
             });
         }
         MappedRegion::map(

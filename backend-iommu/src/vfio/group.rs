@@ -2,7 +2,7 @@
 
 use super::device::VfioDevice;
 use super::sys::{self, ioctl_ptr, os_err};
-use p2p_core::{Error, PciAddr, Result};
+use p2p_core::{Error, PciAddr, Result, VfioProblem};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -58,11 +58,9 @@ impl VfioGroup {
             )?
         };
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!(
-                    "{path}: group is not viable: bind every device in it to vfio-pci"
-                ),
+            return Err(Error::Vfio {
+                target: path.to_string(),
+                problem: VfioProblem::GroupNotViable,
             });
         }
         Ok(Self { file, id })

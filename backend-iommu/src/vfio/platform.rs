@@ -4,7 +4,7 @@
 use super::domain::VfioDomain;
 use p2p_core::topology::Topology;
 use p2p_core::traits::{IommuDomain, MemoryExporter, Platform};
-use p2p_core::{Error, PciAddr, Result};
+use p2p_core::{Error, PciAddr, Result, VfioProblem};
 use std::sync::Arc;
 
 /// The platform a VFIO user sees: the topology (from sysfs), the container's domain for the
@@ -42,9 +42,9 @@ impl Platform for VfioPlatform {
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
         self.topology.lookup(device)?;
         if !self.devices.contains(&device) {
-            return Err(Error::Backend {
-                backend: "vfio",
-                message: format!("device {device} is not attached to this VFIO container"),
+            return Err(Error::Vfio {
+                target: device.to_string(),
+                problem: VfioProblem::NotAttached,
             });
         }
         Ok(self.domain.clone())

@@ -24,14 +24,11 @@ pub(super) const IOMMU_MAP_DMA: libc::c_ulong = io(13);
 pub(super) const IOMMU_UNMAP_DMA: libc::c_ulong = io(14);
 
 /// An error naming the ioctl (or call), what it was applied to, and the errno.
-pub(super) fn os_err(call: &str, on: &str, e: std::io::Error) -> Error {
-    Error::Backend {
-        backend: "vfio",
-        message: format!("{call} on {on}: {e}"),
-    }
+pub(super) fn os_err(call: &'static str, on: &str, e: std::io::Error) -> Error {
+    Error::os(call, on, e)
 }
 
-fn check(ret: libc::c_int, call: &str, on: &str) -> Result<libc::c_int> {
+fn check(ret: libc::c_int, call: &'static str, on: &str) -> Result<libc::c_int> {
     if ret < 0 {
         Err(os_err(call, on, std::io::Error::last_os_error()))
     } else {
@@ -44,7 +41,7 @@ pub(super) fn ioctl_val(
     fd: &impl AsRawFd,
     req: libc::c_ulong,
     arg: libc::c_ulong,
-    call: &str,
+    call: &'static str,
     on: &str,
 ) -> Result<libc::c_int> {
     // SAFETY: the VFIO ioctls passed here (GET_API_VERSION, CHECK_EXTENSION, SET_IOMMU,
@@ -61,7 +58,7 @@ pub(super) unsafe fn ioctl_ptr<T>(
     fd: &impl AsRawFd,
     req: libc::c_ulong,
     arg: *mut T,
-    call: &str,
+    call: &'static str,
     on: &str,
 ) -> Result<libc::c_int> {
     // SAFETY: the caller's contract: arg is valid for what req touches.
