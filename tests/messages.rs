@@ -44,3 +44,18 @@ fn findings_and_faults_print_as_words_with_hex_addresses() {
         "{text}"
     );
 }
+
+/// A mapping's Debug names the mapping, not the registry and machine behind it.
+#[test]
+fn a_mapping_debugs_short() {
+    let m = Machine::new(presets::workstation().unwrap(), &collect(163)).unwrap();
+    let p = pair(&m, 1, odp());
+    let map = p.map(&m, 0, 0x1000, RW).unwrap();
+    let text = format!("{map:?}");
+    assert!(
+        text.starts_with("Mapping { id: 1") && text.len() < 200,
+        "{text}"
+    );
+    drop(map);
+    assert!(m.finish().is_empty());
+}

@@ -157,6 +157,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! When the memory is a BAR the topology describes, much of this is already written:
+//! [`BarExporter`](crate::export::BarExporter) exports it (pinnable, fixed, chunks with the BAR's
+//! CPU and bus addresses, named `BAR0 of <device>` in messages), and your exporter can wrap it
+//! and add only what differs, such as the window above: delegate `id`, `info` and `chunks`, and
+//! count pages in `export` and `release`.
+//!
 //! To run DMA against real bytes, with the DMA sanitizer and a software IOMMU, put the same
 //! types on `backend-mock`'s simulated machine: its crate docs show how.
 //!

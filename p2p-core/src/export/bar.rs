@@ -32,7 +32,8 @@ impl BarExporter {
             .ok_or_else(|| {
                 Error::InvalidTopology(format!("device {device} has no memory BAR{index}"))
             })?;
-        let id = ExporterId::fresh();
+        // Named, so that errors say "BAR0 of 0000:03:00.0" rather than an id.
+        let id = ExporterId::fresh_named(format!("BAR{index} of {device}"));
         Ok(Self {
             id,
             device,

@@ -102,16 +102,9 @@ pub fn decide(topology: &Topology, f: &Facts, policy: &Policy) -> Result<Plan> {
             Ok(plan(Strategy::Refused(why), reasons, false))
         }
     };
-    // With a passthrough domain no plan isolates (a bounce buffer is reached by bus address
-    // too), so the policy refuses outright rather than fall back.
-    if policy.require_iommu_isolation && f.domain == DomainKind::Identity {
+    if let Some(why) = passthrough_forbidden(f, policy) {
         reasons.push(Reason::IdentityDomain);
-        return refuse(
-            reasons,
-            Reason::IsolationRequired {
-                bypass: "addresses in a passthrough domain",
-            },
-        );
+        return refuse(reasons, why);
     }
     let by_domain = |mut reasons: Vec<Reason>| {
         if f.domain == DomainKind::Translated {
@@ -172,6 +165,16 @@ pub fn decide(topology: &Topology, f: &Facts, policy: &Policy) -> Result<Plan> {
             by_domain(reasons)
         }
     }
+}
+
+/// With a passthrough domain no plan isolates (a bounce buffer is reached by bus address too),
+/// so a policy that requires isolation refuses outright rather than fall back.
+fn passthrough_forbidden(f: &Facts, policy: &Policy) -> Option<Reason> {
+    (policy.require_iommu_isolation && f.domain == DomainKind::Identity).then_some(
+        Reason::IsolationRequired {
+            bypass: "addresses in a passthrough domain",
+        },
+    )
 }
 
 #[cfg(test)]
