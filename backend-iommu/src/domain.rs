@@ -348,7 +348,9 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     }
 
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
-        {
+        // Strict: every unmap invalidated before it returned, so nothing is ever deferred, and
+        // threads freeing side by side need not meet on the queue's lock.
+        if self.policy != FlushPolicy::Strict {
             let mut q = self.queue.lock();
             if q.pending > 0 || q.unflushed {
                 // Not reusable before the queued flush is performed: a stale IOTLB entry of

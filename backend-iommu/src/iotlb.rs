@@ -39,12 +39,37 @@ struct Slot {
 #[derive(Debug, Clone, Copy)]
 pub struct FillTicket(u64);
 
-/// Counters. Exact without contention; approximate when threads race (they are statistics).
+/// One thread's share of the counters, on a cache line of its own: threads translating and
+/// unmapping side by side never write the same line to count.
 #[derive(Debug, Default)]
-pub struct IotlbStats {
+#[repr(align(64))]
+struct StatShard {
     hits: StatCounter,
     misses: StatCounter,
     invalidations: StatCounter,
+}
+
+/// Shards of the counters; a thread counts in shard `its index % STAT_SHARDS`.
+const STAT_SHARDS: usize = 16;
+
+/// Counters, summed over the shards. Exact unless two threads share a shard and race (they are
+/// statistics).
+#[derive(Debug, Default)]
+pub struct IotlbStats {
+    shards: [StatShard; STAT_SHARDS],
+}
+
+static NEXT_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_INDEX: usize =
+        NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STAT_SHARDS;
+}
+
+impl IotlbStats {
+    fn mine(&self) -> &StatShard {
+        &self.shards[THREAD_INDEX.with(|i| *i)]
+    }
 }
 
 /// The cache.
@@ -86,11 +111,11 @@ impl Iotlb {
         if t1 & (VALID | BUSY) == VALID && t1 & PAGE_MASK == page_bits(page) {
             let d = s.data.load(SeqCst);
             if s.tag.load(SeqCst) == t1 {
-                bump(&self.stats.hits);
+                bump(&self.stats.mine().hits);
                 return Some((d & !0xfff, Access::from_bits_truncate((d & 0b11) as u8)));
             }
         }
-        bump(&self.stats.misses);
+        bump(&self.stats.mine().misses);
         None
     }
 
@@ -143,7 +168,7 @@ impl Iotlb {
 
     /// Drops every cached page in `[iova, iova+len)`.
     pub fn invalidate_range(&self, iova: u64, len: u64) {
-        bump(&self.stats.invalidations);
+        bump(&self.stats.mine().invalidations);
         let pages = len.div_ceil(4096);
         if pages >= SLOTS as u64 {
             return self.clear();
@@ -156,7 +181,7 @@ impl Iotlb {
 
     /// Drops everything.
     pub fn clear(&self) {
-        bump(&self.stats.invalidations);
+        bump(&self.stats.mine().invalidations);
         for s in self.slots.iter() {
             self.invalidate_slot(s, None);
         }
@@ -165,11 +190,13 @@ impl Iotlb {
     /// (hits, misses, invalidations).
     pub fn stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        let s = &self.stats;
+        let sum = |f: fn(&StatShard) -> &StatCounter| -> u64 {
+            self.stats.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+        };
         (
-            s.hits.load(Relaxed),
-            s.misses.load(Relaxed),
-            s.invalidations.load(Relaxed),
+            sum(|s| &s.hits),
+            sum(|s| &s.misses),
+            sum(|s| &s.invalidations),
         )
     }
 }

@@ -17,6 +17,9 @@ const CLASSES: usize = 6;
 const MAG: usize = 127;
 /// Full magazines the depot keeps per class before freeing to the tree.
 const DEPOT: usize = 32;
+/// Ranges an empty magazine is refilled with at once: eight 4 KiB pages are one cache line of
+/// last-level page-table entries.
+const REFILL: u64 = 8;
 
 /// The shared tree and depot.
 #[derive(Debug)]
@@ -112,6 +115,9 @@ impl IovaAllocator {
             if let Some(a) = self.cache_pop(c, size, limit) {
                 return Ok(a);
             }
+            if let Some(a) = self.refill(c, size, limit) {
+                return Ok(a);
+            }
             return self.tree_alloc(size, limit).or_else(|_| {
                 // Linux's flush-and-retry-once: give every cached range back, then try again.
                 self.flush_caches();
@@ -175,6 +181,20 @@ impl IovaAllocator {
             }
             None
         })
+    }
+
+    /// Refills this thread's empty magazine with a run of [`REFILL`] ranges of class `c` carved
+    /// from one allocation, and returns the first. A thread then works in IOVAs of its own: the
+    /// page-table entries of two threads' IOVAs do not share a cache line (8 entries a line), so
+    /// their maps and unmaps do not bounce it between cores. `None` if the tree has no such run
+    /// under `limit` (the caller then allocates one range).
+    fn refill(&self, c: usize, size: u64, limit: u64) -> Option<u64> {
+        let run = self.tree_alloc(size * REFILL, limit).ok()?;
+        // Handed out top down, as the tree would: the highest now, the rest popped from the end.
+        with_cache(&self.shared, |tc| {
+            tc.loaded[c].extend((0..REFILL - 1).map(|i| run + i * size));
+        });
+        Some(run + (REFILL - 1) * size)
     }
 
     fn cache_push(&self, c: usize, addr: u64) {

@@ -110,7 +110,8 @@ impl<F: Format> PageTable<F> {
     /// Retires the tables unlinked since the last call: call it after the IOTLB flush that
     /// follows their unmap.
     pub fn release_freelist(&self) {
-        if !self.pending.swap(false, SeqCst) {
+        // A load first: the swap writes the line, and strict unmaps on every core come here.
+        if !self.pending.load(SeqCst) || !self.pending.swap(false, SeqCst) {
             return;
         }
         let gathered = std::mem::take(&mut *self.freelist.lock());
