@@ -355,6 +355,9 @@ impl Platform for SoftPlatform {
     fn topology(&self) -> Arc<Topology> {
         self.topology.clone()
     }
+    fn topology_generation(&self) -> u64 {
+        self.topology.generation()
+    }
     fn domain(&self, _: PciAddr) -> p2pdma::prelude::Result<Arc<dyn IommuDomain>> {
         Ok(self.domain.clone())
     }
@@ -363,13 +366,17 @@ impl Platform for SoftPlatform {
     }
 }
 
-/// `Negotiator::map` + drop of `len` bytes by `threads` threads at once (each its own part of
-/// the BAR), through the importer's `SoftIommu` (ACS redirect: via-iommu), the BAR exporter from
-/// p2p-core as the memory. Element throughput: one map + drop per thread per iteration.
+/// `Negotiator::map` + drop of `len` bytes by `threads` threads at once, through the importer's
+/// `SoftIommu` (ACS redirect: via-iommu), the BAR exporter from p2p-core as the memory: thread
+/// `t` maps GPU `t`'s BAR (two GPUs behind the switch), as two driver threads serving two GPUs
+/// do. Element throughput: one map + drop per thread per iteration.
 fn end_to_end(c: &mut Criterion) {
     let mut g = c.benchmark_group("end_to_end");
     let topo = presets::acs_switch().unwrap();
-    let gpu: PciAddr = "0000:03:00.0".parse().unwrap();
+    let gpus: [PciAddr; 2] = [
+        "0000:03:00.0".parse().unwrap(),
+        "0000:04:00.0".parse().unwrap(),
+    ];
     let nic: PciAddr = "0000:05:00.0".parse().unwrap();
     let platform = Arc::new(SoftPlatform {
         topology: Arc::new(topo.clone()),
@@ -377,7 +384,8 @@ fn end_to_end(c: &mut Criterion) {
         host: Arc::new(TestHostMemory::new(1 << 30, 1 << 26)),
     });
     let neg = Negotiator::new(platform);
-    let exporter: Arc<dyn MemoryExporter> = Arc::new(BarExporter::new(&topo, gpu, 0).unwrap());
+    let exporters: [Arc<dyn MemoryExporter>; 2] =
+        gpus.map(|gpu| Arc::new(BarExporter::new(&topo, gpu, 0).unwrap()) as _);
     let caps = ImporterCaps {
         flags: ImporterFlags::ODP | ImporterFlags::P2P,
         dma_mask: dma_mask(64),
@@ -385,11 +393,15 @@ fn end_to_end(c: &mut Criterion) {
     };
     let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(nic, caps));
     let p = Policy::default();
-    let plan = neg.negotiate(&*exporter, &*importer, RW, &p).unwrap();
-    assert_eq!(plan.strategy, Strategy::ViaIommu, "{plan}");
-    let map_drop = |off: u64, len: u64| {
-        let r = AddrRange::new(Offset(off), len).unwrap();
-        drop(black_box(neg.map(&exporter, &importer, r, RW, &p).unwrap()));
+    for exporter in &exporters {
+        let plan = neg.negotiate(&**exporter, &*importer, RW, &p).unwrap();
+        assert_eq!(plan.strategy, Strategy::ViaIommu, "{plan}");
+    }
+    let map_drop = |t: usize, len: u64| {
+        let r = AddrRange::new(Offset(0), len).unwrap();
+        drop(black_box(
+            neg.map(&exporters[t], &importer, r, RW, &p).unwrap(),
+        ));
     };
     for (name, len, threads) in [
         ("map_drop_4k", SZ_4K, 1u64),
@@ -401,8 +413,8 @@ fn end_to_end(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 std::thread::scope(|s| {
-                    for t in 0..n {
-                        s.spawn(move || (0..iters).for_each(|_| map_drop(t * SZ_2M, len)));
+                    for t in 0..n as usize {
+                        s.spawn(move || (0..iters).for_each(|_| map_drop(t, len)));
                     }
                 });
                 start.elapsed()

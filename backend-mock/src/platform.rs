@@ -249,6 +249,10 @@ impl Platform for MockPlatform {
         self.topology.clone()
     }
 
+    fn topology_generation(&self) -> u64 {
+        self.topology.generation()
+    }
+
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
         Ok(self.iommu(device)?.clone())
     }

@@ -39,6 +39,10 @@ impl Platform for VfioPlatform {
         self.topology.clone()
     }
 
+    fn topology_generation(&self) -> u64 {
+        self.topology.generation()
+    }
+
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
         self.topology.lookup(device)?;
         if !self.devices.contains(&device) {

@@ -8,7 +8,7 @@ use crate::addr::{align_up, AddrRange, Offset};
 use crate::error::{Error, Result};
 use crate::range_alloc::alloc_top_down;
 use crate::traits::{ExportGrant, ExporterId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 const ALIGN: u64 = 4096;
 
@@ -50,7 +50,9 @@ pub struct GrantBook {
     exporter: ExporterId,
     size: u64,
     next: u64,
-    grants: HashMap<u64, Held>,
+    /// Grant id → what it holds. Ids grow by one, so a B-tree is cheap here and needs no hash
+    /// of an id an adversary does not choose (SipHash cost more than the rest of a lookup).
+    grants: BTreeMap<u64, Held>,
     /// Ranges handed out by `allocate`: start → length.
     carved: BTreeMap<u64, u64>,
     /// Where `allocate` carves: the first and last byte.
@@ -65,7 +67,7 @@ impl GrantBook {
             exporter,
             size,
             next: 0,
-            grants: HashMap::new(),
+            grants: BTreeMap::new(),
             carved: BTreeMap::new(),
             pool: size.checked_sub(1).map(|last| (0, last)),
             window: None,

@@ -31,6 +31,7 @@ pub struct InvalidationReport {
 #[derive(Debug)]
 pub struct Invalidating<'n> {
     negotiator: &'n Negotiator,
+    exporter: ExporterId,
     token: u64,
     report: InvalidationReport,
 }
@@ -51,7 +52,7 @@ impl Drop for Invalidating<'_> {
     fn drop(&mut self) {
         self.negotiator
             .registry
-            .inner
+            .shard_for(self.exporter)
             .lock()
             .end_invalidation(self.token);
     }
@@ -138,7 +139,7 @@ impl Negotiator {
         // 1. Under the lock: refuse pinned ranges (unless forced), then make every overlapping
         // sequence odd.
         let (token, ids) = {
-            let mut inner = self.registry.inner.lock();
+            let mut inner = self.registry.shard_for(exporter).lock();
             let ids = inner.overlapping(exporter, &range);
             let pinned = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned);
             if let (Some(e), false) = (pinned, force) {
@@ -154,6 +155,7 @@ impl Negotiator {
         };
         let mut guard = Invalidating {
             negotiator: self,
+            exporter,
             token,
             report: InvalidationReport::default(),
         };
@@ -189,7 +191,7 @@ impl Negotiator {
         report: &mut InvalidationReport,
     ) -> Result<()> {
         let (importer, seq) = {
-            let inner = self.registry.inner.lock();
+            let inner = self.registry.shard_for(exporter).lock();
             match inner.entries.get(&id) {
                 Some(e) if matches!(e.state, State::Live(_)) => {
                     (e.importer.clone(), e.seq.current())
@@ -217,7 +219,7 @@ impl Negotiator {
             report.unacknowledged += 1;
         }
         let taken = {
-            let mut inner = self.registry.inner.lock();
+            let mut inner = self.registry.shard_for(exporter).lock();
             let live = inner
                 .entries
                 .get(&id)

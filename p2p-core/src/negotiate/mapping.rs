@@ -4,7 +4,7 @@ use super::registry::{Registry, State};
 use super::{Segment, Sequence, Strategy, TeardownCause};
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::{Error, Result};
-use crate::traits::{ExportGrant, MemoryExporter};
+use crate::traits::{ExportGrant, ExporterId, MemoryExporter};
 use std::sync::Arc;
 
 /// Where a [`Strategy::Bounce`] mapping's DMA lands: a grant of the platform's host memory
@@ -33,6 +33,8 @@ const SYNC_STEP: usize = 64 << 10;
 /// pattern with [`read_begin`](Self::read_begin) / [`read_retry`](Self::read_retry).
 pub struct Mapping {
     pub(crate) id: u64,
+    /// Whose memory: the registry keeps the mapping in this exporter's shard.
+    pub(crate) exporter: ExporterId,
     pub(crate) registry: Arc<Registry>,
     pub(crate) seq: Arc<Sequence>,
     pub(crate) range: AddrRange<Offset>,
@@ -132,7 +134,7 @@ impl Mapping {
             &mut [u8],
         ) -> Result<()>,
     ) -> Result<()> {
-        let inner = self.registry.inner.lock();
+        let inner = self.registry.shard_for(self.exporter).lock();
         let entry = inner.entries.get(&self.id);
         let (exp, res) = match entry.map(|e| (&e.exporter, &e.state)) {
             Some((exp, State::Live(res))) => (exp, res),
@@ -170,7 +172,7 @@ impl Mapping {
     }
 
     fn with_live<T>(&self, f: impl FnOnce(&super::registry::Resources) -> T) -> Result<T> {
-        let inner = self.registry.inner.lock();
+        let inner = self.registry.shard_for(self.exporter).lock();
         match inner.entries.get(&self.id).map(|e| &e.state) {
             Some(State::Live(r)) => Ok(f(r)),
             _ => Err(Error::Invalidated(self.id)),
@@ -180,7 +182,7 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let mut inner = self.registry.inner.lock();
+        let mut inner = self.registry.shard_for(self.exporter).lock();
         // The observer hears of the teardown under the lock, in registry order.
         self.registry
             .notify_torn_down(&inner, self.id, TeardownCause::Dropped);

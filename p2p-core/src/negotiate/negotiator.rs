@@ -83,12 +83,13 @@ impl Negotiator {
         E: MemoryExporter + ?Sized,
         I: DmaImporter + ?Sized,
     {
-        let topo = self.platform.topology();
         let key = (self.facts(exporter, importer, access)?, *policy);
-        self.cache
-            .get_or_make(topo.generation(), key, |(facts, policy)| {
-                self.plan(&topo, facts, policy)
-            })
+        // The topology itself only on a miss: a hit needs only its generation.
+        self.cache.get_or_make(
+            self.platform.topology_generation(),
+            key,
+            |(facts, policy)| self.plan(&self.platform.topology(), facts, policy),
+        )
     }
 
     /// The plan computed from scratch, bypassing the cache.
@@ -224,17 +225,21 @@ impl Negotiator {
         mut plan_for: impl FnMut(u32) -> Result<Arc<Plan>>,
     ) -> Result<Mapping> {
         let seq = Arc::new(Sequence::default());
-        let id = self.registry.inner.lock().insert(Entry {
-            exporter: exporter.clone(),
-            importer: importer.clone(),
-            range,
-            access,
-            // Until it is published the entry pins nothing: an invalidation meanwhile makes the
-            // set-up start over, and its grant (pinned or not) is taken at the new place.
-            pinned: false,
-            seq: seq.clone(),
-            state: State::Building,
-        });
+        let id = self.registry.next_id();
+        self.registry.shard_for(exporter.id()).lock().insert(
+            id,
+            Entry {
+                exporter: exporter.clone(),
+                importer: importer.clone(),
+                range,
+                access,
+                // Until it is published the entry pins nothing: an invalidation meanwhile makes the
+                // set-up start over, and its grant (pinned or not) is taken at the new place.
+                pinned: false,
+                seq: seq.clone(),
+                state: State::Building,
+            },
+        );
         let published = self.publish(id, &seq, exporter, |attempt| {
             let plan = plan_for(attempt)?;
             let res = establish::build(&*self.platform, &plan, exporter, &**importer, range)?;
@@ -243,12 +248,13 @@ impl Negotiator {
         match published {
             Ok(_) => Ok(Mapping {
                 id,
+                exporter: exporter.id(),
                 registry: self.registry.clone(),
                 seq,
                 range,
             }),
             Err(e) => {
-                self.registry.inner.lock().remove(id);
+                self.registry.shard_for(exporter.id()).lock().remove(id);
                 Err(e)
             }
         }
@@ -269,7 +275,7 @@ impl Negotiator {
         for attempt in 0..MAX_ATTEMPTS {
             let begin = seq.read_begin();
             let (plan, res) = build(attempt)?;
-            let mut inner = self.registry.inner.lock();
+            let mut inner = self.registry.shard_for(exporter.id()).lock();
             let still_there = inner.entries.contains_key(&id);
             if still_there && !seq.read_retry(begin) {
                 let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
@@ -301,7 +307,7 @@ impl Negotiator {
             exporter: exporter.id(),
             range: self
                 .registry
-                .inner
+                .shard_for(exporter.id())
                 .lock()
                 .entries
                 .get(&id)
@@ -315,7 +321,7 @@ impl Negotiator {
     /// establish. Returns the plan. A live mapping is left as it is.
     pub fn refault(&self, mapping: &Mapping, policy: &Policy) -> Result<Plan> {
         let (exporter, importer, access) = {
-            let mut inner = self.registry.inner.lock();
+            let mut inner = self.registry.shard_for(mapping.exporter).lock();
             let e = inner
                 .entries
                 .get_mut(&mapping.id)
@@ -361,7 +367,13 @@ impl Negotiator {
             }
             Err(err) => {
                 tracing::debug!(mapping = mapping.id, %err, "re-fault failed");
-                if let Some(e) = self.registry.inner.lock().entries.get_mut(&mapping.id) {
+                if let Some(e) = self
+                    .registry
+                    .shard_for(mapping.exporter)
+                    .lock()
+                    .entries
+                    .get_mut(&mapping.id)
+                {
                     e.state = State::Invalidated(InvalidationKind::Move);
                 }
             }

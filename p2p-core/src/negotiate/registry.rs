@@ -6,7 +6,7 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
 use crate::pci::PciAddr;
-use crate::sync::Mutex;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::traits::{
     DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, IotlbGather,
     MemoryExporter,
@@ -115,9 +115,14 @@ pub(crate) struct Entry {
     pub state: State,
 }
 
+/// The registry is split into shards by exporter, each under its own lock: threads working on
+/// different exporters never meet on a lock. Every step of the invalidation protocol for one
+/// exporter happens in that exporter's shard, so the protocol holds per shard as it did for the
+/// whole registry.
+const SHARDS: usize = 16;
+
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
-    next: u64,
     pub entries: BTreeMap<u64, Entry>,
     /// (exporter, range start, mapping id): the exporter-range index.
     index: BTreeSet<(ExporterId, Offset, u64)>,
@@ -130,9 +135,7 @@ impl Inner {
     /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
     /// held odd until that invalidation ends (Linux defers such an insertion the same way), so
     /// its builder waits in `read_begin` instead of reading memory that is moving.
-    pub fn insert(&mut self, entry: Entry) -> u64 {
-        self.next += 1;
-        let id = self.next;
+    pub fn insert(&mut self, id: u64, entry: Entry) -> u64 {
         let exporter = entry.exporter.id();
         for a in self.active.iter_mut() {
             if a.exporter == exporter && a.range.overlaps(&entry.range) {
@@ -222,9 +225,12 @@ pub struct MappingInfo {
 }
 
 /// Every mapping the negotiator made and that is not dropped yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
-    pub(crate) inner: Mutex<Inner>,
+    shards: Box<[Mutex<Inner>]>,
+    /// Mapping ids, in order of registration: the same program gives the same ids (a machine's
+    /// event log is reproducible). One increment per mapping is the only write all threads share.
+    next_id: AtomicU64,
     pub(crate) observer: Option<Arc<dyn MappingObserver>>,
 }
 
@@ -246,9 +252,20 @@ impl Entry {
 impl Registry {
     pub(crate) fn with_observer(observer: Option<Arc<dyn MappingObserver>>) -> Self {
         Self {
-            inner: Mutex::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            next_id: AtomicU64::new(0),
             observer,
         }
+    }
+
+    /// The shard holding `exporter`'s mappings.
+    pub(crate) fn shard_for(&self, exporter: ExporterId) -> &Mutex<Inner> {
+        &self.shards[exporter.0 as usize % SHARDS]
+    }
+
+    /// A new mapping id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The observer's view of a live entry, if anyone observes.
@@ -280,12 +297,15 @@ impl Registry {
     /// How many invalidations have begun and not ended (held [`Invalidating`](super::Invalidating)
     /// guards).
     pub fn invalidations_running(&self) -> usize {
-        self.inner.lock().invalidations_running()
+        self.shards
+            .iter()
+            .map(|s| s.lock().invalidations_running())
+            .sum()
     }
 
     /// Number of mappings, live or invalidated.
     pub fn len(&self) -> usize {
-        self.inner.lock().entries.len()
+        self.shards.iter().map(|s| s.lock().entries.len()).sum()
     }
 
     /// Whether there are none.
@@ -295,7 +315,7 @@ impl Registry {
 
     /// The mappings of `exporter` that overlap `range`, by id.
     pub fn overlapping(&self, exporter: ExporterId, range: AddrRange<Offset>) -> Vec<MappingInfo> {
-        let inner = self.inner.lock();
+        let inner = self.shard_for(exporter).lock();
         inner
             .overlapping(exporter, &range)
             .into_iter()
@@ -305,8 +325,20 @@ impl Registry {
 
     /// All mappings, by id.
     pub fn all(&self) -> Vec<MappingInfo> {
-        let inner = self.inner.lock();
-        inner.entries.iter().map(|(&id, e)| info(id, e)).collect()
+        let mut all: Vec<MappingInfo> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let inner = s.lock();
+                inner
+                    .entries
+                    .iter()
+                    .map(|(&id, e)| info(id, e))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by_key(|m| m.id);
+        all
     }
 }
 
