@@ -106,9 +106,17 @@ impl<F: Format> SoftIommu<F> {
         self.table.root_phys()
     }
 
-    /// Makes page-table frame allocation fail once `limit` frames are in use (fault injection).
+    /// Limits the page-table frames in use to `limit` (a budget of table memory; `None`: no
+    /// limit): an allocation beyond it fails with [`Error::NoTableMemory`].
     pub fn set_frame_limit(&self, limit: Option<usize>) {
         self.table.frames().set_limit(limit);
+    }
+
+    /// Fault injection inside the page table: every frame allocation asks `fault` (given the IOVA
+    /// it is for) and fails with [`Error::NoTableMemory`] if it says so, so a map can fail midway
+    /// and its rollback is exercised. The simulated machine connects its fault injector here.
+    pub fn set_fault_hook(&self, fault: Option<crate::frames::FrameFault>) {
+        self.table.frames().set_fault(fault);
     }
 
     /// The leaf mapping `iova` (page-table walk, no IOTLB).

@@ -32,8 +32,11 @@ const MAX_CHUNKS: usize = 4096;
 #[cfg(loom)]
 const MAX_CHUNKS: usize = 8;
 
+/// Decides, at each page-table frame allocation, whether it fails (fault injection), given the
+/// IOVA the table is for: a machine's fault injector, a countdown in a test.
+pub type FrameFault = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
 /// The frames page tables live in, starting at physical `base`.
-#[derive(Debug)]
 pub struct Frames {
     base: u64,
     chunks: Box<[OnceLock<Box<[Table]>>]>,
@@ -42,8 +45,20 @@ pub struct Frames {
     /// Frames given back (all entries zero), reusable now.
     free: Arc<Mutex<Vec<u32>>>,
     live: AtomicUsize,
-    /// Fault injection: allocation fails once this many frames are live (`usize::MAX`: never).
+    /// Allocation fails once this many frames are live (`usize::MAX`: never): a domain's budget
+    /// of table memory.
     limit: AtomicUsize,
+    /// Fault injection, asked at every allocation.
+    fault: std::sync::RwLock<Option<FrameFault>>,
+}
+
+impl std::fmt::Debug for Frames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frames")
+            .field("base", &self.base)
+            .field("live", &self.live())
+            .finish_non_exhaustive()
+    }
 }
 
 fn new_chunk() -> Box<[Table]> {
@@ -62,13 +77,31 @@ impl Frames {
             free: Arc::default(),
             live: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
+            fault: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Makes every allocation ask `fault` first, and fail if it says so (`None`: never).
+    pub fn set_fault(&self, fault: Option<FrameFault>) {
+        *self
+            .fault
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
     }
 
     /// Allocates a zeroed frame for a table that maps `for_iova`; fails with
     /// [`Error::NoTableMemory`] when the frame limit (fault injection) or the arena is reached.
     pub fn alloc(&self, for_iova: u64) -> Result<u32> {
         let exhausted = || Error::NoTableMemory { iova: for_iova };
+        let injected = self
+            .fault
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|f| f(for_iova));
+        if injected {
+            return Err(exhausted());
+        }
         let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
         if self
             .live

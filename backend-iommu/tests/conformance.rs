@@ -141,3 +141,33 @@ fn conformance_soft_iommu_with_a_reserved_pci_window() {
     };
     check_domain(fresh).unwrap_or_else(|v| panic!("{v}"));
 }
+
+/// Every page-table frame allocation of a 16-page map across a 1 GiB boundary failed in turn
+/// (through `SoftIommu::set_fault_hook`): the map is all or nothing each time and the domain
+/// stays usable, in both formats.
+fn under_faults<F: Format>() {
+    use p2p_core::conformance::FaultyDomain;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let factory = || -> FaultyDomain {
+        let d = SoftIommu::<F>::new(FlushPolicy::Strict).unwrap();
+        // 0: disarmed; n: the n-th allocation from now fails.
+        let countdown = Arc::new(AtomicU64::new(0));
+        let c = countdown.clone();
+        d.set_fault_hook(Some(Arc::new(move |_iova| {
+            c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match n {
+                0 => None,
+                n => Some(n - 1),
+            }) == Ok(1)
+        })));
+        let arm = move |n: Option<u64>| countdown.store(n.unwrap_or(0), Ordering::Release);
+        (Arc::new(d), Box::new(arm))
+    };
+    p2p_core::conformance::check_map_under_faults(factory, &DomainConfig::strict())
+        .unwrap_or_else(|v| panic!("{}: {v}", F::NAME));
+}
+
+#[test]
+fn conformance_soft_iommu_under_faults_at_every_step() {
+    under_faults::<VtdSecondLevel>();
+    under_faults::<ArmLpaeS2>();
+}

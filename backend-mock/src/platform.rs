@@ -5,7 +5,7 @@
 use crate::dma::DmaEngine;
 use crate::domain::{FlushMode, MockDomain};
 use crate::events::EventLog;
-use crate::faults::FaultInjector;
+use crate::faults::{FaultInjector, FaultPoint};
 use crate::gpu::MockGpu;
 use crate::host::MockHostMemory;
 use crate::memory::PhysMemory;
@@ -98,8 +98,15 @@ impl std::fmt::Debug for DomainChoice {
 /// checked by the sanitizer, its faults injected by the machine's injector.
 pub type MockIommu = Faulty<Sanitized<Arc<dyn IommuDomain>>>;
 
-/// A `SoftIommu` of format `F` with `reserved` regions and the flush mode's policy.
-fn soft<F: Format>(flush: FlushMode, reserved: &[ReservedRegion]) -> Result<Arc<dyn IommuDomain>> {
+/// A `SoftIommu` of format `F` with `reserved` regions and the flush mode's policy, whose
+/// page-table frame allocations ask the machine's fault injector ([`FaultPoint::PageTableAlloc`]),
+/// so that a map can fail midway through its tables and its rollback is exercised.
+fn soft<F: Format>(
+    flush: FlushMode,
+    reserved: &[ReservedRegion],
+    faults: &Arc<FaultInjector>,
+    log: &Arc<EventLog>,
+) -> Result<Arc<dyn IommuDomain>> {
     let policy = match flush {
         FlushMode::Strict => FlushPolicy::Strict,
         FlushMode::Lazy { batch } => FlushPolicy::Lazy { batch },
@@ -108,6 +115,14 @@ fn soft<F: Format>(flush: FlushMode, reserved: &[ReservedRegion]) -> Result<Arc<
     for r in reserved {
         d.reserve(r.range, r.kind);
     }
+    let (faults, log) = (faults.clone(), log.clone());
+    d.set_fault_hook(Some(Arc::new(move |iova| {
+        faults.should_fail(
+            FaultPoint::PageTableAlloc,
+            || format!("page-table frame for iova {iova:#x}"),
+            &log,
+        )
+    })));
     Ok(Arc::new(d))
 }
 
@@ -162,10 +177,10 @@ impl MockPlatform {
             let inner: Arc<dyn IommuDomain> = match (&config.domains, config.domain_kind) {
                 (DomainChoice::Custom(make), _) => make(a, &windows)?,
                 (DomainChoice::SoftVtd, DomainKind::Translated) => {
-                    soft::<VtdSecondLevel>(config.flush, &windows)?
+                    soft::<VtdSecondLevel>(config.flush, &windows, &faults, &log)?
                 }
                 (DomainChoice::SoftArm, DomainKind::Translated) => {
-                    soft::<ArmLpaeS2>(config.flush, &windows)?
+                    soft::<ArmLpaeS2>(config.flush, &windows, &faults, &log)?
                 }
                 // The reference, and every identity or blocked domain (SoftIommu only translates).
                 (_, kind) => {

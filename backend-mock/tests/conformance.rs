@@ -152,3 +152,25 @@ fn conformance_mock_platform_and_nic() {
         check_importer(&*nic).unwrap_or_else(|v| panic!("{kind}: {v}"));
     }
 }
+
+/// The machine's fault injector failing each step of a map in turn (its up-front check in
+/// `Faulty`, then each page-table frame the SoftIommu allocates): all or nothing every time, on
+/// the domain stack as a device sees it.
+#[test]
+fn conformance_mock_domain_stack_under_faults_at_every_step() {
+    use p2p_core::conformance::{check_map_under_faults, DomainConfig, FaultyDomain};
+    for domains in [DomainChoice::SoftVtd, DomainChoice::SoftArm] {
+        let cfg = config(domains, FlushMode::Strict);
+        let factory = || -> FaultyDomain {
+            let p = Arc::new(MockPlatform::new(topo(), &cfg).unwrap_or_else(|e| panic!("{e}")));
+            let d = p.iommu(addr(NIC)).unwrap_or_else(|e| panic!("{e}")).clone();
+            let arm = move |n: Option<u64>| match n {
+                Some(n) => p.faults().fail_nth(n),
+                None => p.faults().clear(),
+            };
+            (d as Arc<dyn IommuDomain>, Box::new(arm))
+        };
+        check_map_under_faults(factory, &DomainConfig::strict())
+            .unwrap_or_else(|v| panic!("{:?}: {v}", cfg.domains));
+    }
+}

@@ -53,14 +53,16 @@
 //! - `domain.rs`: [`stress_domain`], the same rules under concurrent use with a model check.
 //! - `exporter.rs`: [`check_exporter`] for [`MemoryExporter`](crate::MemoryExporter).
 //! - `platform.rs`: [`check_platform`], [`check_importer`]: what the negotiator relies on.
-//! - Behaviour under injected faults at every step belongs to the fault-injecting wrapper; its
-//!   checks join [`TRANSLATED_CHECKS`] (see the marked place in `suite.rs`).
+//! - `domain_faults.rs`: [`check_map_under_faults`]: a map failed at each of its steps in turn
+//!   (through the implementation's own injection point, armed by a closure) is all or nothing
+//!   and leaves the domain usable.
 //!
 //! The stress check is seeded; a failure names the seed, so `StressConfig { seed, .. }` replays
 //! the same operations (the interleaving of threads is the one thing a seed cannot fix, which is
 //! why it runs for a time budget rather than once). The other checks are deterministic.
 
 mod domain;
+mod domain_faults;
 mod domain_flush;
 mod domain_iova;
 mod domain_map;
@@ -72,6 +74,7 @@ mod suite;
 mod violation;
 
 pub use domain::{stress_domain, StressConfig, StressReport};
+pub use domain_faults::{check_map_under_faults, ArmFault, FaultyDomain};
 pub use domain_flush::{check_flush, check_iova_reuse};
 pub use domain_iova::check_iova_alloc;
 pub use domain_map::{
