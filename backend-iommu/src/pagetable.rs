@@ -401,15 +401,31 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Unlinks the tables whose whole span lies in `[iova, iova+len)`, lowest level first, so
-    /// that a parent emptied by its children's unlinking goes too.
+    /// that a parent emptied by its children's unlinking goes too. The parent table is looked up
+    /// once per run of spans it holds, and an entry that is not a table costs one load.
     fn unlink_covered(&self, iova: u64, len: u64) {
         let end = iova + len;
         for level in 1..=ROOT {
             let span = level_size(level);
             let mut base = iova.next_multiple_of(span);
+            // (the parent's coverage key, the parent table) of the last lookup.
+            let mut parent: Option<(u64, Option<u32>)> = None;
             while base.checked_add(span).is_some_and(|e| e <= end) {
-                if let Ok(Some(parent)) = self.table_at(base, level, false) {
-                    self.try_unlink(parent, index(base, level), level);
+                let key = base >> (12 + 9 * (level as u32 + 1));
+                let table = match parent {
+                    Some((k, t)) if k == key || level == ROOT => t,
+                    _ => {
+                        let t = self.table_at(base, level, false).ok().flatten();
+                        parent = Some((key, t));
+                        t
+                    }
+                };
+                if let Some(table) = table {
+                    let idx = index(base, level);
+                    let pte = self.table(table)[idx].load(SeqCst);
+                    if matches!(F::decode(pte, level), Pte::Table(_)) {
+                        self.try_unlink(table, idx, level);
+                    }
                 }
                 base += span;
             }
