@@ -15,8 +15,8 @@
 //!   by [`PageTable::reclaim`] at a full flush, with a two-step protocol against a mapper that is
 //!   installing into the table at the same moment: the unlinker marks the parent's entry
 //!   ([`UNLINKING`]), checks the table is empty, then clears the entry; a mapper re-checks after
-//!   installing that the path from the root still reaches its table unmarked, and otherwise takes
-//!   its entries back and starts again. Either the unlinker sees the mapper's entry and backs off,
+//!   installing that the entry linking its table in is still there unmarked (an ancestor cannot
+//!   go while it holds that entry), and otherwise takes its entries back and starts again. Either the unlinker sees the mapper's entry and backs off,
 //!   or the mapper sees the mark and retreats (a full fence between each side's store and load:
 //!   the Dekker pattern).
 //! - **Unlinked tables are freed only after the flush that follows** (Linux's
@@ -34,6 +34,9 @@ use std::marker::PhantomData;
 
 /// The root is level 3.
 const ROOT: usize = 3;
+
+/// The entry that links a table into its parent: `(parent table, index)`; `None` for the root.
+type Link = Option<(u32, usize)>;
 
 /// A software bit in a table entry: the table below it is being unlinked. Bit 58 is ignored by
 /// both formats' walkers (VT-d second level: bits 52–61 are ignored; ARM stage 2: bits 55–58 are
@@ -127,10 +130,18 @@ impl<F: Format> PageTable<F> {
     /// The table at `level` that covers `iova`, creating tables on the way if `create`.
     /// `Ok(None)` when absent and not creating; `AlreadyMapped` if a leaf covers it higher up.
     fn table_at(&self, iova: u64, level: usize, create: bool) -> Result<Option<u32>> {
+        Ok(self.descend(iova, level, create)?.map(|(table, _)| table))
+    }
+
+    /// [`table_at`](Self::table_at), with the entry that links the table in: `(parent table,
+    /// index)`, `None` for the root.
+    fn descend(&self, iova: u64, level: usize, create: bool) -> Result<Option<(u32, Link)>> {
         let mut table = self.root;
+        let mut link = None;
         for l in (level + 1..=ROOT).rev() {
-            let slot = &self.table(table)[index(iova, l)];
-            table = loop {
+            let idx = index(iova, l);
+            let slot = &self.table(table)[idx];
+            let child = loop {
                 let pte = slot.load(SeqCst);
                 if pte & UNLINKING != 0 {
                     // The table below is being unlinked: wait for the verdict.
@@ -154,22 +165,23 @@ impl<F: Format> PageTable<F> {
                     }
                 }
             };
+            link = Some((table, idx));
+            table = child;
         }
-        Ok(Some(table))
+        Ok(Some((table, link)))
     }
 
-    /// Whether the walk from the root to `level` for `iova` still reaches `table` through
-    /// entries no unlinker has marked.
-    fn reaches(&self, iova: u64, level: usize, table: u32) -> bool {
-        let mut t = self.root;
-        for l in (level + 1..=ROOT).rev() {
-            let pte = self.table(t)[index(iova, l)].load(SeqCst);
-            match F::decode(pte, l) {
-                Pte::Table(phys) if pte & UNLINKING == 0 => t = self.frames.frame_at(phys),
-                _ => return false,
-            }
-        }
-        t == table
+    /// Whether `table` (at `level`) is still linked in by `link`, unmarked. Only the entry that
+    /// links a table in can be marked or cleared while the table holds anything: an ancestor
+    /// holds that entry, so it is not empty, and no unlinker takes it. So checking that one
+    /// entry is checking the whole path.
+    fn still_linked(&self, link: Link, level: usize, table: u32) -> bool {
+        let Some((parent, idx)) = link else {
+            return true; // the root is never unlinked
+        };
+        let pte = self.table(parent)[idx].load(SeqCst);
+        pte & UNLINKING == 0
+            && matches!(F::decode(pte, level + 1), Pte::Table(phys) if self.frames.frame_at(phys) == table)
     }
 
     /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
@@ -205,8 +217,8 @@ impl<F: Format> PageTable<F> {
                     align: 4096,
                 })?;
             let level = size.trailing_zeros() as usize / 9 - 1;
-            let table = self
-                .table_at(va, level, true)?
+            let (table, link) = self
+                .descend(va, level, true)?
                 .unwrap_or_else(|| unreachable!("created"));
             let first = index(va, level);
             let n = ((rem >> size.trailing_zeros()) as usize)
@@ -225,7 +237,7 @@ impl<F: Format> PageTable<F> {
             // (sequentially consistent accesses alone are not enough under every model, loom's
             // included).
             fence(SeqCst);
-            if self.reaches(va, level, table) {
+            if self.still_linked(link, level, table) {
                 *done += n as u64 * size;
             } else {
                 // The table was being unlinked while we filled it: take the run back and place
