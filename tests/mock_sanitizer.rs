@@ -89,6 +89,18 @@ fn dma_after_revoke() {
     assert_eq!(kinds(m), vec![FindingKind::AfterRevoke]);
 }
 
+/// A machine built with `config` whose NIC mapped one GPU page, wrote through it (filling the
+/// IOTLB) and dropped the mapping: the IOVA it used, which a lazy domain may still translate.
+fn unmapped_but_cached(config: &MockConfig) -> (Machine, Pair, DmaAddr) {
+    let m = Machine::new(presets::acs_switch().unwrap(), config).unwrap();
+    let p = pair(&m, 4, odp());
+    let map = p.map(&m, 0, 4096, RW).unwrap();
+    let iova = map.segments().unwrap()[0].addr;
+    p.nic.dma_write(iova, b"first").unwrap(); // fills the IOTLB
+    drop(map);
+    (m, p, iova)
+}
+
 #[test]
 fn stale_iotlb_entries_are_usable_until_the_lazy_flush_and_reported() {
     let config = MockConfig {
@@ -96,12 +108,7 @@ fn stale_iotlb_entries_are_usable_until_the_lazy_flush_and_reported() {
         domains: DomainChoice::Reference,
         ..collect(15)
     };
-    let m = Machine::new(presets::acs_switch().unwrap(), &config).unwrap();
-    let p = pair(&m, 4, odp());
-    let map = p.map(&m, 0, 4096, RW).unwrap();
-    let iova = map.segments().unwrap()[0].addr;
-    p.nic.dma_write(iova, b"first").unwrap(); // fills the IOTLB
-    drop(map);
+    let (m, p, iova) = unmapped_but_cached(&config);
     let dom = m.platform().mock_domain(a(NIC)).unwrap().clone();
     assert_eq!(dom.queued_flushes(), 1, "the flush is queued, not done");
     assert_eq!(
@@ -133,12 +140,7 @@ fn stale_iotlb_entries_of_the_software_iommu_are_reported_too() {
         flush: FlushMode::Lazy { batch: 256 },
         ..collect(18)
     };
-    let m = Machine::new(presets::acs_switch().unwrap(), &config).unwrap();
-    let p = pair(&m, 4, odp());
-    let map = p.map(&m, 0, 4096, RW).unwrap();
-    let iova = map.segments().unwrap()[0].addr;
-    p.nic.dma_write(iova, b"first").unwrap(); // fills the IOTLB
-    drop(map);
+    let (m, p, iova) = unmapped_but_cached(&config);
     p.nic.dma_write(iova, b"stale").unwrap();
     assert_eq!(p.gpu.cpu_read(0, 5), b"stale", "the lazy window is real");
     m.platform().iommu(a(NIC)).unwrap().flush_all().unwrap();

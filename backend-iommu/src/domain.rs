@@ -10,8 +10,8 @@ use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
 use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, ReservedKind, ReservedRegion,
-    Translation,
+    check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece, ReservedKind,
+    ReservedRegion, Translation,
 };
 use p2p_core::{Error, Result};
 
@@ -165,32 +165,26 @@ impl<F: Format> SoftIommu<F> {
             });
         }
         let iova = self.alloc_iova(total, limit)?;
-        let mut done = 0u64;
-        for &(phys, len) in pieces {
-            if let Err(e) = self.map(Iova(iova.0 + done), phys, len, access) {
-                self.undo_partial_map(iova, done, total);
-                return Err(e);
+        let pieces: Vec<MapPiece> = pieces
+            .iter()
+            .map(|&(phys, len)| MapPiece {
+                phys,
+                len,
+                attrs: MapAttrs::empty(),
+            })
+            .collect();
+        if let Err(e) = self.map_pieces(iova, &pieces, access) {
+            // map_pieces took back what it mapped; the range is freed only after a flush (a
+            // lazy domain defers it to the queued one), every step run even if one fails, so the
+            // IOVA is never leaked. The map's own error is the one reported.
+            for step in [self.flush(), self.free_iova(iova, total)] {
+                if let Err(err) = step {
+                    tracing::warn!(%err, %iova, "rolling back a partial scatter-list map");
+                }
             }
-            done += len;
+            return Err(e);
         }
         AddrRange::new(iova, total)
-    }
-
-    /// Rolls back a partial scatter-list map: unmaps the `done` bytes mapped, flushes, and only
-    /// then frees the whole `total`-byte allocation (a lazy domain defers the free to the queued
-    /// flush). Every step runs even if an earlier one failed, so the IOVA is never leaked; the
-    /// caller reports the map's own error, so these are logged.
-    fn undo_partial_map(&self, iova: Iova, done: u64, total: u64) {
-        let unmapped = if done > 0 {
-            self.unmap(iova, done).map(drop)
-        } else {
-            Ok(())
-        };
-        for step in [unmapped, self.flush(), self.free_iova(iova, total)] {
-            if let Err(err) = step {
-                tracing::warn!(%err, %iova, "rolling back a partial scatter-list map");
-            }
-        }
     }
 
     /// Performs the real IOTLB invalidation: drops the cache, retires the tables unlinked since

@@ -22,21 +22,12 @@ const FLUSHED: &str = "after IommuDomain::unmap and a flush that succeeds (a laz
 const REUSE: &str = "IommuDomain::alloc_iova does not hand out a freed range again while a \
                      translation of it may still be usable (dma_translate still answers)";
 
-/// The smallest page size of a translated domain.
-fn page(s: &mut Scratch<'_>) -> Result<u64, Violation> {
-    s.rule("a translated domain has at least one page size");
-    s.call("page_sizes()".into());
-    s.d.page_sizes()
-        .min_page()
-        .ok_or_else(|| s.fail("it has none"))
-}
-
 /// A device's view of a mapped IOVA matches the walk; after the unmap the walk answers nothing,
 /// the device's view answers nothing (strict) or only the old page until a bounded number of
 /// flushes (lazy), and after the flush neither answers.
 pub fn check_flush(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Violation> {
     let mut s = Scratch::new(d, cfg);
-    let pg = page(&mut s)?;
+    let pg = s.min_page()?;
     let w = s.window(4 * pg)?.0;
     s.rule(FILL);
     let p = s.phys(0);
@@ -109,7 +100,7 @@ fn drain(s: &mut Scratch<'_>, w: u64, p: PhysAddr) -> Result<(), Violation> {
 /// still answers.
 pub fn check_iova_reuse(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Violation> {
     let mut s = Scratch::new(d, cfg);
-    let pg = page(&mut s)?;
+    let pg = s.min_page()?;
     s.rule(REUSE);
     let len = 16 * pg;
     let limit = s.limit();

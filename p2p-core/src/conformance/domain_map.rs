@@ -27,20 +27,11 @@ const UNMAP_SPLIT: &str = "IommuDomain::unmap of a range whose ends would cut a 
 const PHYS_CONFIG: &str = "DomainConfig::phys is 2 MiB aligned (the mixed-size checks map 2 MiB \
                            pages from it)";
 
-/// The smallest page size of a translated domain.
-fn page(s: &mut Scratch<'_>) -> Result<u64, Violation> {
-    s.rule("a translated domain has at least one page size");
-    s.call("page_sizes()".into());
-    s.d.page_sizes()
-        .min_page()
-        .ok_or_else(|| s.fail("it has none"))
-}
-
 /// A map overlapping a live page (at its start, its end, in its middle, or exactly) fails with
 /// [`Error::AlreadyMapped`] and maps nothing of its range.
 pub fn check_all_or_nothing(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Violation> {
     let mut s = Scratch::new(d, cfg);
-    let pg = page(&mut s)?;
+    let pg = s.min_page()?;
     let w = s.window(16 * pg)?.0;
     s.rule(ALL_OR_NOTHING);
     let (live, live_phys) = (w + 2 * pg, s.phys(2 * pg));
@@ -73,7 +64,7 @@ pub fn check_all_or_nothing(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(
 /// nothing beyond the mapping; an unmap spanning two maps returns both.
 pub fn check_translate(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Violation> {
     let mut s = Scratch::new(d, cfg);
-    let pg = page(&mut s)?;
+    let pg = s.min_page()?;
     let w = s.window(4 * pg)?.0;
     s.rule(TRANSLATE);
     let (a, b) = (s.phys(0), s.phys(8 * pg));
@@ -102,7 +93,7 @@ pub fn check_translate(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Vi
 /// with a hole the bytes before the hole (what lies after the hole stays mapped).
 pub fn check_unmap_returns(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Violation> {
     let mut s = Scratch::new(d, cfg);
-    let pg = page(&mut s)?;
+    let pg = s.min_page()?;
     let w = s.window(8 * pg)?.0;
     s.rule(UNMAP_WHOLE);
     s.map(w, s.phys(0), 4 * pg, RW)?;
@@ -128,7 +119,7 @@ fn huge_window<'a>(
         return Ok(None);
     }
     let mut s = Scratch::new(d, cfg);
-    let pg = page(&mut s)?;
+    let pg = s.min_page()?;
     s.rule(PHYS_CONFIG);
     if !is_aligned(cfg.phys.0, SZ_2M) {
         return Err(s.fail(format!("it is {}", cfg.phys)));

@@ -54,6 +54,16 @@ impl<'a> Scratch<'a> {
         Violation::new(self.rule, inputs, got)
     }
 
+    /// The smallest page size of the (translated) domain under check.
+    pub(crate) fn min_page(&mut self) -> std::result::Result<u64, Violation> {
+        self.rule("a translated domain has at least one page size");
+        self.call("page_sizes()".into());
+        self.d
+            .page_sizes()
+            .min_page()
+            .ok_or_else(|| self.fail("it has none"))
+    }
+
     /// The highest IOVA the checks ask for: 4 GiB, or the aperture's top if lower.
     pub(crate) fn limit(&self) -> u64 {
         self.d.aperture().last().map_or(0, |a| a.0).min(0xffff_ffff)

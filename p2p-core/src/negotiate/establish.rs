@@ -79,54 +79,35 @@ fn with_grant(
 ) -> Result<Built> {
     let caps = importer.caps();
     let chunks = exporter.chunks(grant)?;
+    let len = grant.range.len();
     let (iova, pieces, bounce) = match &plan.strategy {
         Strategy::Direct | Strategy::Identity => {
             let pieces = bus_pieces(&chunks, importer)?;
-            (
-                None,
-                exact(pieces, &chunks, grant, grant.range.len())?,
-                None,
-            )
+            (None, exact(pieces, &chunks, grant, len)?, None)
         }
         Strategy::ViaIommu => {
-            let (mapped, pieces) = map_into(&**domain, &chunks, importer, plan.access)?;
-            let pieces = exact(pieces, &chunks, grant, grant.range.len());
-            match pieces {
-                Ok(p) => (Some(mapped), p, None),
-                Err(e) => {
-                    undo_map(&**domain, &mapped);
-                    return Err(e);
-                }
-            }
+            let (mapped, pieces) =
+                map_exact(&**domain, &chunks, grant, len, importer, plan.access)?;
+            (Some(mapped), pieces, None)
         }
         Strategy::Bounce => {
             let host = platform.host_memory();
-            let bgrant = host.allocate(grant.range.len(), true)?;
+            let bgrant = host.allocate(len, true)?;
             let staged = host
                 .chunks(&bgrant)
                 .and_then(|hchunks| match domain.kind() {
-                    DomainKind::Translated => map_into(&**domain, &hchunks, importer, plan.access)
-                        .map(|(i, p)| (Some(i), p)),
-                    DomainKind::Identity => bus_pieces(&hchunks, importer).map(|p| (None, p)),
+                    DomainKind::Translated => {
+                        map_exact(&**domain, &hchunks, &bgrant, len, importer, plan.access)
+                            .map(|(m, p)| (Some(m), p))
+                    }
+                    DomainKind::Identity => bus_pieces(&hchunks, importer)
+                        .and_then(|p| exact(p, &hchunks, &bgrant, len))
+                        .map(|p| (None, p)),
                     DomainKind::Blocked => Err(Error::WrongDomainKind {
                         op: "bounce",
                         kind: "blocked",
                     }),
                 });
-            let staged = staged.and_then(|(mapped, pieces)| {
-                let exact = host
-                    .chunks(&bgrant)
-                    .and_then(|hchunks| exact(pieces, &hchunks, &bgrant, grant.range.len()));
-                match exact {
-                    Ok(p) => Ok((mapped, p)),
-                    Err(e) => {
-                        if let Some(m) = &mapped {
-                            undo_map(&**domain, m);
-                        }
-                        Err(e)
-                    }
-                }
-            });
             match staged {
                 Ok((iova, pieces)) => (iova, pieces, Some((host, bgrant))),
                 Err(e) => {
@@ -182,6 +163,26 @@ fn exact(pieces: Pieces, chunks: &[Chunk], grant: &ExportGrant, len: u64) -> Res
         });
     }
     Ok(out)
+}
+
+/// [`map_into`] then [`exact`]: the chunks mapped into `domain`, the pieces cut to the `len`
+/// bytes at `grant`'s start. All or nothing: if the cut fails, the map is given back.
+fn map_exact(
+    domain: &dyn IommuDomain,
+    chunks: &[Chunk],
+    grant: &ExportGrant,
+    len: u64,
+    importer: &dyn DmaImporter,
+    access: Access,
+) -> Result<(Mapped, Pieces)> {
+    let (mapped, pieces) = map_into(domain, chunks, importer, access)?;
+    match exact(pieces, chunks, grant, len) {
+        Ok(p) => Ok((mapped, p)),
+        Err(e) => {
+            undo_map(domain, &mapped);
+            Err(e)
+        }
+    }
 }
 
 /// Gives back a whole `map_into` (unmap, flush, free) when a later step fails.
