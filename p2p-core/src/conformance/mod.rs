@@ -53,6 +53,8 @@
 //! - `domain.rs`: [`stress_domain`], the same rules under concurrent use with a model check.
 //! - `exporter.rs`: [`check_exporter`] for [`MemoryExporter`](crate::MemoryExporter).
 //! - `platform.rs`: [`check_platform`], [`check_importer`]: what the negotiator relies on.
+//! - `domain_batch.rs`: [`check_batching`]: `map_pieces` all or nothing, `unmap_gather` +
+//!   `iotlb_sync` and `flush_all` leave nothing usable.
 //! - `domain_faults.rs`: [`check_map_under_faults`]: a map failed at each of its steps in turn
 //!   (through the implementation's own injection point, armed by a closure) is all or nothing
 //!   and leaves the domain usable.
@@ -62,6 +64,7 @@
 //! why it runs for a time budget rather than once). The other checks are deterministic.
 
 mod domain;
+mod domain_batch;
 mod domain_faults;
 mod domain_flush;
 mod domain_iova;
@@ -74,6 +77,7 @@ mod suite;
 mod violation;
 
 pub use domain::{stress_domain, StressConfig, StressReport};
+pub use domain_batch::check_batching;
 pub use domain_faults::{check_map_under_faults, ArmFault, FaultyDomain};
 pub use domain_flush::{check_flush, check_iova_reuse};
 pub use domain_iova::check_iova_alloc;

@@ -9,7 +9,8 @@ use crate::pci::PciAddr;
 use crate::traits::{DmaImporter, DomainKind, IommuDomain, Platform, Residency};
 use std::sync::Arc;
 
-const GENERATION: &str = "Platform::topology keeps its generation while the topology is \
+const GENERATION: &str =
+    "Platform::topology and topology_generation keep one generation while the topology is \
                           unchanged";
 const DOMAIN: &str = "Platform::domain returns the same domain (the same Arc) for a device on \
                       every call while the topology is unchanged, and fails for a device not \
@@ -37,6 +38,17 @@ pub fn check_platform(p: &dyn Platform) -> std::result::Result<(), Violation> {
                 "generations {} then {}",
                 topo.generation(),
                 again.generation()
+            ),
+        ));
+    }
+    if p.topology_generation() != topo.generation() {
+        return Err(Violation::new(
+            GENERATION,
+            "topology(), then topology_generation()",
+            format!(
+                "generation {} then {}",
+                topo.generation(),
+                p.topology_generation()
             ),
         ));
     }

@@ -15,10 +15,10 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     /// The topology now. A new topology (hot plug, ACS change) has a new generation, which drops
     /// cached plans; while the topology is unchanged, so is the generation.
     fn topology(&self) -> Arc<Topology>;
-    /// The topology's generation now: what a cached plan is checked against on every
-    /// negotiation. The default takes the topology; a platform that can answer without
-    /// cloning an `Arc` (a shared reference count that every mapping thread would write)
-    /// should.
+    /// The topology's generation now, always equal to `topology().generation()`: what a cached
+    /// plan is checked against on every negotiation. The default takes the topology; a platform
+    /// that can answer without cloning an `Arc` (a shared reference count that every mapping
+    /// thread would write) should.
     fn topology_generation(&self) -> u64 {
         self.topology().generation()
     }
