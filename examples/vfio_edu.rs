@@ -1,19 +1,28 @@
-//! The program `scripts/vm-test.sh` runs inside its QEMU guest: p2pdma driving a real kernel's
-//! VFIO type1 and VT-d driver, with QEMU's `edu` DMA engine moving bytes peer-to-peer into an
+//! The program `scripts/vm-test.sh` runs inside its QEMU guests: p2pdma driving a real kernel's
+//! VFIO and VT-d driver, with QEMU's `edu` DMA engine moving bytes peer-to-peer into an
 //! `ivshmem` BAR whose memory is a file on the host.
 //!
+//! The kernel decides the path ([`VfioBackend::detect`]): on a kernel with iommufd and VFIO
+//! cdevs (the 7.x guest) edu is attached to an IOAS, ivshmem's BAR2 is exported as a dma-buf and
+//! mapped by file, host memory is a memfd mapped by file, and the BAR is taken back with the
+//! library's forced revoke (importer told, then the kernel revokes). Otherwise (the 6.1 guest)
+//! VFIO type1: a container, the BAR mapped by its virtual address, and the mapping dropped.
+//!
 //! `vfio_edu guest` runs the test (both devices bound to vfio-pci) and prints
-//! `P2PDMA-VM-TEST: PASS` or `P2PDMA-VM-TEST: FAIL: <why>`; `vfio_edu check-host-file FILE`
-//! checks, on the host, that the BAR's file holds what the guest moved there.
+//! `P2PDMA-VM-TEST: PASS <backend>` or `P2PDMA-VM-TEST: FAIL: <why>`;
+//! `vfio_edu check-host-file FILE` checks, on the host, that the BAR's file holds what the guest
+//! moved there and nothing sent after the BAR was unmapped or revoked.
 //!
 //! Not runnable outside that guest: it needs VFIO, an IOMMU and those two devices.
 
+use backend_iommu::iommufd::{open_cdev, Ioas, IommufdDomain, VfioDmaBuf};
 use backend_iommu::vfio::{
-    MappedRegion, VfioBar, VfioContainer, VfioDomain, VfioGroup, VfioPlatform,
+    MappedRegion, VfioBackend, VfioBar, VfioContainer, VfioDomain, VfioGroup, VfioPlatform,
 };
 use backend_passthrough::LockedHostMemory;
 use p2p_core::prelude::*;
 use p2p_core::topology::sysfs;
+use p2p_core::traits::{FileSlice, MapAttrs, MapPiece};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -154,12 +163,90 @@ fn dmar_fault(iova: u64, wait: Duration) -> Option<String> {
     }
 }
 
-fn guest() -> Result<()> {
+/// The two devices, found in sysfs.
+struct Machine {
+    scan: sysfs::SysfsScan,
+    edu: PciAddr,
+    shm: PciAddr,
+}
+
+fn guest() -> Result<VfioBackend> {
     let sys = Path::new("/sys");
     let scan = sysfs::scan(sys)?;
-    let edu_addr = find(&scan, 0x1234, 0x11e8)?;
-    let shm_addr = find(&scan, 0x1af4, 0x1110)?;
-    println!("edu at {edu_addr}, ivshmem at {shm_addr}");
+    let edu = find(&scan, 0x1234, 0x11e8)?;
+    let shm = find(&scan, 0x1af4, 0x1110)?;
+    println!("edu at {edu}, ivshmem at {shm}");
+    let backend = VfioBackend::detect(Path::new("/dev"), sys, &[edu, shm]);
+    println!("VFIO backend: {backend}");
+    let m = Machine { scan, edu, shm };
+    match backend {
+        VfioBackend::Type1 => guest_type1(&m)?,
+        VfioBackend::Iommufd => guest_iommufd(&m)?,
+    }
+    Ok(backend)
+}
+
+fn print_domain(what: &str, domain: &dyn IommuDomain) {
+    println!(
+        "{what}: aperture {}, reserved {:?}",
+        domain.aperture(),
+        domain
+            .reserved_regions()
+            .iter()
+            .map(|r| r.range.to_string())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The plan for edu -> ivshmem BAR, which must go through the host bridge and the IOMMU.
+fn plan_bar(
+    negotiator: &Negotiator,
+    bar: &dyn MemoryExporter,
+    edu: &dyn DmaImporter,
+) -> Result<Plan> {
+    let plan = negotiator.negotiate(bar, edu, Access::WRITE, &Policy::default())?;
+    println!("plan edu -> ivshmem BAR2: {}", plan.strategy);
+    for r in &plan.reasons {
+        println!("  because {r}");
+    }
+    if plan.strategy != Strategy::ViaIommu {
+        return Err(fail(format!("expected ViaIommu, got {}", plan.strategy)));
+    }
+    Ok(plan)
+}
+
+/// Checks that the IOVAs handed out fit edu's 28-bit mask, and that edu refuses one above it.
+fn check_below_mask(edu: &Edu, iovas: &[u64]) -> Result<()> {
+    for &iova in iovas {
+        if iova + 0x1000 - 1 > edu.mask {
+            return Err(fail(format!(
+                "the negotiator handed out IOVA {iova:#x} above 28 bits"
+            )));
+        }
+    }
+    if edu.dma(1 << 28, true).is_ok() {
+        return Err(fail("an IOVA above the mask reached edu"));
+    }
+    Ok(())
+}
+
+/// Requires the kernel's DMAR fault line for a DMA to `iova`.
+fn require_fault(iova: u64, after: &str) -> Result<()> {
+    match dmar_fault(iova, Duration::from_secs(5)) {
+        Some(line) => {
+            println!("after {after} the IOMMU refused the DMA: {line}");
+            Ok(())
+        }
+        None => Err(fail(format!(
+            "no DMAR fault at {iova:#x} was logged for the DMA after {after}"
+        ))),
+    }
+}
+
+/// VFIO type1: a container, the BAR mapped by its virtual address, the mapping dropped.
+fn guest_type1(m: &Machine) -> Result<()> {
+    let sys = Path::new("/sys");
+    let (scan, edu_addr, shm_addr) = (&m.scan, m.edu, m.shm);
 
     // Container first, then groups, then the IOMMU model, and only then device fds.
     let container = Arc::new(VfioContainer::open()?);
@@ -174,15 +261,7 @@ fn guest() -> Result<()> {
         Some(g)
     };
     let domain = Arc::new(VfioDomain::new(container.clone())?);
-    println!(
-        "container: aperture {}, reserved {:?}",
-        domain.aperture(),
-        domain
-            .reserved_regions()
-            .iter()
-            .map(|r| r.range.to_string())
-            .collect::<Vec<_>>()
-    );
+    print_domain("container", &*domain);
     let edu_dev = edu_group.device(edu_addr)?;
     let shm_dev = shm_group.as_ref().unwrap_or(&edu_group).device(shm_addr)?;
     edu_dev.enable_bus_master()?;
@@ -210,15 +289,7 @@ fn guest() -> Result<()> {
     let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
     let host_exp: Arc<dyn MemoryExporter> = host.clone();
 
-    // The plan for edu -> ivshmem BAR: through the host bridge and the IOMMU.
-    let plan = negotiator.negotiate(&*bar_exp, &*importer, Access::WRITE, &Policy::default())?;
-    println!("plan edu -> ivshmem BAR2: {}", plan.strategy);
-    for r in &plan.reasons {
-        println!("  because {r}");
-    }
-    if plan.strategy != Strategy::ViaIommu {
-        return Err(fail(format!("expected ViaIommu, got {}", plan.strategy)));
-    }
+    let plan = plan_bar(&negotiator, &*bar_exp, &*importer)?;
     let page = AddrRange::new(Offset(0), 0x1000)?;
     let bar_map = negotiator.establish(&plan, &bar_exp, &importer, page)?;
     let bar_iova = bar_map.segments()?[0].addr.0;
@@ -239,16 +310,7 @@ fn guest() -> Result<()> {
         "mapped: BAR2 page at IOVA {bar_iova:#x}, host buffer at IOVA {host_iova:#x} ({})",
         host_plan.strategy
     );
-    for iova in [bar_iova, host_iova] {
-        if iova + 0x1000 - 1 > mask {
-            return Err(fail(format!(
-                "the negotiator handed out IOVA {iova:#x} above 28 bits"
-            )));
-        }
-    }
-    if edu.dma(1 << 28, true).is_ok() {
-        return Err(fail("an IOVA above the mask reached edu"));
-    }
+    check_below_mask(&edu, &[bar_iova, host_iova])?;
 
     // RAM -> edu -> ivshmem BAR, then edu -> RAM as well.
     let a = pattern(SEED_A);
@@ -282,15 +344,141 @@ fn guest() -> Result<()> {
     if seen != a {
         return Err(fail("DMA through a dropped mapping reached the BAR"));
     }
-    match dmar_fault(bar_iova, Duration::from_secs(5)) {
-        Some(line) => println!("after unmap the IOMMU refused the DMA: {line}"),
-        None => {
-            return Err(fail(format!(
-                "no DMAR fault at {bar_iova:#x} was logged for the DMA after unmap"
-            )))
-        }
-    }
+    require_fault(bar_iova, "unmap")?;
     drop(host_map);
+    Ok(())
+}
+
+/// iommufd: edu and ivshmem attached to one IOAS through their cdevs, ivshmem's BAR2 exported as
+/// a dma-buf and mapped by file, host memory a memfd mapped by file; then the BAR is revoked.
+fn guest_iommufd(m: &Machine) -> Result<()> {
+    let sys = Path::new("/sys");
+    let ioas = Arc::new(Ioas::open()?);
+    let edu_dev = open_cdev(sys, m.edu, &ioas)?;
+    let shm_dev = Arc::new(open_cdev(sys, m.shm, &ioas)?);
+    // After both attaches: each can narrow the usable IOVA ranges.
+    let domain = Arc::new(IommufdDomain::over(ioas.clone())?);
+    print_domain(&format!("IOAS {}", ioas.id()), &*domain);
+    edu_dev.enable_bus_master()?;
+    shm_dev.set_memory_enabled(true)?;
+    let edu = Edu::new(edu_dev.map_bar(0)?, dma_mask(28))?;
+
+    // Exporters: ivshmem's BAR2 as a dma-buf (no CPU mapping needed) and a memfd.
+    let bar = Arc::new(VfioDmaBuf::new(shm_dev.clone(), &m.scan.topology, 2)?);
+    let host = Arc::new(LockedHostMemory::memfd(2 << 20, 0)?);
+    let platform = Arc::new(VfioPlatform::new(
+        m.scan.topology.clone(),
+        domain.clone(),
+        vec![m.edu, m.shm],
+        host.clone(),
+    ));
+    let negotiator = Negotiator::new(platform);
+    let importer: Arc<dyn DmaImporter> = Arc::new(EduImporter { addr: m.edu });
+    let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
+    let host_exp: Arc<dyn MemoryExporter> = host.clone();
+
+    let plan = plan_bar(&negotiator, &*bar_exp, &*importer)?;
+    let page = AddrRange::new(Offset(0), 0x1000)?;
+    let bar_map = negotiator.establish(&plan, &bar_exp, &importer, page)?;
+    let bar_iova = bar_map.segments()?[0].addr.0;
+    let rw = Access::READ | Access::WRITE;
+    let host_plan = negotiator.negotiate(&*host_exp, &*importer, rw, &Policy::default())?;
+    let host_range = AddrRange::new(Offset(0), 0x2000)?;
+    let host_map = negotiator.establish(&host_plan, &host_exp, &importer, host_range)?;
+    let host_iova = host_map.segments()?[0].addr.0;
+    println!(
+        "mapped by file: BAR2 dma-buf page at IOVA {bar_iova:#x}, memfd at IOVA {host_iova:#x} ({})",
+        host_plan.strategy
+    );
+    check_below_mask(&edu, &[bar_iova, host_iova])?;
+
+    // RAM -> edu -> BAR through the dma-buf, checked through the BAR's own mapping, then
+    // RAM -> edu -> RAM through the memfd, checked in the mapping and in the file itself.
+    let a = pattern(SEED_A);
+    host.write(0, &a)?;
+    edu.dma(host_iova, false)?;
+    edu.dma(bar_iova, true)?;
+    let mut seen = vec![0u8; LEN as usize];
+    shm_dev.map_bar(2)?.read_bytes(0, &mut seen)?;
+    if seen != a {
+        return Err(fail("the BAR does not hold the pattern edu wrote"));
+    }
+    println!("edu wrote {LEN} bytes RAM -> edu -> ivshmem BAR through the dma-buf mapping");
+    edu.dma(host_iova + 0x1000, true)?;
+    host.read(0x1000, &mut seen)?;
+    let memfd = host
+        .file()
+        .ok_or_else(|| fail("the host buffer has no memfd"))?;
+    let mut in_file = vec![0u8; LEN as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&**memfd, &mut in_file, 0x1000)
+        .map_err(|e| fail(format!("pread of the memfd: {e}")))?;
+    if seen != a || in_file != a {
+        return Err(fail(
+            "host RAM round trip through the memfd mapping lost bytes",
+        ));
+    }
+    println!("edu copied {LEN} bytes memfd -> edu -> memfd through the IOMMU");
+
+    revoke_and_check(
+        &negotiator,
+        &domain,
+        &bar,
+        &edu,
+        &host,
+        bar_map,
+        bar_iova,
+        host_iova,
+    )?;
+    drop(host_map);
+    Ok(())
+}
+
+/// The forced revoke of the BAR: the importer is told and the library's mapping torn down, then
+/// the kernel revokes the dma-buf. A second page mapped by file outside the negotiator shows the
+/// kernel's own part: iommufd unmaps it when the dma-buf is revoked. DMA to either then faults.
+#[allow(clippy::too_many_arguments)]
+fn revoke_and_check(
+    negotiator: &Negotiator,
+    domain: &IommufdDomain,
+    bar: &VfioDmaBuf,
+    edu: &Edu,
+    host: &LockedHostMemory,
+    bar_map: Mapping,
+    bar_iova: u64,
+    host_iova: u64,
+) -> Result<()> {
+    let raw_iova = domain.alloc_iova(0x1000, edu.mask)?.0;
+    let raw = MapPiece {
+        phys: PhysAddr(bar.bar().cpu.0 + 0x1000),
+        len: 0x1000,
+        attrs: MapAttrs::MMIO,
+        file: Some(FileSlice {
+            file: bar.file().clone(),
+            offset: 0x1000,
+        }),
+    };
+    domain.map_piece(Iova(raw_iova), &raw, Access::WRITE)?;
+    let report = bar.revoke(negotiator)?;
+    println!(
+        "revoked the dma-buf: {} mapping(s) torn down, {:#x} bytes unmapped, then memory decoding off",
+        report.mappings, report.bytes_unmapped
+    );
+    if report.mappings != 1 || bar_map.segments().is_ok() {
+        return Err(fail("the forced revoke did not take down the BAR mapping"));
+    }
+    if domain.translate(Iova(bar_iova)).is_some() {
+        return Err(fail("the IOVA still translates after the revoke"));
+    }
+    host.write(0x800, &pattern(SEED_B))?;
+    edu.dma(host_iova + 0x800, false)?;
+    edu.dma(bar_iova, true)?;
+    require_fault(bar_iova, "the forced revoke")?;
+    edu.dma(raw_iova, true)?;
+    require_fault(raw_iova, "the kernel revoked the dma-buf")?;
+    // The area is still in the IOAS (iommufd only took it out of the hardware): unmap it.
+    domain.unmap(Iova(raw_iova), 0x1000)?;
+    domain.free_iova(Iova(raw_iova), 0x1000)?;
+    drop(bar_map);
     Ok(())
 }
 
@@ -322,7 +510,7 @@ fn check_host_file(path: &Path) -> Result<()> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
-        Some("guest") => guest().map(|()| println!("{PASS}")),
+        Some("guest") => guest().map(|backend| println!("{PASS} {backend}")),
         Some("check-host-file") if args.len() == 3 => check_host_file(Path::new(&args[2])),
         _ => {
             eprintln!("usage: vfio_edu guest | vfio_edu check-host-file FILE");

@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# End-to-end test of backend-iommu's VFIO path against a real kernel IOMMU.
+# End-to-end test of backend-iommu's VFIO paths against a real kernel IOMMU, in two guests.
 #
-# Boots a Debian kernel under QEMU (TCG) on a q35 machine with an emulated VT-d IOMMU, QEMU's
-# `edu` DMA engine (28-bit DMA mask) and an `ivshmem-plain` device whose BAR2 is a file on this
-# host. Inside, a statically built test program (examples/vfio_edu.rs) binds both devices through
-# VFIO, lets the negotiator plan edu -> ivshmem BAR, and has edu move bytes RAM -> edu -> BAR.
-# Back on the host, the same program checks the BAR's file. Exits non-zero on any failure.
+# Each guest is a q35 machine under QEMU (TCG) with an emulated VT-d IOMMU, QEMU's `edu` DMA engine
+# (28-bit DMA mask) and an `ivshmem-plain` device whose BAR2 is a file on this host. Inside, a
+# statically built test program (examples/vfio_edu.rs) binds both devices through VFIO, lets the
+# negotiator plan edu -> ivshmem BAR, and has edu move bytes RAM -> edu -> BAR and RAM -> edu ->
+# RAM; then the BAR is taken away and the same DMA must fault in the IOMMU (the kernel's DMAR
+# line) and land nothing. Back on the host, the same program checks the BAR's file.
 #
-# Everything comes from Debian's packages (qemu-system-x86, busybox-static, cpio and the
-# linux-image-*-amd64 that linux-image-amd64 points at) and crates.io.
+#   type1:   Debian's own kernel (linux-image-amd64, 6.1 on bookworm) with VFIO type1: a
+#            container, the BAR mapped by its virtual address, the mapping dropped.
+#   iommufd: a Linux 7.x built from Debian's linux-source-7.* (scripts/guest-kernel.sh, cached
+#            outside the clone): an IOAS and device cdevs, the BAR exported as a dma-buf and
+#            mapped by file, host memory a memfd mapped by file, and the BAR revoked (the
+#            importer told, then the kernel revokes the dma-buf).
 #
-#   scripts/vm-test.sh            # run it
-#   VM_KEEP=1 scripts/vm-test.sh  # keep target/vm (initramfs, logs) for a look afterwards
+# Prints `vm-test: PASS type1` and `vm-test: PASS iommufd`; exits non-zero if either fails.
+# Everything comes from Debian's packages and crates.io.
+#
+#   scripts/vm-test.sh                 # both guests
+#   scripts/vm-test.sh type1           # one of them
+#   VM_KEEP=1 scripts/vm-test.sh       # keep target/vm (initramfs, logs) for a look afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 WORK="$ROOT/target/vm"
-LOG="$WORK/guest.log"
 TARGET=x86_64-unknown-linux-gnu
 PASS_LINE="P2PDMA-VM-TEST: PASS"
+RUNS=("${@:-type1 iommufd}")
+RUNS=(${RUNS[*]})
 mkdir -p "$WORK"
 
 say() { echo "vm-test: $*" >&2; }
@@ -44,7 +54,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 is_static /bin/busybox || die "/bin/busybox is not static (install busybox-static)"
 
-# 2. The kernel: the package linux-image-amd64 depends on, unpacked (not installed).
+# 2. The type1 guest's kernel: the package linux-image-amd64 depends on, unpacked (not installed).
+debian_kernel() {
 kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
 KPKG=$(kernel_pkg)
 [ -n "$KPKG" ] || { apt_update; KPKG=$(kernel_pkg); }
@@ -61,6 +72,7 @@ if [ ! -d "$KDIR/boot" ]; then
 fi
 VMLINUZ=$(ls "$KDIR"/boot/vmlinuz-*)
 MODDIR=$(ls -d "$KDIR"/lib/modules/*)/kernel
+}
 
 # 3. The test program, static (glibc's static libc: no musl target on this toolchain).
 say "building the guest program"
@@ -69,14 +81,14 @@ RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$ROOT/target/vm-buil
 PROG="$ROOT/target/vm-build/$TARGET/release/examples/vfio_edu"
 is_static "$PROG" || die "$PROG is not statically linked"
 
-# 4. The initramfs.
-INITRD="$WORK/initramfs"
+# 4. One guest: its initramfs, a boot, and the verdict. $1 names the run and the backend the guest
+# must report; $2 is the kernel; $3 the modules to load (paths under $MODDIR; none when built in).
+run_guest() {
+local name=$1 vmlinuz=$2 MODULES=$3
+local LOG="$WORK/$name.log" INITRD="$WORK/initramfs-$name"
 rm -rf "$INITRD" && mkdir -p "$INITRD"/{bin,dev,proc,sys,tmp,lib/modules}
 cp /bin/busybox "$INITRD/bin/busybox"
 cp "$PROG" "$INITRD/bin/vfio_edu"
-# In dependency order (modules.dep is written by depmod at install, which we skip).
-MODULES="virt/lib/irqbypass.ko drivers/vfio/vfio.ko drivers/vfio/vfio_iommu_type1.ko
-  drivers/vfio/vfio_virqfd.ko drivers/vfio/pci/vfio-pci-core.ko drivers/vfio/pci/vfio-pci.ko"
 for m in $MODULES; do
   f="$MODDIR/$m"
   [ -f "$f" ] || [ -f "$f.xz" ] || die "module $m missing from $KPKG"
@@ -104,14 +116,16 @@ echo "P2PDMA-VM-TEST: exit \$?"
 poweroff -f
 EOF
 chmod +x "$INITRD/init"
-(cd "$INITRD" && find . | cpio -o -H newc --quiet | gzip -1) >"$WORK/initramfs.cpio.gz"
+(cd "$INITRD" && find . | cpio -o -H newc --quiet | gzip -1) >"$INITRD.cpio.gz"
 
-# 5. The ivshmem BAR's backing file: zeros, checked after the run.
-SHM="$WORK/ivshmem.bin"
+# The ivshmem BAR's backing file: zeros, checked after the run.
+local SHM="$WORK/ivshmem-$name.bin"
 rm -f "$SHM" && truncate -s 1M "$SHM"
 
-# 6. Boot. TCG: guests hang under KVM on these machines.
-say "booting $(basename "$VMLINUZ") under QEMU (TCG)"
+# Boot. TCG: guests hang under KVM on these machines.
+say "$name: booting $vmlinuz under QEMU (TCG)"
+local start qemu_rc
+start=$(date +%s)
 rm -f "$LOG"
 set +e
 timeout 600 qemu-system-x86_64 \
@@ -121,19 +135,46 @@ timeout 600 qemu-system-x86_64 \
   -nic none -device edu \
   -object memory-backend-file,id=shm,mem-path="$SHM",size=1M,share=on \
   -device ivshmem-plain,memdev=shm \
-  -kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio.gz" \
+  -kernel "$vmlinuz" -initrd "$INITRD.cpio.gz" \
   -append "console=ttyS0 intel_iommu=on iommu=nopt panic=-1 loglevel=4" \
-  -nographic -no-reboot -serial "file:$LOG" -monitor none </dev/null 2>"$WORK/qemu.err"
+  -nographic -no-reboot -serial "file:$LOG" -monitor none </dev/null 2>"$WORK/qemu-$name.err"
 qemu_rc=$?
 set -e
 # QEMU's own messages (VT-d translation failures are expected after the unmap), without the
 # list of EPYC features TCG does not emulate.
-grep -v "TCG doesn't support requested feature" "$WORK/qemu.err" | sed 's/^/qemu: /' >&2 || true
-sed 's/^/guest: /' "$LOG" | grep -v "^guest: \s*$" >&2 || true
-[ $qemu_rc -eq 0 ] || die "qemu exited with $qemu_rc"
+grep -v "TCG doesn't support requested feature" "$WORK/qemu-$name.err" | sed "s/^/qemu $name: /" >&2 || true
+sed "s/^/guest $name: /" "$LOG" | grep -v "^guest $name: \s*$" >&2 || true
+[ $qemu_rc -eq 0 ] || die "$name: qemu exited with $qemu_rc"
 
-# 7. Verdict: the guest's pass line, and the bytes in the host file.
-grep -q "^$PASS_LINE" "$LOG" || die "the guest did not print '$PASS_LINE'"
-"$PROG" check-host-file "$SHM" || die "the ivshmem file does not hold what the guest DMA'd"
-[ -n "${VM_KEEP:-}" ] || rm -rf "$INITRD"
-say "PASS"
+# Verdict: the guest's pass line naming the backend it was meant to use, and the host file.
+grep -q "^$PASS_LINE $name\b" "$LOG" || die "$name: the guest did not print '$PASS_LINE $name'"
+"$PROG" check-host-file "$SHM" || die "$name: the ivshmem file does not hold what the guest DMA'd"
+[ -n "${VM_KEEP:-}" ] || rm -rf "$INITRD" "$INITRD.cpio.gz"
+say "$name: guest and host checks passed in $(($(date +%s) - start)) s"
+}
+
+# 5. The runs, each in a subshell (a failure ends that run, not the others), each with its own
+# PASS line; the script fails if any run did.
+failed=()
+for run in "${RUNS[@]}"; do
+  if (
+    case "$run" in
+      type1)
+        debian_kernel
+        # In dependency order (modules.dep is written by depmod at install, which we skip).
+        run_guest type1 "$VMLINUZ" "virt/lib/irqbypass.ko drivers/vfio/vfio.ko
+          drivers/vfio/vfio_iommu_type1.ko drivers/vfio/vfio_virqfd.ko
+          drivers/vfio/pci/vfio-pci-core.ko drivers/vfio/pci/vfio-pci.ko" ;;
+      iommufd)
+        # Everything the iommufd guest needs is built into its kernel.
+        kernel=$(scripts/guest-kernel.sh) || die "iommufd: no guest kernel"
+        run_guest iommufd "$kernel" "" ;;
+      *) die "unknown run '$run' (type1 or iommufd)" ;;
+    esac
+  ); then
+    echo "vm-test: PASS $run"
+  else
+    failed+=("$run")
+  fi
+done
+[ ${#failed[@]} -eq 0 ] || die "failed: ${failed[*]}"

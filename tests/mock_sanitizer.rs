@@ -240,6 +240,7 @@ impl MemoryExporter for PerPage {
                     phys: PhysAddr(c.phys.0 + p * 4096),
                     bus: BusAddr(c.bus.0 + p * 4096),
                     mmio: c.mmio,
+                    file: None,
                 });
             }
         }

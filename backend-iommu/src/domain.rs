@@ -167,11 +167,7 @@ impl<F: Format> SoftIommu<F> {
         let iova = self.alloc_iova(total, limit)?;
         let pieces: Vec<MapPiece> = pieces
             .iter()
-            .map(|&(phys, len)| MapPiece {
-                phys,
-                len,
-                attrs: MapAttrs::empty(),
-            })
+            .map(|&(phys, len)| MapPiece::at(phys, len, MapAttrs::empty()))
             .collect();
         if let Err(e) = self.map_pieces(iova, &pieces, access) {
             // map_pieces took back what it mapped; the range is freed only after a flush (a

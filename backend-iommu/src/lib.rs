@@ -10,16 +10,21 @@
 //! as Linux's io-pgtable-arm has done since split-on-unmap was removed.
 //!
 //! [`vfio`] drives a real kernel IOMMU through VFIO type1: container, groups, devices, DMA maps,
-//! and peer BARs mapped for another device. It is the crate's only `unsafe` code (ioctls, mmap),
-//! each block with its safety argument.
+//! and peer BARs mapped for another device. [`iommufd`] drives it through iommufd, the modern
+//! interface: an IOAS, device cdevs, memfds and peer BARs mapped by file (dma-bufs), and their
+//! revoke. [`vfio::VfioBackend::detect`] says which one a machine offers. These two modules are
+//! the crate's only `unsafe` code (ioctls, mmap), each block with its safety argument.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod domain;
 pub mod format;
 pub mod frames;
+#[allow(unsafe_code)]
+pub mod iommufd;
 pub mod iotlb;
 pub mod iova;
+mod kernel_book;
 pub mod pagetable;
 mod sync;
 #[allow(unsafe_code)]

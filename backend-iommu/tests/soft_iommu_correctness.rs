@@ -282,11 +282,7 @@ fn map_pieces_is_all_or_nothing() {
     let d = strict::<ArmLpaeS2>();
     d.map(Iova(SZ_1G + 2 * SZ_4K), PhysAddr(0x9000), SZ_4K, RW)
         .unwrap();
-    let piece = |phys: u64| MapPiece {
-        phys: PhysAddr(phys),
-        len: SZ_4K,
-        attrs: MapAttrs::empty(),
-    };
+    let piece = |phys: u64| MapPiece::at(PhysAddr(phys), SZ_4K, MapAttrs::empty());
     let pieces = [piece(0x1000), piece(0x2000), piece(0x3000)];
     assert!(d.map_pieces(Iova(SZ_1G), &pieces, RW).is_err());
     assert_eq!(d.translate(Iova(SZ_1G)), None);

@@ -5,9 +5,12 @@ use crate::os::locked::{Backing, LockedRegion, PAGE};
 use crate::os::pagemap::Pagemap;
 use p2p_core::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
 use p2p_core::export::GrantBook;
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use p2p_core::traits::{
+    Chunk, ExportGrant, ExporterId, ExporterInfo, FileSlice, MemoryExporter, Residency,
+};
 use p2p_core::{Error, Result};
 use parking_lot::{Mutex, RwLock};
+use std::sync::Arc;
 
 /// A buffer of locked host RAM, exported to devices. Offsets are offsets into the buffer; its
 /// DMA address is the physical address (RAM is not behind a host-bridge window).
@@ -18,12 +21,17 @@ use parking_lot::{Mutex, RwLock};
 /// kernel to pin the pages for as long as it uses them: VFIO's `MAP_DMA` does, which is why the
 /// IOMMU backend maps this buffer by its virtual address.
 ///
+/// Made with [`memfd`](Self::memfd), the buffer is a memfd mapped shared, and every chunk
+/// carries the memfd and its offset ([`Chunk::file`]): a domain that maps by file (iommufd) then
+/// hands the kernel the file, and the kernel pins the file's pages itself.
+///
 /// Reading page frame numbers needs `CAP_SYS_ADMIN`: without it [`new`](Self::new) fails with an
 /// error that says so.
 #[derive(Debug)]
 pub struct LockedHostMemory {
     id: ExporterId,
     region: RwLock<LockedRegion>,
+    memfd: Option<Arc<std::fs::File>>,
     pagemap: Pagemap,
     numa: u32,
     window: AddrRange<BusAddr>,
@@ -34,7 +42,22 @@ impl LockedHostMemory {
     /// Allocates and locks `len` bytes (huge pages when the machine has them) on behalf of NUMA
     /// node `numa`, and translates every page once to learn the span of physical addresses.
     pub fn new(len: u64, numa: u32) -> Result<Self> {
-        let region = LockedRegion::new(len)?;
+        Self::over(LockedRegion::new(len)?, None, numa)
+    }
+
+    /// Allocates `len` bytes as a memfd, mapped shared and locked, whose chunks carry the memfd
+    /// (see the type's documentation).
+    pub fn memfd(len: u64, numa: u32) -> Result<Self> {
+        let (region, file) = LockedRegion::memfd(len)?;
+        Self::over(region, Some(Arc::new(file)), numa)
+    }
+
+    /// The memfd behind the buffer, if it was made with [`memfd`](Self::memfd).
+    pub fn file(&self) -> Option<&Arc<std::fs::File>> {
+        self.memfd.as_ref()
+    }
+
+    fn over(region: LockedRegion, memfd: Option<Arc<std::fs::File>>, numa: u32) -> Result<Self> {
         let pagemap = Pagemap::open()?;
         let pages = pagemap.phys_pages(region.va(), (region.len() / PAGE) as usize)?;
         let lo = pages.iter().copied().min().unwrap_or(0);
@@ -46,6 +69,7 @@ impl LockedHostMemory {
             id,
             book: Mutex::new(GrantBook::new(id, region.len())),
             region: RwLock::new(region),
+            memfd,
             pagemap,
             numa,
             window,
@@ -160,6 +184,10 @@ impl MemoryExporter for LockedHostMemory {
                     phys: PhysAddr(phys),
                     bus: BusAddr(phys),
                     mmio: false,
+                    file: self.memfd.as_ref().map(|file| FileSlice {
+                        file: file.clone(),
+                        offset: off,
+                    }),
                 }),
             }
         }

@@ -551,6 +551,9 @@ pub enum VfioProblem {
     },
     /// The device is not attached to this container.
     NotAttached,
+    /// The device has no VFIO cdev (`vfio-dev/vfioN` in sysfs): not bound to vfio-pci, or a
+    /// kernel without `CONFIG_VFIO_DEVICE_CDEV`.
+    NoCdev,
 }
 
 impl std::fmt::Display for VfioProblem {
@@ -579,6 +582,9 @@ impl std::fmt::Display for VfioProblem {
                 )
             }
             VfioProblem::NotAttached => f.write_str("not attached to this VFIO container"),
+            VfioProblem::NoCdev => f.write_str(
+                "has no VFIO cdev (bind it to vfio-pci, on a kernel with CONFIG_VFIO_DEVICE_CDEV)",
+            ),
         }
     }
 }

@@ -90,6 +90,7 @@
 //!             phys: PhysAddr(self.bar.cpu.0 + at),
 //!             bus: BusAddr(self.bar.bus.0 + at),
 //!             mmio: true,
+//!             file: None, // known by address only: no memfd or dma-buf behind it
 //!         }])
 //!     }
 //!     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -82,6 +82,9 @@ impl<T: IommuDomain + ?Sized> IommuDomain for Arc<T> {
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
         (**self).free_iova(iova, len)
     }
+    fn map_piece(&self, iova: Iova, piece: &MapPiece, access: Access) -> Result<()> {
+        (**self).map_piece(iova, piece, access)
+    }
     fn map_pieces(&self, iova: Iova, pieces: &[MapPiece], access: Access) -> Result<()> {
         (**self).map_pieces(iova, pieces, access)
     }
@@ -117,8 +120,12 @@ impl<D: IommuDomain> Traced<D> {
 impl<D: IommuDomain> IommuDomain for Traced<D> {
     crate::forward_domain_description!(inner);
     fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, at: MapAttrs) -> Result<()> {
-        let r = self.inner.map_attrs(i, p, len, a, at);
-        tracing::debug!(target: "p2pdma::domain", domain = self.name, iova = %i, phys = %p, len, ?a, ?at, ok = r.is_ok(), "map");
+        self.map_piece(i, &MapPiece::at(p, len, at), a)
+    }
+    fn map_piece(&self, i: Iova, piece: &MapPiece, a: Access) -> Result<()> {
+        let r = self.inner.map_piece(i, piece, a);
+        let (p, len, at, by_file) = (piece.phys, piece.len, piece.attrs, piece.file.is_some());
+        tracing::debug!(target: "p2pdma::domain", domain = self.name, iova = %i, phys = %p, len, ?a, ?at, by_file, ok = r.is_ok(), "map");
         r
     }
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {

@@ -40,7 +40,7 @@ pub struct VfioDevice {
 }
 
 impl VfioDevice {
-    pub(super) fn new(file: File, addr: PciAddr) -> Result<Self> {
+    pub(crate) fn new(file: File, addr: PciAddr) -> Result<Self> {
         let mut info = vfio_device_info {
             argsz: std::mem::size_of::<vfio_device_info>() as u32,
             ..Default::default()
@@ -144,6 +144,26 @@ impl VfioDevice {
         self.read_config(COMMAND, &mut cmd)?;
         let v = u16::from_le_bytes(cmd) | COMMAND_MEMORY | COMMAND_MASTER;
         self.write_config(COMMAND, &v.to_le_bytes())
+    }
+
+    /// Turns memory decoding (command register bit 1) on or off. Off, the device's BARs answer
+    /// nothing; vfio-pci then revokes every dma-buf exported from them, and iommufd unmaps
+    /// those from every IOAS (Linux's `vfio_pci_dma_buf_move`): the kernel's revoke.
+    pub fn set_memory_enabled(&self, on: bool) -> Result<()> {
+        let mut cmd = [0u8; 2];
+        self.read_config(COMMAND, &mut cmd)?;
+        let v = u16::from_le_bytes(cmd);
+        let v = if on {
+            v | COMMAND_MEMORY
+        } else {
+            v & !COMMAND_MEMORY
+        };
+        self.write_config(COMMAND, &v.to_le_bytes())
+    }
+
+    /// The device's file, for the calls other modules make on it (iommufd binding, dma-bufs).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// Maps a BAR into this process.

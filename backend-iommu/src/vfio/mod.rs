@@ -30,12 +30,12 @@ mod device;
 mod domain;
 mod group;
 mod platform;
-mod sys;
+pub(crate) mod sys;
 
 pub use bar::VfioBar;
 pub use container::{parse_iommu_info, IommuInfo, VfioContainer};
 pub use device::{RegionInfo, VfioDevice};
 pub use domain::{Type1, VfioDomain};
 pub use group::VfioGroup;
-pub use platform::VfioPlatform;
+pub use platform::{VfioBackend, VfioPlatform};
 pub use sys::MappedRegion;

@@ -1,27 +1,61 @@
-//! A machine whose devices of interest are owned through VFIO: they share one container's
-//! domain; other devices are not ours to program.
+//! A machine whose devices of interest are owned through VFIO: they share one domain (a type1
+//! container's, or an iommufd IOAS's); other devices are not ours to program.
 
-use super::domain::VfioDomain;
 use p2p_core::topology::Topology;
 use p2p_core::traits::{IommuDomain, MemoryExporter, Platform};
 use p2p_core::{Error, PciAddr, Result, VfioProblem};
+use std::path::Path;
 use std::sync::Arc;
 
-/// The platform a VFIO user sees: the topology (from sysfs), the container's domain for the
-/// devices attached to it, and host memory for bounce buffers.
+/// Which kernel interface owns the devices' DMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VfioBackend {
+    /// iommufd: an IOAS, device cdevs, maps by file ([`crate::iommufd`]).
+    Iommufd,
+    /// VFIO type1: a container and groups, maps by virtual address ([`crate::vfio`]).
+    Type1,
+}
+
+impl VfioBackend {
+    /// iommufd when the kernel offers it for every one of `devices`: `/dev/iommu` exists and
+    /// each device, bound to vfio-pci, has a cdev (`vfio-dev/vfioN` under `sys`). Otherwise
+    /// type1, which every VFIO kernel has.
+    pub fn detect(dev: &Path, sys: &Path, devices: &[PciAddr]) -> Self {
+        let has_cdev = |d: &PciAddr| crate::iommufd::cdev_of(sys, *d).is_ok();
+        if dev.join("iommu").exists() && devices.iter().all(has_cdev) {
+            VfioBackend::Iommufd
+        } else {
+            VfioBackend::Type1
+        }
+    }
+}
+
+impl std::fmt::Display for VfioBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VfioBackend::Iommufd => "iommufd",
+            VfioBackend::Type1 => "type1",
+        })
+    }
+}
+
+/// The platform a VFIO user sees: the topology (from sysfs), the domain of the devices attached
+/// to it ([`VfioDomain`](super::VfioDomain) or [`IommufdDomain`](crate::iommufd::IommufdDomain)),
+/// and host memory for bounce buffers.
 #[derive(Debug)]
 pub struct VfioPlatform {
     topology: Arc<Topology>,
-    domain: Arc<VfioDomain>,
+    domain: Arc<dyn IommuDomain>,
     devices: Vec<PciAddr>,
     host: Arc<dyn MemoryExporter>,
 }
 
 impl VfioPlatform {
-    /// `devices` are the ones opened through the container of `domain`.
+    /// `devices` are the ones whose DMA goes through `domain` (attached to its container or
+    /// IOAS).
     pub fn new(
         topology: Topology,
-        domain: Arc<VfioDomain>,
+        domain: Arc<dyn IommuDomain>,
         devices: Vec<PciAddr>,
         host: Arc<dyn MemoryExporter>,
     ) -> Self {

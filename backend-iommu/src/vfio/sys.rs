@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`: VFIO's ioctls carry no size or direction in their number.
-const fn io(nr: u32) -> libc::c_ulong {
+pub(crate) const fn io(nr: u32) -> libc::c_ulong {
     (((VFIO_TYPE as u32) << 8) | (VFIO_BASE + nr)) as libc::c_ulong
 }
 
@@ -24,7 +24,7 @@ pub(super) const IOMMU_MAP_DMA: libc::c_ulong = io(13);
 pub(super) const IOMMU_UNMAP_DMA: libc::c_ulong = io(14);
 
 /// An error naming the ioctl (or call), what it was applied to, and the errno.
-pub(super) fn os_err(call: &'static str, on: &str, e: std::io::Error) -> Error {
+pub(crate) fn os_err(call: &'static str, on: &str, e: std::io::Error) -> Error {
     Error::os(call, on, e)
 }
 
@@ -37,7 +37,7 @@ fn check(ret: libc::c_int, call: &'static str, on: &str) -> Result<libc::c_int> 
 }
 
 /// An ioctl whose argument is a value.
-pub(super) fn ioctl_val(
+pub(crate) fn ioctl_val(
     fd: &impl AsRawFd,
     req: libc::c_ulong,
     arg: libc::c_ulong,
@@ -54,7 +54,7 @@ pub(super) fn ioctl_val(
 /// # Safety
 /// `req` must be an ioctl that reads and writes at most `size_of::<T>()` bytes at its argument
 /// (for VFIO: the struct's `argsz`, which the caller sets to no more than that).
-pub(super) unsafe fn ioctl_ptr<T>(
+pub(crate) unsafe fn ioctl_ptr<T>(
     fd: &impl AsRawFd,
     req: libc::c_ulong,
     arg: *mut T,

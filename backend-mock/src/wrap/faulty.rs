@@ -4,7 +4,7 @@ use crate::events::{Event, EventLog};
 use crate::faults::{FaultInjector, FaultPoint};
 use p2p_core::access::Access;
 use p2p_core::addr::{Iova, PhysAddr};
-use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, Translation};
+use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, MapPiece, Translation};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -71,16 +71,20 @@ impl<D: IommuDomain> IommuDomain for Faulty<D> {
     p2p_core::forward_domain_description!(inner);
 
     fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, at: MapAttrs) -> Result<()> {
+        self.map_piece(i, &MapPiece::at(p, len, at), a)
+    }
+
+    fn map_piece(&self, i: Iova, piece: &MapPiece, a: Access) -> Result<()> {
         if self.inner.kind() == DomainKind::Translated
             && self.faults.should_fail(
                 FaultPoint::PageTableAlloc,
-                || format!("iova {i} for {len:#x} bytes"),
+                || format!("iova {i} for {:#x} bytes", piece.len),
                 &self.log,
             )
         {
             return Err(Error::NoTableMemory { iova: i.0 });
         }
-        self.inner.map_attrs(i, p, len, a, at)
+        self.inner.map_piece(i, piece, a)
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {

@@ -5,7 +5,7 @@ use crate::sanitizer::{FindingKind, Sanitizer};
 use p2p_core::access::Access;
 use p2p_core::addr::{Iova, PhysAddr};
 use p2p_core::page::SZ_4K;
-use p2p_core::traits::{IommuDomain, MapAttrs, Translation};
+use p2p_core::traits::{IommuDomain, MapAttrs, MapPiece, Translation};
 use p2p_core::{PciAddr, Result};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -113,15 +113,19 @@ impl<D: IommuDomain> IommuDomain for Sanitized<D> {
     // order as the domain: otherwise an unmap's clean-up could erase the record of a map another
     // thread made inside the range between the unmap and its clean-up.
     fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, at: MapAttrs) -> Result<()> {
+        self.map_piece(i, &MapPiece::at(p, len, at), a)
+    }
+
+    fn map_piece(&self, i: Iova, piece: &MapPiece, a: Access) -> Result<()> {
         let mut records = self.records.lock();
-        self.inner.map_attrs(i, p, len, a, at)?;
+        self.inner.map_piece(i, piece, a)?;
         let event = self.log.push(Event::Map {
             domain: self.name.clone(),
             iova: i.0,
-            phys: p.0,
-            len,
+            phys: piece.phys.0,
+            len: piece.len,
         });
-        records.maps.insert(i.0, (len, event));
+        records.maps.insert(i.0, (piece.len, event));
         Ok(())
     }
 

@@ -21,6 +21,8 @@ pub enum Backing {
     TransparentHuge,
     /// Base pages.
     Base,
+    /// A memfd's pages (shared memory), mapped shared: the kernel can reach them by file.
+    Memfd,
 }
 
 /// Anonymous memory mapped, locked and touched, so that every page is resident at creation.
@@ -95,6 +97,53 @@ impl LockedRegion {
         };
         region.lock_and_touch()?;
         Ok(region)
+    }
+
+    /// A memfd (`memfd_create`) of `len` bytes (rounded up to a page), mapped shared, locked and
+    /// touched; returns the region and the memfd. The same pages can then be named by file
+    /// (iommufd's `IOMMU_IOAS_MAP_FILE` pins the file's pages, whatever maps them).
+    pub fn memfd(len: u64) -> Result<(Self, std::fs::File)> {
+        use std::os::fd::FromRawFd;
+        let len = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_next_multiple_of(PAGE as usize))
+            .filter(|&l| l > 0)
+            .ok_or(Error::AddressOverflow {
+                kind: "memfd buffer",
+                addr: 0,
+                len,
+            })?;
+        // SAFETY: the name is a NUL-terminated literal; the call creates a new descriptor.
+        let fd = unsafe { libc::memfd_create(c"p2pdma-host".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_error("memfd_create", len));
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(len as u64)
+            .map_err(|e| Error::os("ftruncate(memfd)", format!("{len:#x} bytes"), e))?;
+        // SAFETY: a new shared mapping of the memfd at an address the kernel chooses aliases no
+        // Rust object; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_error("mmap(memfd)", len));
+        }
+        let region = Self {
+            ptr: p.cast(),
+            len,
+            backing: Backing::Memfd,
+        };
+        region.lock_and_touch()?;
+        Ok((region, file))
     }
 
     fn map(len: usize, extra_flags: libc::c_int) -> Result<*mut u8> {

@@ -21,6 +21,7 @@ pub fn check_batching(d: &dyn IommuDomain, cfg: &DomainConfig) -> Result<(), Vio
     let pg = s.min_page()?;
     let w = s.window(8 * pg)?.0;
     let piece = |i: u64| MapPiece {
+        file: None,
         phys: PhysAddr(cfg.phys.0 + i * pg),
         len: pg,
         attrs: MapAttrs::empty(),

@@ -82,6 +82,7 @@ impl MemoryExporter for BarExporter {
             phys: PhysAddr(self.bar.cpu.0 + start),
             bus: BusAddr(self.bar.bus.0 + start),
             mmio: true,
+            file: None,
         }])
     }
 

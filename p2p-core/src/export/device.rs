@@ -251,6 +251,7 @@ impl MemoryExporter for DeviceMemory {
             phys: PhysAddr(phys),
             bus: BusAddr(bus),
             mmio,
+            file: None,
         }])
     }
 

@@ -88,6 +88,7 @@ impl MemoryExporter for HostRam {
             phys: PhysAddr(span.start().0),
             bus: BusAddr(span.start().0),
             mmio: false,
+            file: None,
         }])
     }
 

@@ -275,6 +275,7 @@ fn map_into(
             } else {
                 MapAttrs::empty()
             },
+            file: c.file.clone(),
         })
         .collect();
     if let Err(e) = domain.map_pieces(iova, &pieces, access) {

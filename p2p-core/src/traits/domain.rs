@@ -4,6 +4,7 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Iova, PhysAddr};
 use crate::error::{Error, Result};
 use crate::page::PageSizes;
+use crate::traits::FileSlice;
 use std::fmt;
 
 /// The kind of a domain (Linux: IDENTITY, DMA/UNMANAGED, BLOCKED).
@@ -157,13 +158,22 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     /// Frees an allocation.
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()>;
 
+    /// Maps one piece at `iova`: as [`map_attrs`](Self::map_attrs) with the piece's address,
+    /// length and attributes, with the same errors and the same translation afterwards
+    /// (`piece.phys`). A domain that maps by file (iommufd) maps `piece.file` when it is given,
+    /// so the kernel reaches the memory through the file rather than an address; the default
+    /// ignores the file. Wrappers forward this method, or the file is lost on the way down.
+    fn map_piece(&self, iova: Iova, piece: &MapPiece, access: Access) -> Result<()> {
+        self.map_attrs(iova, piece.phys, piece.len, access, piece.attrs)
+    }
+
     /// Maps `pieces` back to back from `iova` (Linux's `iommu_map_sg`), all or nothing: a failure
     /// unmaps what the call mapped before it returns. Each piece is mapped by one
-    /// [`map_attrs`](Self::map_attrs) call, so each can be unmapped as it was mapped.
+    /// [`map_piece`](Self::map_piece) call, so each can be unmapped as it was mapped.
     fn map_pieces(&self, iova: Iova, pieces: &[MapPiece], access: Access) -> Result<()> {
         let mut at = iova;
         for (i, p) in pieces.iter().enumerate() {
-            if let Err(e) = self.map_attrs(at, p.phys, p.len, access, p.attrs) {
+            if let Err(e) = self.map_piece(at, p, access) {
                 let mut gather = IotlbGather::default();
                 let mut back = iova;
                 for q in &pieces[..i] {
@@ -199,8 +209,9 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
     }
 }
 
-/// One piece of a [`IommuDomain::map_pieces`] call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One piece of a [`IommuDomain::map_pieces`] call, or the argument of
+/// [`IommuDomain::map_piece`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapPiece {
     /// Where the piece is.
     pub phys: PhysAddr,
@@ -208,6 +219,22 @@ pub struct MapPiece {
     pub len: u64,
     /// Its memory attributes.
     pub attrs: MapAttrs,
+    /// The file holding the piece's bytes, when its exporter knows one (a memfd, a dma-buf):
+    /// a domain that maps by file uses it; others map `phys`. Copied from the chunk's
+    /// [`Chunk::file`](crate::traits::Chunk::file).
+    pub file: Option<FileSlice>,
+}
+
+impl MapPiece {
+    /// A piece known only by its physical address.
+    pub fn at(phys: PhysAddr, len: u64, attrs: MapAttrs) -> Self {
+        Self {
+            phys,
+            len,
+            attrs,
+            file: None,
+        }
+    }
 }
 
 /// The IOVA span a series of [`IommuDomain::unmap_gather`] calls left for one

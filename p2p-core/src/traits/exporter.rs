@@ -140,8 +140,42 @@ pub struct ExportGrant {
     pub pinned: bool,
 }
 
+/// The open file that holds a chunk's memory, and where in it the chunk begins: a memfd, or a
+/// dma-buf a device exported (Linux's `VFIO_DEVICE_FEATURE_DMA_BUF`). A domain that maps by
+/// file (iommufd's `IOMMU_IOAS_MAP_FILE`) hands the kernel this instead of an address, so memory
+/// that has no virtual address in the process (a peer BAR exported as a dma-buf) can still be
+/// mapped, and the kernel, not the process, keeps track of where it is.
+///
+/// Two slices are equal when they name the same open file (not merely the same path) at the
+/// same offset.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    /// The file, shared by every chunk cut from it.
+    pub file: Arc<std::fs::File>,
+    /// Byte offset of the chunk's first byte in the file.
+    pub offset: u64,
+}
+
+impl FileSlice {
+    /// The slice `by` bytes further into the same file (`None` if the offset would overflow).
+    pub fn advance(&self, by: u64) -> Option<Self> {
+        Some(Self {
+            file: self.file.clone(),
+            offset: self.offset.checked_add(by)?,
+        })
+    }
+}
+
+impl PartialEq for FileSlice {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.offset == other.offset
+    }
+}
+
+impl Eq for FileSlice {}
+
 /// A physically contiguous piece of a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     /// Offset in the memory object.
     pub offset: Offset,
@@ -153,6 +187,10 @@ pub struct Chunk {
     pub bus: BusAddr,
     /// Whether it is device MMIO (a BAR) rather than RAM.
     pub mmio: bool,
+    /// The file the chunk's bytes are in, for exporters whose memory is a memfd or a dma-buf
+    /// (`None` for memory known only by address). Domains that map by file use it; others map
+    /// `phys`.
+    pub file: Option<FileSlice>,
 }
 
 /// Owns memory that devices DMA to, and hands out grants of it.

@@ -14,7 +14,7 @@ pub use domain::{
     ReservedKind, ReservedRegion, Translation,
 };
 pub use exporter::{
-    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, IntoDynExporter,
+    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, FileSlice, IntoDynExporter,
     MemoryExporter, MemoryKind, Residency,
 };
 pub use importer::{

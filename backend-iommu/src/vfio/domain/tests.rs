@@ -3,7 +3,11 @@
 //! translate answers for exactly what is mapped.
 
 use super::*;
+use p2p_core::traits::ReservedKind;
+use p2p_core::Error;
+use parking_lot::Mutex;
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 /// Type1's rules as the kernel applies them (vfio_iommu_type1.c): MAP_DMA fails with EEXIST on
 /// any overlap; UNMAP_DMA removes the mappings inside the range and fails with EINVAL when the

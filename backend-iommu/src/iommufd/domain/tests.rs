@@ -1,0 +1,1 @@
+//! The domain against a model of iommufd's IOAS rules (no kernel needed).
