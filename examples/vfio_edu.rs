@@ -243,6 +243,71 @@ fn require_fault(iova: u64, after: &str) -> Result<()> {
     }
 }
 
+/// The two mappings every run makes: one page of the BAR (planned `via-iommu`) and two pages of
+/// host memory, both for edu, with their IOVAs checked against edu's mask.
+struct Mapped {
+    bar: Mapping,
+    bar_iova: u64,
+    host: Mapping,
+    host_iova: u64,
+}
+
+fn map_both(
+    negotiator: &Negotiator,
+    bar: &Arc<dyn MemoryExporter>,
+    host: &Arc<dyn MemoryExporter>,
+    edu: &Edu,
+    importer: &Arc<dyn DmaImporter>,
+) -> Result<Mapped> {
+    let plan = plan_bar(negotiator, &**bar, &**importer)?;
+    let page = AddrRange::new(Offset(0), 0x1000)?;
+    let bar_map = negotiator.establish(&plan, bar, importer, page)?;
+    let bar_iova = bar_map.segments()?[0].addr.0;
+    let rw = Access::READ | Access::WRITE;
+    let host_plan = negotiator.negotiate(&**host, &**importer, rw, &Policy::default())?;
+    let host_range = AddrRange::new(Offset(0), 0x2000)?;
+    let host_map = negotiator.establish(&host_plan, host, importer, host_range)?;
+    let host_iova = host_map.segments()?[0].addr.0;
+    println!(
+        "mapped: BAR2 page at IOVA {bar_iova:#x}, host buffer at IOVA {host_iova:#x} ({})",
+        host_plan.strategy
+    );
+    check_below_mask(edu, &[bar_iova, host_iova])?;
+    Ok(Mapped {
+        bar: bar_map,
+        bar_iova,
+        host: host_map,
+        host_iova,
+    })
+}
+
+/// RAM -> edu -> BAR, checked with `read_bar`, then RAM -> edu -> RAM, checked in the buffer.
+/// Returns the pattern that is now in the BAR.
+fn ram_to_bar_and_back(
+    edu: &Edu,
+    host: &LockedHostMemory,
+    m: &Mapped,
+    read_bar: impl Fn(&mut [u8]) -> Result<()>,
+) -> Result<Vec<u8>> {
+    let a = pattern(SEED_A);
+    host.write(0, &a)?;
+    edu.dma(m.host_iova, false)?;
+    edu.dma(m.bar_iova, true)?;
+    let mut seen = vec![0u8; LEN as usize];
+    read_bar(&mut seen)?;
+    if seen != a {
+        return Err(fail("the BAR does not hold the pattern edu wrote"));
+    }
+    println!("edu wrote {LEN} bytes RAM -> edu -> ivshmem BAR through the IOMMU");
+    edu.dma(m.host_iova + 0x1000, true)?;
+    host.read(0x1000, &mut seen)?;
+    if seen != a {
+        return Err(fail("host RAM round trip through edu lost bytes"));
+    }
+    println!("edu copied {LEN} bytes host RAM -> edu -> host RAM through the IOMMU");
+    Ok(a)
+}
+
 /// VFIO type1: a container, the BAR mapped by its virtual address, the mapping dropped.
 fn guest_type1(m: &Machine) -> Result<()> {
     let sys = Path::new("/sys");
@@ -289,49 +354,13 @@ fn guest_type1(m: &Machine) -> Result<()> {
     let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
     let host_exp: Arc<dyn MemoryExporter> = host.clone();
 
-    let plan = plan_bar(&negotiator, &*bar_exp, &*importer)?;
-    let page = AddrRange::new(Offset(0), 0x1000)?;
-    let bar_map = negotiator.establish(&plan, &bar_exp, &importer, page)?;
-    let bar_iova = bar_map.segments()?[0].addr.0;
-    let host_plan = negotiator.negotiate(
-        &*host_exp,
-        &*importer,
-        Access::READ | Access::WRITE,
-        &Policy::default(),
-    )?;
-    let host_map = negotiator.establish(
-        &host_plan,
-        &host_exp,
-        &importer,
-        AddrRange::new(Offset(0), 0x2000)?,
-    )?;
-    let host_iova = host_map.segments()?[0].addr.0;
-    println!(
-        "mapped: BAR2 page at IOVA {bar_iova:#x}, host buffer at IOVA {host_iova:#x} ({})",
-        host_plan.strategy
-    );
-    check_below_mask(&edu, &[bar_iova, host_iova])?;
-
-    // RAM -> edu -> ivshmem BAR, then edu -> RAM as well.
-    let a = pattern(SEED_A);
-    host.write(0, &a)?;
-    edu.dma(host_iova, false)?;
-    edu.dma(bar_iova, true)?;
+    let m = map_both(&negotiator, &bar_exp, &host_exp, &edu, &importer)?;
+    let (bar_iova, host_iova) = (m.bar_iova, m.host_iova);
+    let a = ram_to_bar_and_back(&edu, &host, &m, |out| bar.region().read_bytes(0, out))?;
     let mut seen = vec![0u8; LEN as usize];
-    bar.region().read_bytes(0, &mut seen)?;
-    if seen != a {
-        return Err(fail("the BAR does not hold the pattern edu wrote"));
-    }
-    println!("edu wrote {LEN} bytes RAM -> edu -> ivshmem BAR through the IOMMU");
-    edu.dma(host_iova + 0x1000, true)?;
-    host.read(0x1000, &mut seen)?;
-    if seen != a {
-        return Err(fail("host RAM round trip through edu lost bytes"));
-    }
-    println!("edu copied {LEN} bytes host RAM -> edu -> host RAM through the IOMMU");
 
     // Drop the BAR mapping: the same DMA must fault in the IOMMU and not land.
-    drop(bar_map);
+    drop(m.bar);
     if domain.translate(Iova(bar_iova)).is_some() {
         return Err(fail(
             "the IOVA still translates after the mapping was dropped",
@@ -345,7 +374,7 @@ fn guest_type1(m: &Machine) -> Result<()> {
         return Err(fail("DMA through a dropped mapping reached the BAR"));
     }
     require_fault(bar_iova, "unmap")?;
-    drop(host_map);
+    drop(m.host);
     Ok(())
 }
 
@@ -377,76 +406,38 @@ fn guest_iommufd(m: &Machine) -> Result<()> {
     let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
     let host_exp: Arc<dyn MemoryExporter> = host.clone();
 
-    let plan = plan_bar(&negotiator, &*bar_exp, &*importer)?;
-    let page = AddrRange::new(Offset(0), 0x1000)?;
-    let bar_map = negotiator.establish(&plan, &bar_exp, &importer, page)?;
-    let bar_iova = bar_map.segments()?[0].addr.0;
-    let rw = Access::READ | Access::WRITE;
-    let host_plan = negotiator.negotiate(&*host_exp, &*importer, rw, &Policy::default())?;
-    let host_range = AddrRange::new(Offset(0), 0x2000)?;
-    let host_map = negotiator.establish(&host_plan, &host_exp, &importer, host_range)?;
-    let host_iova = host_map.segments()?[0].addr.0;
-    println!(
-        "mapped by file: BAR2 dma-buf page at IOVA {bar_iova:#x}, memfd at IOVA {host_iova:#x} ({})",
-        host_plan.strategy
-    );
-    check_below_mask(&edu, &[bar_iova, host_iova])?;
-
-    // RAM -> edu -> BAR through the dma-buf, checked through the BAR's own mapping, then
+    // RAM -> edu -> BAR through the dma-buf (checked through the BAR's own mapping), then
     // RAM -> edu -> RAM through the memfd, checked in the mapping and in the file itself.
-    let a = pattern(SEED_A);
-    host.write(0, &a)?;
-    edu.dma(host_iova, false)?;
-    edu.dma(bar_iova, true)?;
-    let mut seen = vec![0u8; LEN as usize];
-    shm_dev.map_bar(2)?.read_bytes(0, &mut seen)?;
-    if seen != a {
-        return Err(fail("the BAR does not hold the pattern edu wrote"));
-    }
-    println!("edu wrote {LEN} bytes RAM -> edu -> ivshmem BAR through the dma-buf mapping");
-    edu.dma(host_iova + 0x1000, true)?;
-    host.read(0x1000, &mut seen)?;
+    let m = map_both(&negotiator, &bar_exp, &host_exp, &edu, &importer)?;
+    let bar_mmap = shm_dev.map_bar(2)?;
+    let a = ram_to_bar_and_back(&edu, &host, &m, |out| bar_mmap.read_bytes(0, out))?;
+    drop(bar_mmap);
     let memfd = host
         .file()
         .ok_or_else(|| fail("the host buffer has no memfd"))?;
     let mut in_file = vec![0u8; LEN as usize];
     std::os::unix::fs::FileExt::read_exact_at(&**memfd, &mut in_file, 0x1000)
         .map_err(|e| fail(format!("pread of the memfd: {e}")))?;
-    if seen != a || in_file != a {
-        return Err(fail(
-            "host RAM round trip through the memfd mapping lost bytes",
-        ));
+    if in_file != a {
+        return Err(fail("the memfd does not hold what edu copied"));
     }
-    println!("edu copied {LEN} bytes memfd -> edu -> memfd through the IOMMU");
+    println!("the memfd holds the {LEN} bytes edu copied, read back from the file");
 
-    revoke_and_check(
-        &negotiator,
-        &domain,
-        &bar,
-        &edu,
-        &host,
-        bar_map,
-        bar_iova,
-        host_iova,
-    )?;
-    drop(host_map);
-    Ok(())
+    revoke_and_check(&negotiator, &domain, &bar, &edu, &host, m)
 }
 
 /// The forced revoke of the BAR: the importer is told and the library's mapping torn down, then
 /// the kernel revokes the dma-buf. A second page mapped by file outside the negotiator shows the
 /// kernel's own part: iommufd unmaps it when the dma-buf is revoked. DMA to either then faults.
-#[allow(clippy::too_many_arguments)]
 fn revoke_and_check(
     negotiator: &Negotiator,
     domain: &IommufdDomain,
     bar: &VfioDmaBuf,
     edu: &Edu,
     host: &LockedHostMemory,
-    bar_map: Mapping,
-    bar_iova: u64,
-    host_iova: u64,
+    m: Mapped,
 ) -> Result<()> {
+    let (bar_map, bar_iova, host_iova) = (m.bar, m.bar_iova, m.host_iova);
     let raw_iova = domain.alloc_iova(0x1000, edu.mask)?.0;
     let raw = MapPiece {
         phys: PhysAddr(bar.bar().cpu.0 + 0x1000),
@@ -479,6 +470,7 @@ fn revoke_and_check(
     domain.unmap(Iova(raw_iova), 0x1000)?;
     domain.free_iova(Iova(raw_iova), 0x1000)?;
     drop(bar_map);
+    drop(m.host);
     Ok(())
 }
 

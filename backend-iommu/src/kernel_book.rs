@@ -8,6 +8,7 @@
 //! - [`MapBook`]: the maps made, so that `translate` answers and `unmap` asks the kernel only
 //!   for what the trait promises.
 
+use crate::iova::IovaAllocator;
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr};
 use p2p_core::traits::{ReservedKind, ReservedRegion, Translation};
@@ -18,13 +19,16 @@ use std::collections::BTreeMap;
 /// x86's MSI doorbell window, which VT-d reports as a hole in the IOVA ranges.
 const MSI: (u64, u64) = (0xfee0_0000, 0xfeef_ffff);
 
-/// The kernel's usable IOVA ranges as the trait describes them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The kernel's usable IOVA ranges as the trait describes them, and the allocator of IOVAs in
+/// them.
+#[derive(Debug)]
 pub(crate) struct IovaLayout {
     /// From the first usable IOVA to the last.
     pub aperture: AddrRange<Iova>,
     /// The gaps between usable ranges (the MSI window named as such).
     pub reserved: Vec<ReservedRegion>,
+    /// IOVAs in the aperture outside the reserved gaps (IOVA 0 is never handed out).
+    iova: IovaAllocator,
 }
 
 impl IovaLayout {
@@ -63,7 +67,28 @@ impl IovaLayout {
                 });
             }
         }
-        Ok(Self { aperture, reserved })
+        let iova = IovaAllocator::new(first.max(4096), aperture.end().0);
+        for r in &reserved {
+            iova.reserve(r.range.start().0, r.range.end().0);
+        }
+        Ok(Self {
+            aperture,
+            reserved,
+            iova,
+        })
+    }
+
+    /// [`IommuDomain::alloc_iova`](p2p_core::IommuDomain::alloc_iova): `len` bytes below
+    /// `limit` and the aperture's top.
+    pub fn alloc(&self, len: u64, limit: u64) -> Result<Iova> {
+        let top = self.aperture.last().map_or(0, |a| a.0);
+        self.iova.alloc(len, limit.min(top)).map(Iova)
+    }
+
+    /// [`IommuDomain::free_iova`](p2p_core::IommuDomain::free_iova), at once: both kernels
+    /// invalidate the IOTLB before their unmap returns, so nothing stale is left to wait for.
+    pub fn free(&self, iova: Iova, len: u64) {
+        self.iova.free(iova.0, len);
     }
 }
 
@@ -137,6 +162,24 @@ impl MapBook {
         LockedBook(self.maps.lock())
     }
 
+    /// [`IommuDomain::unmap`](p2p_core::IommuDomain::unmap) through a kernel: `kernel(iova,
+    /// len)` is asked to unmap the run [`LockedBook::unmap_span`] allows (not at all when it is
+    /// empty), under the book's lock, and the record forgets what it removed.
+    pub fn unmap(
+        &self,
+        r: AddrRange<Iova>,
+        kernel: impl FnOnce(u64, u64) -> Result<u64>,
+    ) -> Result<u64> {
+        let mut book = self.lock();
+        let span = book.unmap_span(r)?;
+        if span == 0 {
+            return Ok(0);
+        }
+        let done = kernel(r.start().0, span)?;
+        book.remove_span(r.start(), span);
+        Ok(done)
+    }
+
     /// What `iova` translates to, from the record.
     pub fn translate(&self, iova: Iova) -> Option<Translation> {
         let maps = self.maps.lock();
@@ -178,26 +221,34 @@ impl LockedBook<'_> {
     /// [`IommuDomain::unmap`](p2p_core::IommuDomain::unmap) promises: the run of recorded maps
     /// that begin back to back at the start and end by the end (0 when nothing is mapped at
     /// the start). The kernels remove every map inside their range, holes or not, while the
-    /// trait stops at the first hole. Where a map straddles the start or the end, the whole
-    /// length is returned, so that the kernel refuses the split and unmaps nothing.
-    pub fn unmap_span(&self, r: AddrRange<Iova>) -> u64 {
+    /// trait stops at the first hole.
+    ///
+    /// A map that straddles the start or the run's end is refused here with
+    /// [`Error::WouldSplit`] naming it, before the kernel is asked: the kernel keeps each map
+    /// whole, and iommufd's `IOMMU_IOAS_UNMAP` removes the areas before the straddling one and
+    /// only then fails (drivers/iommu/iommufd/io_pagetable.c, `iopt_unmap_iova_range`), which
+    /// would leave the record and the kernel disagreeing.
+    pub fn unmap_span(&self, r: AddrRange<Iova>) -> Result<u64> {
         let (start, end) = (r.start().0, r.end().0);
-        let straddles_start = self
-            .0
-            .range(..start)
-            .next_back()
-            .is_some_and(|(&at, m)| at + m.len > start);
-        if straddles_start {
-            return end - start;
+        let split = |at: u64, m: &Mapped| Error::WouldSplit {
+            iova: start,
+            len: end - start,
+            page_start: at,
+            page_size: m.len,
+        };
+        if let Some((&at, m)) = self.0.range(..start).next_back() {
+            if at + m.len > start {
+                return Err(split(at, m));
+            }
         }
         let mut at = start;
         while let Some(m) = self.0.get(&at).filter(|_| at < end) {
             if at + m.len > end {
-                return end - start;
+                return Err(split(at, m));
             }
             at += m.len;
         }
-        at - start
+        Ok(at - start)
     }
 
     /// Forgets the maps that begin in `[start, start + len)` (after the kernel unmapped them).

@@ -171,3 +171,16 @@ fn conformance_soft_iommu_under_faults_at_every_step() {
     under_faults::<VtdSecondLevel>();
     under_faults::<ArmLpaeS2>();
 }
+
+/// SoftIommu maps by physical address: a piece that carries a file maps as any other.
+#[test]
+fn conformance_soft_iommu_map_by_file_ignores_the_file() {
+    use p2p_core::conformance::check_map_by_file;
+    use p2p_core::traits::FileSlice;
+    let file = FileSlice {
+        file: Arc::new(std::fs::File::open("/dev/null").unwrap()),
+        offset: 0,
+    };
+    let d = soft::<VtdSecondLevel>(FlushPolicy::Strict)();
+    check_map_by_file(&*d, &DomainConfig::strict(), file).unwrap_or_else(|v| panic!("{v}"));
+}

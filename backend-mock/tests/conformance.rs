@@ -174,3 +174,72 @@ fn conformance_mock_domain_stack_under_faults_at_every_step() {
             .unwrap_or_else(|v| panic!("{:?}: {v}", cfg.domains));
     }
 }
+
+/// A domain that remembers the file each `map_piece` brought, over the reference domain.
+#[derive(Debug)]
+struct FileRecorder {
+    inner: MockDomain,
+    seen: parking_lot::Mutex<Vec<Option<u64>>>,
+}
+
+impl IommuDomain for FileRecorder {
+    p2p_core::forward_domain_description!(inner);
+    fn map_attrs(&self, i: Iova, p: PhysAddr, len: u64, a: Access, at: MapAttrs) -> Result<()> {
+        self.seen.lock().push(None);
+        self.inner.map_attrs(i, p, len, a, at)
+    }
+    fn map_piece(&self, i: Iova, piece: &MapPiece, a: Access) -> Result<()> {
+        self.seen.lock().push(piece.file.as_ref().map(|f| f.offset));
+        self.inner
+            .map_attrs(i, piece.phys, piece.len, a, piece.attrs)
+    }
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
+        self.inner.unmap(iova, len)
+    }
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        self.inner.translate(iova)
+    }
+    fn dma_translate(&self, iova: Iova) -> Option<Translation> {
+        self.inner.dma_translate(iova)
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+    fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
+        self.inner.alloc_iova(len, limit)
+    }
+    fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
+        self.inner.free_iova(iova, len)
+    }
+}
+
+/// The machine's stack (fault injector, sanitizer) and `Traced` hand `map_piece`'s file down to
+/// the domain: a domain that maps by file (iommufd) under them still gets it.
+#[test]
+fn the_wrappers_forward_the_file_of_a_piece() {
+    use p2p_core::conformance::check_map_by_file;
+    use p2p_core::traits::FileSlice;
+    use p2p_core::wrap::Traced;
+    let recorder = Arc::new(FileRecorder {
+        inner: MockDomain::new(DomainKind::Translated, FlushMode::Strict, vec![]),
+        seen: parking_lot::Mutex::new(Vec::new()),
+    });
+    let inner = recorder.clone();
+    let cfg = config(
+        DomainChoice::Custom(Arc::new(move |_, _| {
+            Ok(Arc::new(Traced::new(inner.clone(), "recorder")) as Arc<dyn IommuDomain>)
+        })),
+        FlushMode::Strict,
+    );
+    let d = stack(cfg)();
+    let file = FileSlice {
+        file: Arc::new(std::fs::File::open("/dev/null").unwrap()),
+        offset: 0x5000,
+    };
+    check_map_by_file(&*d, &DomainConfig::strict(), file).unwrap_or_else(|v| panic!("{v}"));
+    let seen = recorder.seen.lock().clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|s| *s == Some(0x5000)),
+        "{seen:?}"
+    );
+}

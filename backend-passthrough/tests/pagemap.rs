@@ -126,3 +126,53 @@ fn translates_a_locked_buffer_with_consistent_pfns() {
     mem.release(&grant).unwrap();
     assert!(mem.release(&grant).is_err());
 }
+
+/// A memfd buffer: its chunks carry the memfd at their own offsets, their PFNs are the mapping's
+/// (checked with the independent reader), and bytes written through the mapping are the file's.
+#[test]
+fn a_memfd_buffer_hands_out_its_file_with_each_chunk() {
+    let len = 16 * PAGE;
+    if !is_root() {
+        let err = LockedHostMemory::memfd(len, 0).unwrap_err().to_string();
+        assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+        return;
+    }
+    let host = LockedHostMemory::memfd(len, 0).unwrap();
+    assert_eq!(host.backing(), Backing::Memfd);
+    let memfd = host.file().expect("a memfd buffer has its file").clone();
+    let pagemap = File::open("/proc/self/pagemap").unwrap();
+    let grant = host
+        .export(
+            AddrRange::new(Offset(3 * PAGE + 100), 5 * PAGE).unwrap(),
+            false,
+        )
+        .unwrap();
+    let chunks = host.chunks(&grant).unwrap();
+    let mut covered = 0;
+    for c in &chunks {
+        let f = c.file.as_ref().expect("every chunk carries the memfd");
+        assert!(std::sync::Arc::ptr_eq(&f.file, &memfd));
+        assert_eq!(
+            f.offset, c.offset.0,
+            "the file offset is the chunk's offset"
+        );
+        for p in 0..c.len / PAGE {
+            let va = host.va() + c.offset.0 + p * PAGE;
+            assert_eq!(pfn(&pagemap, va) * PAGE, c.phys.0 + p * PAGE);
+        }
+        covered += c.len;
+    }
+    assert_eq!(chunks[0].offset.0, 3 * PAGE);
+    assert_eq!(covered, 6 * PAGE, "the pages the range touches, exactly");
+    host.write(5 * PAGE + 8, b"through the mapping").unwrap();
+    let mut seen = [0u8; 19];
+    memfd.read_exact_at(&mut seen, 5 * PAGE + 8).unwrap();
+    assert_eq!(&seen, b"through the mapping");
+    host.release(&grant).unwrap();
+    // An ordinary buffer carries no file.
+    let plain = LockedHostMemory::new(PAGE, 0).unwrap();
+    let g = plain
+        .export(AddrRange::new(Offset(0), PAGE).unwrap(), false)
+        .unwrap();
+    assert!(plain.chunks(&g).unwrap().iter().all(|c| c.file.is_none()));
+}

@@ -1,7 +1,6 @@
 //! An [`IommuDomain`] over an iommufd IOAS: maps go to the kernel by virtual address or by file.
 
 use super::ioas::{IoasOps, IoasRanges};
-use crate::iova::IovaAllocator;
 use crate::kernel_book::{IovaLayout, MapBook, Windows};
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
@@ -45,7 +44,6 @@ pub struct IommufdDomain {
     ioas: Arc<dyn IoasOps>,
     layout: IovaLayout,
     page: u64,
-    iova: IovaAllocator,
     windows: Windows<Backing>,
     maps: MapBook,
 }
@@ -66,16 +64,11 @@ impl IommufdDomain {
                 ),
             });
         }
-        let iova = IovaAllocator::new(layout.aperture.start().0.max(4096), layout.aperture.end().0);
-        for r in &layout.reserved {
-            iova.reserve(r.range.start().0, r.range.end().0);
-        }
         Ok(Self {
             ioas,
             layout,
             // The library maps in whole 4 KiB pages whatever the kernel allows below that.
             page: 4096,
-            iova,
             windows: Windows::default(),
             maps: MapBook::default(),
         })
@@ -177,17 +170,11 @@ impl IommuDomain for IommufdDomain {
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
-        let r = AddrRange::new(iova, len)?;
-        let mut maps = self.maps.lock();
-        // IOMMU_IOAS_UNMAP removes every area inside its range, holes or not, and refuses one
-        // that straddles an edge: the kernel gets only the run of back-to-back maps.
-        let span = maps.unmap_span(r);
-        if span == 0 {
-            return Ok(0);
-        }
-        let done = self.ioas.unmap(iova.0, span)?;
-        maps.remove_span(iova, span);
-        Ok(done)
+        // The kernel removes every map inside its range, holes or not (and iommufd part of a
+        // range it then refuses): the book hands it only the run the trait promises.
+        self.maps.unmap(AddrRange::new(iova, len)?, |iova, span| {
+            self.ioas.unmap(iova, span)
+        })
     }
 
     fn translate(&self, iova: Iova) -> Option<Translation> {
@@ -199,13 +186,11 @@ impl IommuDomain for IommufdDomain {
     }
 
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
-        let top = self.layout.aperture.last().map_or(0, |a| a.0);
-        self.iova.alloc(len, limit.min(top)).map(Iova)
+        self.layout.alloc(len, limit)
     }
 
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
-        // IOMMU_IOAS_UNMAP invalidated synchronously: the range is reusable at once.
-        self.iova.free(iova.0, len);
+        self.layout.free(iova, len);
         Ok(())
     }
 }

@@ -1,7 +1,6 @@
 //! An [`IommuDomain`] backed by a VFIO container: maps go to the kernel's IOMMU driver.
 
 use super::container::{IommuInfo, VfioContainer};
-use crate::iova::IovaAllocator;
 use crate::kernel_book::{IovaLayout, MapBook, Windows};
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
@@ -49,10 +48,8 @@ impl Type1 for VfioContainer {
 #[derive(Debug)]
 pub struct VfioDomain {
     kernel: Arc<dyn Type1>,
-    aperture: AddrRange<Iova>,
-    reserved: Vec<ReservedRegion>,
+    layout: IovaLayout,
     page_sizes: PageSizes,
-    iova: IovaAllocator,
     /// Physical ranges and the virtual addresses behind them.
     windows: Windows<VirtAddr>,
     maps: MapBook,
@@ -68,18 +65,12 @@ impl VfioDomain {
     pub fn over(kernel: Arc<dyn Type1>) -> Result<Self> {
         let info = kernel.info()?;
         let page_sizes = PageSizes::from_bits_truncate(info.page_sizes);
-        let IovaLayout { aperture, reserved } =
+        let layout =
             IovaLayout::from_ranges(&info.iova_ranges, "VFIO_IOMMU_GET_INFO (IOVA ranges)")?;
-        let iova = IovaAllocator::new(aperture.start().0.max(4096), aperture.end().0);
-        for r in &reserved {
-            iova.reserve(r.range.start().0, r.range.end().0);
-        }
         Ok(Self {
             kernel,
-            aperture,
-            reserved,
+            layout,
             page_sizes,
-            iova,
             windows: Windows::default(),
             maps: MapBook::default(),
         })
@@ -99,7 +90,7 @@ impl IommuDomain for VfioDomain {
     }
 
     fn aperture(&self) -> AddrRange<Iova> {
-        self.aperture
+        self.layout.aperture
     }
 
     fn page_sizes(&self) -> PageSizes {
@@ -107,7 +98,7 @@ impl IommuDomain for VfioDomain {
     }
 
     fn reserved_regions(&self) -> Vec<ReservedRegion> {
-        self.reserved.clone()
+        self.layout.reserved.clone()
     }
 
     fn map_attrs(
@@ -119,7 +110,14 @@ impl IommuDomain for VfioDomain {
         _attrs: MapAttrs,
     ) -> Result<()> {
         let page = self.page_sizes.min_page().unwrap_or(4096);
-        check_map_args(&self.aperture, &self.reserved, iova, phys, len, page)?;
+        check_map_args(
+            &self.layout.aperture,
+            &self.layout.reserved,
+            iova,
+            phys,
+            len,
+            page,
+        )?;
         let r = AddrRange::new(iova, len)?;
         // The book stays locked across the kernel call (see MapBook); the kernel serialises
         // these calls per container anyway.
@@ -133,17 +131,11 @@ impl IommuDomain for VfioDomain {
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
-        let r = AddrRange::new(iova, len)?;
-        let mut maps = self.maps.lock();
-        // UNMAP_DMA removes every mapping inside its range, holes or not: so the kernel gets
-        // only the run of back-to-back maps the trait promises to remove.
-        let span = maps.unmap_span(r);
-        if span == 0 {
-            return Ok(0);
-        }
-        let done = self.kernel.unmap_dma(iova.0, span)?;
-        maps.remove_span(iova, span);
-        Ok(done)
+        // The kernel removes every map inside its range, holes or not (and iommufd part of a
+        // range it then refuses): the book hands it only the run the trait promises.
+        self.maps.unmap(AddrRange::new(iova, len)?, |iova, span| {
+            self.kernel.unmap_dma(iova, span)
+        })
     }
 
     fn translate(&self, iova: Iova) -> Option<Translation> {
@@ -155,13 +147,11 @@ impl IommuDomain for VfioDomain {
     }
 
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
-        let top = self.aperture.last().map_or(0, |a| a.0);
-        self.iova.alloc(len, limit.min(top)).map(Iova)
+        self.layout.alloc(len, limit)
     }
 
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
-        // UNMAP_DMA flushed synchronously: the range is reusable at once.
-        self.iova.free(iova.0, len);
+        self.layout.free(iova, len);
         Ok(())
     }
 }

@@ -92,3 +92,50 @@ impl Platform for VfioPlatform {
         self.host.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sysfs tree and a /dev with the files detect looks at, in a fresh temporary directory.
+    fn tree(name: &str, iommu: bool, cdevs: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let root =
+            std::env::temp_dir().join(format!("p2pdma-detect-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (sys, dev) = (root.join("sys"), root.join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        if iommu {
+            std::fs::write(dev.join("iommu"), b"").unwrap();
+        }
+        for (i, d) in cdevs.iter().enumerate() {
+            let dir = sys.join(format!("bus/pci/devices/{d}/vfio-dev/vfio{i}"));
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        (sys, dev)
+    }
+
+    #[test]
+    fn iommufd_only_when_the_kernel_offers_it_for_every_device() {
+        let a: PciAddr = "0000:00:02.0".parse().unwrap();
+        let b: PciAddr = "0000:00:03.0".parse().unwrap();
+        let both = ["0000:00:02.0", "0000:00:03.0"];
+        let (sys, dev) = tree("both", true, &both);
+        assert_eq!(
+            VfioBackend::detect(&dev, &sys, &[a, b]),
+            VfioBackend::Iommufd
+        );
+        assert_eq!(
+            crate::iommufd::cdev_of(&sys, b).unwrap(),
+            std::path::PathBuf::from("/dev/vfio/devices/vfio1")
+        );
+        let (sys, dev) = tree("no-iommu", false, &both);
+        assert_eq!(VfioBackend::detect(&dev, &sys, &[a, b]), VfioBackend::Type1);
+        let (sys, dev) = tree("one-cdev", true, &both[..1]);
+        assert_eq!(VfioBackend::detect(&dev, &sys, &[a, b]), VfioBackend::Type1);
+        assert!(matches!(
+            crate::iommufd::cdev_of(&sys, b),
+            Err(Error::Os { .. }) | Err(Error::Vfio { .. })
+        ));
+        assert_eq!(VfioBackend::Iommufd.to_string(), "iommufd");
+    }
+}

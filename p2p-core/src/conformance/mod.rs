@@ -55,6 +55,8 @@
 //! - `platform.rs`: [`check_platform`], [`check_importer`]: what the negotiator relies on.
 //! - `domain_batch.rs`: [`check_batching`]: `map_pieces` all or nothing, `unmap_gather` +
 //!   `iotlb_sync` and `flush_all` leave nothing usable.
+//! - `domain_piece.rs`: [`check_map_piece`] (a piece maps as `map_attrs` would), and
+//!   [`check_map_by_file`] for domains that map by file, given a file holding the memory.
 //! - `domain_faults.rs`: [`check_map_under_faults`]: a map failed at each of its steps in turn
 //!   (through the implementation's own injection point, armed by a closure) is all or nothing
 //!   and leaves the domain usable.
@@ -69,6 +71,7 @@ mod domain_faults;
 mod domain_flush;
 mod domain_iova;
 mod domain_map;
+mod domain_piece;
 mod domain_refusals;
 mod exporter;
 mod platform;
@@ -85,6 +88,7 @@ pub use domain_map::{
     check_all_or_nothing, check_translate, check_unmap_mixed_sizes, check_unmap_returns,
     check_unmap_split,
 };
+pub use domain_piece::{check_map_by_file, check_map_piece};
 pub use domain_refusals::{check_map_refusals, check_untranslated};
 pub use exporter::check_exporter;
 pub use platform::{check_importer, check_platform};

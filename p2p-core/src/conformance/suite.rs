@@ -1,7 +1,9 @@
 //! The domain suite's entry points: [`check_domain`] runs every contract check of
 //! [`IommuDomain`] on a fresh domain each, and [`DomainConfig`] says what the checks may assume.
 
-use super::{domain_batch, domain_flush, domain_iova, domain_map, domain_refusals, Violation};
+use super::{
+    domain_batch, domain_flush, domain_iova, domain_map, domain_piece, domain_refusals, Violation,
+};
 use crate::addr::PhysAddr;
 use crate::traits::{DomainKind, IommuDomain};
 use std::sync::Arc;
@@ -83,6 +85,7 @@ pub const TRANSLATED_CHECKS: &[(&str, DomainCheck)] = &[
     ),
     ("IOVA allocation", domain_iova::check_iova_alloc),
     ("batching", domain_batch::check_batching),
+    ("map_piece", domain_piece::check_map_piece),
 ];
 // Injected faults at every step need the implementation's injection point, so they are not in
 // this table: see `check_map_under_faults`, which takes a closure that arms it.
