@@ -15,10 +15,8 @@
 //!
 //! Not runnable outside that guest: it needs VFIO, an IOMMU and those two devices.
 
-use backend_iommu::iommufd::{open_cdev, Ioas, IommufdDomain, VfioDmaBuf};
-use backend_iommu::vfio::{
-    MappedRegion, VfioBackend, VfioBar, VfioContainer, VfioDomain, VfioGroup, VfioPlatform,
-};
+use backend_iommu::iommufd::VfioDmaBuf;
+use backend_iommu::vfio::{MappedRegion, PeerBar, VfioBackend, VfioSession};
 use backend_passthrough::LockedHostMemory;
 use p2p_core::prelude::*;
 use p2p_core::topology::sysfs;
@@ -163,27 +161,78 @@ fn dmar_fault(iova: u64, wait: Duration) -> Option<String> {
     }
 }
 
-/// The two devices, found in sysfs.
-struct Machine {
-    scan: sysfs::SysfsScan,
-    edu: PciAddr,
-    shm: PciAddr,
-}
-
 fn guest() -> Result<VfioBackend> {
     let sys = Path::new("/sys");
     let scan = sysfs::scan(sys)?;
-    let edu = find(&scan, 0x1234, 0x11e8)?;
-    let shm = find(&scan, 0x1af4, 0x1110)?;
-    println!("edu at {edu}, ivshmem at {shm}");
-    let backend = VfioBackend::detect(Path::new("/dev"), sys, &[edu, shm]);
+    let edu_addr = find(&scan, 0x1234, 0x11e8)?;
+    let shm_addr = find(&scan, 0x1af4, 0x1110)?;
+    println!("edu at {edu_addr}, ivshmem at {shm_addr}");
+    // The platform chooses: iommufd when the kernel has it for both devices, else type1.
+    let session = VfioSession::open(sys, Path::new("/dev"), &[edu_addr, shm_addr])?;
+    let backend = session.backend();
     println!("VFIO backend: {backend}");
-    let m = Machine { scan, edu, shm };
-    match backend {
-        VfioBackend::Type1 => guest_type1(&m)?,
-        VfioBackend::Iommufd => guest_iommufd(&m)?,
+    print_domain("domain", &*session.domain());
+    let edu_dev = session.device(edu_addr)?;
+    edu_dev.enable_bus_master()?;
+    let edu = Edu::new(edu_dev.map_bar(0)?, dma_mask(28))?;
+
+    // Exporters: ivshmem's BAR2 (peer memory) and a locked host buffer, a memfd under iommufd
+    // so that both are mapped by file there.
+    let bar = session.peer_bar(&scan.topology, shm_addr, 2)?;
+    let host = Arc::new(match backend {
+        VfioBackend::Iommufd => LockedHostMemory::memfd(2 << 20, 0)?,
+        VfioBackend::Type1 => LockedHostMemory::new(2 << 20, 0)?,
+    });
+    {
+        let all = host.export(AddrRange::new(Offset(0), host.len())?, false)?;
+        session.add_host_memory(VirtAddr(host.va()), &host.chunks(&all)?)?;
+        host.release(&all)?;
+    }
+    let platform = Arc::new(session.platform(scan.topology.clone(), host.clone()));
+    let negotiator = Negotiator::new(platform);
+    let importer: Arc<dyn DmaImporter> = Arc::new(EduImporter { addr: edu_addr });
+    let host_exp: Arc<dyn MemoryExporter> = host.clone();
+    let m = map_both(&negotiator, &bar.exporter(), &host_exp, &edu, &importer)?;
+    let bar_mmap = session.device(shm_addr)?.map_bar(2)?;
+    let a = ram_to_bar_and_back(&edu, &host, &m, |out| bar_mmap.read_bytes(0, out))?;
+    let t = Taken {
+        negotiator: &negotiator,
+        domain: &*session.domain(),
+        edu: &edu,
+        host: &host,
+    };
+    match bar {
+        PeerBar::Mapped(_) => drop_and_check(&t, m, &bar_mmap, &a)?,
+        PeerBar::DmaBuf(buf) => {
+            drop(bar_mmap); // memory decoding goes off: the mapping must not be touched after
+            check_memfd(&host, &a)?;
+            revoke_and_check(&t, &buf, m)?;
+        }
     }
     Ok(backend)
+}
+
+/// What the end of a run needs.
+struct Taken<'a> {
+    negotiator: &'a Negotiator,
+    domain: &'a dyn IommuDomain,
+    edu: &'a Edu,
+    host: &'a LockedHostMemory,
+}
+
+/// The memfd's own bytes (read from the file, not the mapping) hold what edu copied.
+fn check_memfd(host: &LockedHostMemory, a: &[u8]) -> Result<()> {
+    let memfd = host
+        .file()
+        .ok_or_else(|| fail("the host buffer has no memfd"))?;
+    let mut in_file = vec![0u8; LEN as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&**memfd, &mut in_file, 0x1000)
+        .map_err(|e| fail(format!("pread of the memfd: {e}")))?;
+    if in_file != a {
+        return Err(fail("the memfd does not hold what edu copied"));
+    }
+    println!("the memfd holds the {LEN} bytes edu copied, read back from the file");
+    Ok(())
 }
 
 fn print_domain(what: &str, domain: &dyn IommuDomain) {
@@ -308,135 +357,32 @@ fn ram_to_bar_and_back(
     Ok(a)
 }
 
-/// VFIO type1: a container, the BAR mapped by its virtual address, the mapping dropped.
-fn guest_type1(m: &Machine) -> Result<()> {
-    let sys = Path::new("/sys");
-    let (scan, edu_addr, shm_addr) = (&m.scan, m.edu, m.shm);
-
-    // Container first, then groups, then the IOMMU model, and only then device fds.
-    let container = Arc::new(VfioContainer::open()?);
-    let edu_group = VfioGroup::open(VfioGroup::id_of(sys, edu_addr)?)?;
-    container.attach(&edu_group)?;
-    let shm_group_id = VfioGroup::id_of(sys, shm_addr)?;
-    let shm_group = if shm_group_id == edu_group.id() {
-        None
-    } else {
-        let g = VfioGroup::open(shm_group_id)?;
-        container.attach(&g)?;
-        Some(g)
-    };
-    let domain = Arc::new(VfioDomain::new(container.clone())?);
-    print_domain("container", &*domain);
-    let edu_dev = edu_group.device(edu_addr)?;
-    let shm_dev = shm_group.as_ref().unwrap_or(&edu_group).device(shm_addr)?;
-    edu_dev.enable_bus_master()?;
-    let mask = dma_mask(28);
-    let edu = Edu::new(edu_dev.map_bar(0)?, mask)?;
-
-    // Exporters: ivshmem's BAR2 (peer memory) and a locked host buffer.
-    let bar = Arc::new(VfioBar::new(&shm_dev, &scan.topology, 2, &domain)?);
-    let host = Arc::new(LockedHostMemory::new(2 << 20, 0)?);
-    {
-        let all = host.export(AddrRange::new(Offset(0), host.len())?, false)?;
-        for c in host.chunks(&all)? {
-            domain.add_window(VirtAddr(host.va() + c.offset.0), c.phys, c.len)?;
-        }
-        host.release(&all)?;
-    }
-    let platform = Arc::new(VfioPlatform::new(
-        scan.topology.clone(),
-        domain.clone(),
-        vec![edu_addr, shm_addr],
-        host.clone(),
-    ));
-    let negotiator = Negotiator::new(platform);
-    let importer: Arc<dyn DmaImporter> = Arc::new(EduImporter { addr: edu_addr });
-    let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
-    let host_exp: Arc<dyn MemoryExporter> = host.clone();
-
-    let m = map_both(&negotiator, &bar_exp, &host_exp, &edu, &importer)?;
-    let (bar_iova, host_iova) = (m.bar_iova, m.host_iova);
-    let a = ram_to_bar_and_back(&edu, &host, &m, |out| bar.region().read_bytes(0, out))?;
-    let mut seen = vec![0u8; LEN as usize];
-
-    // Drop the BAR mapping: the same DMA must fault in the IOMMU and not land.
+/// Type1: the BAR mapping is dropped, and the same DMA must fault in the IOMMU and not land.
+fn drop_and_check(t: &Taken, m: Mapped, bar: &MappedRegion, a: &[u8]) -> Result<()> {
     drop(m.bar);
-    if domain.translate(Iova(bar_iova)).is_some() {
+    if t.domain.translate(Iova(m.bar_iova)).is_some() {
         return Err(fail(
             "the IOVA still translates after the mapping was dropped",
         ));
     }
-    host.write(0x800, &pattern(SEED_B))?;
-    edu.dma(host_iova + 0x800, false)?;
-    edu.dma(bar_iova, true)?;
-    bar.region().read_bytes(0, &mut seen)?;
+    t.host.write(0x800, &pattern(SEED_B))?;
+    t.edu.dma(m.host_iova + 0x800, false)?;
+    t.edu.dma(m.bar_iova, true)?;
+    let mut seen = vec![0u8; LEN as usize];
+    bar.read_bytes(0, &mut seen)?;
     if seen != a {
         return Err(fail("DMA through a dropped mapping reached the BAR"));
     }
-    require_fault(bar_iova, "unmap")?;
+    require_fault(m.bar_iova, "unmap")?;
     drop(m.host);
     Ok(())
-}
-
-/// iommufd: edu and ivshmem attached to one IOAS through their cdevs, ivshmem's BAR2 exported as
-/// a dma-buf and mapped by file, host memory a memfd mapped by file; then the BAR is revoked.
-fn guest_iommufd(m: &Machine) -> Result<()> {
-    let sys = Path::new("/sys");
-    let ioas = Arc::new(Ioas::open()?);
-    let edu_dev = open_cdev(sys, m.edu, &ioas)?;
-    let shm_dev = Arc::new(open_cdev(sys, m.shm, &ioas)?);
-    // After both attaches: each can narrow the usable IOVA ranges.
-    let domain = Arc::new(IommufdDomain::over(ioas.clone())?);
-    print_domain(&format!("IOAS {}", ioas.id()), &*domain);
-    edu_dev.enable_bus_master()?;
-    shm_dev.set_memory_enabled(true)?;
-    let edu = Edu::new(edu_dev.map_bar(0)?, dma_mask(28))?;
-
-    // Exporters: ivshmem's BAR2 as a dma-buf (no CPU mapping needed) and a memfd.
-    let bar = Arc::new(VfioDmaBuf::new(shm_dev.clone(), &m.scan.topology, 2)?);
-    let host = Arc::new(LockedHostMemory::memfd(2 << 20, 0)?);
-    let platform = Arc::new(VfioPlatform::new(
-        m.scan.topology.clone(),
-        domain.clone(),
-        vec![m.edu, m.shm],
-        host.clone(),
-    ));
-    let negotiator = Negotiator::new(platform);
-    let importer: Arc<dyn DmaImporter> = Arc::new(EduImporter { addr: m.edu });
-    let bar_exp: Arc<dyn MemoryExporter> = bar.clone();
-    let host_exp: Arc<dyn MemoryExporter> = host.clone();
-
-    // RAM -> edu -> BAR through the dma-buf (checked through the BAR's own mapping), then
-    // RAM -> edu -> RAM through the memfd, checked in the mapping and in the file itself.
-    let m = map_both(&negotiator, &bar_exp, &host_exp, &edu, &importer)?;
-    let bar_mmap = shm_dev.map_bar(2)?;
-    let a = ram_to_bar_and_back(&edu, &host, &m, |out| bar_mmap.read_bytes(0, out))?;
-    drop(bar_mmap);
-    let memfd = host
-        .file()
-        .ok_or_else(|| fail("the host buffer has no memfd"))?;
-    let mut in_file = vec![0u8; LEN as usize];
-    std::os::unix::fs::FileExt::read_exact_at(&**memfd, &mut in_file, 0x1000)
-        .map_err(|e| fail(format!("pread of the memfd: {e}")))?;
-    if in_file != a {
-        return Err(fail("the memfd does not hold what edu copied"));
-    }
-    println!("the memfd holds the {LEN} bytes edu copied, read back from the file");
-
-    revoke_and_check(&negotiator, &domain, &bar, &edu, &host, m)
 }
 
 /// The forced revoke of the BAR: the importer is told and the library's mapping torn down, then
 /// the kernel revokes the dma-buf. A second page mapped by file outside the negotiator shows the
 /// kernel's own part: iommufd unmaps it when the dma-buf is revoked. DMA to either then faults.
-fn revoke_and_check(
-    negotiator: &Negotiator,
-    domain: &IommufdDomain,
-    bar: &VfioDmaBuf,
-    edu: &Edu,
-    host: &LockedHostMemory,
-    m: Mapped,
-) -> Result<()> {
+fn revoke_and_check(t: &Taken, bar: &VfioDmaBuf, m: Mapped) -> Result<()> {
+    let (domain, edu, host) = (t.domain, t.edu, t.host);
     let (bar_map, bar_iova, host_iova) = (m.bar, m.bar_iova, m.host_iova);
     let raw_iova = domain.alloc_iova(0x1000, edu.mask)?.0;
     let raw = MapPiece {
@@ -449,7 +395,7 @@ fn revoke_and_check(
         }),
     };
     domain.map_piece(Iova(raw_iova), &raw, Access::WRITE)?;
-    let report = bar.revoke(negotiator)?;
+    let report = bar.revoke(t.negotiator)?;
     println!(
         "revoked the dma-buf: {} mapping(s) torn down, {:#x} bytes unmapped, then memory decoding off",
         report.mappings, report.bytes_unmapped

@@ -23,6 +23,11 @@
 //!
 //! Errors name the ioctl and the errno (`VFIO_IOMMU_MAP_DMA on iova 0x1000 size 0x1000 vaddr
 //! 0x7f…: Invalid argument (os error 22)`).
+//!
+//! Most users want [`VfioSession`] instead: it opens the devices through iommufd
+//! ([`crate::iommufd`]) when the kernel offers it and through type1 otherwise
+//! ([`VfioBackend::detect`]), and gives one domain, peer BARs ([`PeerBar`]) and a
+//! [`VfioPlatform`] whichever it chose.
 
 mod bar;
 mod container;
@@ -30,6 +35,7 @@ mod device;
 mod domain;
 mod group;
 mod platform;
+mod session;
 pub(crate) mod sys;
 
 pub use bar::VfioBar;
@@ -38,4 +44,5 @@ pub use device::{RegionInfo, VfioDevice};
 pub use domain::{Type1, VfioDomain};
 pub use group::VfioGroup;
 pub use platform::{VfioBackend, VfioPlatform};
+pub use session::{PeerBar, VfioSession};
 pub use sys::MappedRegion;
