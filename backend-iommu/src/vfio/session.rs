@@ -48,8 +48,10 @@ enum Kernel {
 /// ```
 #[derive(Debug)]
 pub struct VfioSession {
-    kernel: Kernel,
+    // Fields drop in order: the devices (detached as their fds close) before the IOAS or the
+    // container they were attached to, which the kernel refuses to destroy while in use.
     devices: Vec<Arc<VfioDevice>>,
+    kernel: Kernel,
 }
 
 impl VfioSession {
