@@ -115,6 +115,7 @@ impl Frames {
             return Err(exhausted());
         }
         if let Some(f) = self.free.lock().pop() {
+            debug_assert!(self.is_empty(f), "reusing a table that maps something");
             return Ok(f);
         }
         let f = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -140,10 +141,10 @@ impl Frames {
         self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Gives back a frame that was reachable (now unlinked, all entries zero): counted free now,
-    /// reused once no thread can still be walking through it.
+    /// Gives back a frame that was reachable (now unlinked): counted free now, reused once no
+    /// thread can still be walking through it. A mapper that went through it may still be
+    /// taking its entries back, so they need to be zero only by then (checked at reuse).
     pub fn retire(&self, frame: u32) {
-        debug_assert!(self.is_empty(frame), "retiring a table that maps something");
         self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let free = self.free.clone();
         epoch::defer(move || free.lock().push(frame));
