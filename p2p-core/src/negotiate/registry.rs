@@ -1,7 +1,9 @@
 //! The mapping registry: every live mapping, indexed by exporter range, and the resources each
 //! holds (grant, IOVA range, bounce buffer).
 
-use super::{MappingEvent, MappingObserver, Segment, Sequence, Strategy, TeardownCause};
+use super::sg::Segments;
+use super::FxHasher;
+use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
 use crate::access::Access;
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
@@ -11,8 +13,14 @@ use crate::traits::{
     DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, IotlbGather,
     MemoryExporter,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use smallvec::SmallVec;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+
+/// The pieces of an IOVA range mapped one `map` call each: one for a one-chunk mapping, held
+/// inline.
+pub(crate) type MappedPieces = SmallVec<[(Iova, u64); 1]>;
 
 /// What an established mapping holds; [`Resources::teardown`] gives all of it back.
 #[derive(Debug)]
@@ -24,8 +32,8 @@ pub(crate) struct Resources {
     pub iova: Option<AddrRange<Iova>>,
     /// The pieces of `iova` mapped by one `map` call each (one per chunk), unmapped the same way
     /// (as dma-debug expects every unmap to match its map).
-    pub mapped: Vec<(Iova, u64)>,
-    pub segments: Vec<Segment>,
+    pub mapped: MappedPieces,
+    pub segments: Segments,
 }
 
 impl Resources {
@@ -123,7 +131,9 @@ const SHARDS: usize = 16;
 
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
-    pub entries: BTreeMap<u64, Entry>,
+    /// Keyed by id with an Fx hash (ids come from a counter, not an adversary): a lookup is a
+    /// multiply, where the B-tree it replaced walked nodes on every insert and remove.
+    pub entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
     /// (exporter, range start, mapping id): the exporter-range index.
     index: BTreeSet<(ExporterId, Offset, u64)>,
     /// Invalidations running now (few: one per exporter being moved or revoked).
@@ -242,7 +252,7 @@ impl Entry {
             importer: self.importer.device(),
             exporter: self.exporter.id(),
             range: self.range,
-            segments: res.segments.clone(),
+            segments: res.segments.to_vec(),
             access: self.access,
             strategy: res.strategy.clone(),
         }
