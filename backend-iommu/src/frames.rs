@@ -39,7 +39,8 @@ pub type FrameFault = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 /// The frames page tables live in, starting at physical `base`.
 pub struct Frames {
     base: u64,
-    chunks: Box<[OnceLock<Box<[Table]>>]>,
+    /// Fixed-size chunks: indexing a frame in its chunk needs no bounds check.
+    chunks: Box<[OnceLock<Box<[Table; CHUNK]>>]>,
     /// Frames never handed out yet start here.
     next: AtomicU32,
     /// Frames given back (all entries zero), reusable now.
@@ -61,10 +62,14 @@ impl std::fmt::Debug for Frames {
     }
 }
 
-fn new_chunk() -> Box<[Table]> {
-    (0..CHUNK)
+fn new_chunk() -> Box<[Table; CHUNK]> {
+    // Built on the heap (a chunk is 256 KiB: too big for the stack), then given its length.
+    let frames: Box<[Table]> = (0..CHUNK)
         .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-        .collect()
+        .collect();
+    frames
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("CHUNK frames were made"))
 }
 
 impl Frames {

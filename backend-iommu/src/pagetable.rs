@@ -172,7 +172,10 @@ impl<F: Format> PageTable<F> {
             let n = ((rem >> size.trailing_zeros()) as usize)
                 .min(ENTRIES - first)
                 .max(1);
-            let leaf = |k: usize| F::leaf(pa + k as u64 * size, level, access, mmio);
+            // The attribute bits once per run, not per entry (see `Format::leaf`).
+            let bits = F::leaf(0, level, access, mmio);
+            debug_assert_eq!(F::leaf(pa, level, access, mmio), pa | bits);
+            let leaf = |k: usize| (pa + k as u64 * size) | bits;
             let run = Run {
                 first,
                 n,

@@ -11,7 +11,7 @@
 
 use super::{PageTable, ROOT, UNLINKING};
 use crate::format::{index, level_size, Format, Pte};
-use crate::sync::{spin, Ordering::Relaxed, Ordering::SeqCst};
+use crate::sync::{spin, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use p2p_core::{Error, Result};
 
 /// A run of leaves a mapper puts into one table: entries `first .. first + n`, entry
@@ -28,11 +28,12 @@ type NoLeaf = fn(usize) -> u64;
 /// No run: a descent that only finds (or makes) tables.
 pub(super) const NO_RUN: Option<Run<'static, NoLeaf>> = None;
 
-/// The entries a descent went through: `links[l]` is `(table, index, entry)` of the level-`l`
-/// entry on the way (for every `l` above the target level), as the descent read or installed it.
+/// The entries a descent went through: `links[l]` is the level-`l` entry on the way (for every
+/// `l` above the target level) and its value as the descent read or installed it. The entries
+/// themselves, not (table, index): the re-check then costs a load each, no table lookup.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Path {
-    links: [(u32, usize, u64); ROOT + 1],
+pub(super) struct Path<'a> {
+    links: [(&'a AtomicU64, u64); ROOT + 1],
     /// The lowest level whose entry this descent installed (a table it made); above `ROOT` if
     /// it installed none. Every entry from there down to the target was installed by it too.
     installed: usize,
@@ -40,11 +41,11 @@ pub(super) struct Path {
 
 /// Where a descent ended.
 #[derive(Debug)]
-pub(super) struct Descent {
+pub(super) struct Descent<'a> {
     /// The table at the target level.
     pub table: u32,
     /// The entries on the way.
-    pub path: Path,
+    pub path: Path<'a>,
     /// Whether the run was written into `table` before it was installed (a table this descent
     /// made): nobody could reach those entries before, so plain stores did.
     pub filled: bool,
@@ -61,10 +62,12 @@ impl<F: Format> PageTable<F> {
         level: usize,
         create: bool,
         fill: Option<Run<'_, L>>,
-    ) -> Result<Option<Descent>> {
+    ) -> Result<Option<Descent<'_>>> {
         let mut table = self.root;
+        // (Levels at and below the target keep the placeholder and are never read.)
+        let placeholder = &self.table(self.root)[0];
         let mut path = Path {
-            links: [(self.root, 0, 0); ROOT + 1],
+            links: [(placeholder, 0); ROOT + 1],
             installed: ROOT + 1,
         };
         let mut filled = false;
@@ -109,7 +112,7 @@ impl<F: Format> PageTable<F> {
                     }
                 }
             };
-            path.links[l] = (table, idx, pte);
+            path.links[l] = (slot, pte);
             table = child;
         }
         Ok(Some(Descent {
@@ -136,10 +139,10 @@ impl<F: Format> PageTable<F> {
 
     /// Whether every entry of `path` above `level` still holds what the descent saw (so none is
     /// marked or cleared): read after the mapper's stores and a full fence.
-    pub(super) fn path_intact(&self, path: &Path, level: usize) -> bool {
+    pub(super) fn path_intact(&self, path: &Path<'_>, level: usize) -> bool {
         path.links[level + 1..=ROOT]
             .iter()
-            .all(|&(t, i, pte)| self.table(t)[i].load(SeqCst) == pte)
+            .all(|&(slot, pte)| slot.load(SeqCst) == pte)
     }
 
     /// After a failed [`path_intact`](Self::path_intact) (and the run withdrawn): waits until no
@@ -149,14 +152,14 @@ impl<F: Format> PageTable<F> {
     /// installed under it are taken out and retired, so that none is left inside a table on its
     /// way to the freelist. Tables installed above that point stay: they are reachable, and a
     /// reclaim takes them when empty.
-    pub(super) fn abandon(&self, path: &Path, level: usize) {
+    pub(super) fn abandon(&self, path: &Path<'_>, level: usize) {
         if path.installed > ROOT {
             return;
         }
         let settled = |l: usize| {
-            let (t, i, _) = path.links[l];
+            let (slot, _) = path.links[l];
             loop {
-                let cur = self.table(t)[i].load(SeqCst);
+                let cur = slot.load(SeqCst);
                 if cur & UNLINKING == 0 {
                     return cur;
                 }
@@ -165,14 +168,13 @@ impl<F: Format> PageTable<F> {
         };
         let Some(broken) = (level + 1..=ROOT)
             .rev()
-            .find(|&l| settled(l) != path.links[l].2)
+            .find(|&l| settled(l) != path.links[l].1)
         else {
             return; // only marked, and kept: the retry goes through the same tables
         };
         // Bottom up, so that each table is retired after the entry inside it was cleared.
         for l in path.installed..broken {
-            let (t, i, ours) = path.links[l];
-            let slot = &self.table(t)[i];
+            let (slot, ours) = path.links[l];
             loop {
                 match slot.compare_exchange(ours, 0, SeqCst, SeqCst) {
                     Ok(_) => {
