@@ -118,7 +118,7 @@ impl Negotiator {
             info: exporter.info(),
             importer: importer.device(),
             caps: importer.caps(),
-            domain: self.platform.domain(importer.device())?.kind(),
+            domain: self.platform.domain_kind(importer.device())?,
             access,
         })
     }

@@ -129,6 +129,13 @@ pub(crate) struct Entry {
 /// whole registry.
 const SHARDS: usize = 16;
 
+/// One shard's lock, on cache lines of its own: two threads working on exporters in adjacent
+/// shards would otherwise bounce one line between their cores on every lock and unlock (128
+/// bytes: adjacent-line prefetching pairs lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Inner>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     /// Keyed by id with an Fx hash (ids come from a counter, not an adversary): a lookup is a
@@ -237,7 +244,7 @@ pub struct MappingInfo {
 /// Every mapping the negotiator made and that is not dropped yet.
 #[derive(Debug)]
 pub struct Registry {
-    shards: Box<[Mutex<Inner>]>,
+    shards: Box<[Shard]>,
     /// Mapping ids, in order of registration: the same program gives the same ids (a machine's
     /// event log is reproducible). One increment per mapping is the only write all threads share.
     next_id: AtomicU64,
@@ -262,7 +269,7 @@ impl Entry {
 impl Registry {
     pub(crate) fn with_observer(observer: Option<Arc<dyn MappingObserver>>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             next_id: AtomicU64::new(0),
             observer,
         }
@@ -270,7 +277,7 @@ impl Registry {
 
     /// The shard holding `exporter`'s mappings.
     pub(crate) fn shard_for(&self, exporter: ExporterId) -> &Mutex<Inner> {
-        &self.shards[exporter.0 as usize % SHARDS]
+        &self.shards[exporter.0 as usize % SHARDS].0
     }
 
     /// A new mapping id.
@@ -309,13 +316,13 @@ impl Registry {
     pub fn invalidations_running(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().invalidations_running())
+            .map(|s| s.0.lock().invalidations_running())
             .sum()
     }
 
     /// Number of mappings, live or invalidated.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().entries.len()).sum()
+        self.shards.iter().map(|s| s.0.lock().entries.len()).sum()
     }
 
     /// Whether there are none.
@@ -339,7 +346,7 @@ impl Registry {
             .shards
             .iter()
             .flat_map(|s| {
-                let inner = s.lock();
+                let inner = s.0.lock();
                 inner
                     .entries
                     .iter()
