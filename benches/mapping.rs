@@ -361,6 +361,9 @@ impl Platform for SoftPlatform {
     fn domain(&self, _: PciAddr) -> p2pdma::prelude::Result<Arc<dyn IommuDomain>> {
         Ok(self.domain.clone())
     }
+    fn domain_kind(&self, _: PciAddr) -> p2pdma::prelude::Result<DomainKind> {
+        Ok(self.domain.kind())
+    }
     fn host_memory(&self) -> Arc<dyn MemoryExporter> {
         self.host.clone()
     }

@@ -234,11 +234,14 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
         if !access.intersects(Access::READ | Access::WRITE) {
             return Err(Error::NoAccess { iova: iova.0 });
         }
-        let end = phys.0.checked_add(len).ok_or(Error::AddressOverflow {
-            kind: "phys",
-            addr: phys.0,
-            len,
-        })?;
+        // let-else, not `ok_or`: an `Error` built eagerly is also dropped on every map.
+        let Some(end) = phys.0.checked_add(len) else {
+            return Err(Error::AddressOverflow {
+                kind: "phys",
+                addr: phys.0,
+                len,
+            });
+        };
         if end > 1u64 << F::OAS {
             return Err(Error::OutOfBounds {
                 kind: "phys",
@@ -348,16 +351,25 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
         // Strict: every unmap invalidated before it returned, so nothing is ever deferred, and
         // threads freeing side by side need not meet on the queue's lock.
-        if self.policy != FlushPolicy::Strict {
-            let mut q = self.queue.lock();
-            if q.pending > 0 || q.unflushed {
-                // Not reusable before the queued flush is performed: a stale IOTLB entry of
-                // it may still be usable.
-                q.frees.push((iova.0, len));
-                return Ok(());
-            }
+        if self.policy == FlushPolicy::Strict || !self.defer_free(iova, len) {
+            self.iova.free(iova.0, len);
         }
-        self.iova.free(iova.0, len);
         Ok(())
+    }
+}
+
+impl<F: Format> SoftIommu<F> {
+    /// Lazy mode: queues the free of `[iova, iova+len)` for the next drain if a stale IOTLB
+    /// entry of it may still be usable (a flush is queued, or an unmap has not been flushed).
+    /// Returns whether it did.
+    #[cold]
+    #[inline(never)]
+    fn defer_free(&self, iova: Iova, len: u64) -> bool {
+        let mut q = self.queue.lock();
+        if q.pending > 0 || q.unflushed {
+            q.frees.push((iova.0, len));
+            return true;
+        }
+        false
     }
 }

@@ -39,7 +39,8 @@ pub type FrameFault = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 /// The frames page tables live in, starting at physical `base`.
 pub struct Frames {
     base: u64,
-    chunks: Box<[OnceLock<Box<[Table]>>]>,
+    /// Fixed-size chunks: indexing a frame in its chunk needs no bounds check.
+    chunks: Box<[OnceLock<Box<[Table; CHUNK]>>]>,
     /// Frames never handed out yet start here.
     next: AtomicU32,
     /// Frames given back (all entries zero), reusable now.
@@ -61,10 +62,14 @@ impl std::fmt::Debug for Frames {
     }
 }
 
-fn new_chunk() -> Box<[Table]> {
-    (0..CHUNK)
+fn new_chunk() -> Box<[Table; CHUNK]> {
+    // Built on the heap (a chunk is 256 KiB: too big for the stack), then given its length.
+    let frames: Box<[Table]> = (0..CHUNK)
         .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-        .collect()
+        .collect();
+    frames
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("CHUNK frames were made"))
 }
 
 impl Frames {
@@ -115,6 +120,7 @@ impl Frames {
             return Err(exhausted());
         }
         if let Some(f) = self.free.lock().pop() {
+            debug_assert!(self.is_empty(f), "reusing a table that maps something");
             return Ok(f);
         }
         let f = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -140,10 +146,10 @@ impl Frames {
         self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Gives back a frame that was reachable (now unlinked, all entries zero): counted free now,
-    /// reused once no thread can still be walking through it.
+    /// Gives back a frame that was reachable (now unlinked): counted free now, reused once no
+    /// thread can still be walking through it. A mapper that went through it may still be
+    /// taking its entries back, so they need to be zero only by then (checked at reuse).
     pub fn retire(&self, frame: u32) {
-        debug_assert!(self.is_empty(frame), "retiring a table that maps something");
         self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let free = self.free.clone();
         epoch::defer(move || free.lock().push(frame));

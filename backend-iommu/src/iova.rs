@@ -58,7 +58,8 @@ impl Drop for Caches {
 }
 
 thread_local! {
-    static CACHES: RefCell<Caches> = RefCell::new(Caches::default());
+    // Const-initialised: no lazy-init check on every access.
+    static CACHES: RefCell<Caches> = const { RefCell::new(Caches(Vec::new())) };
 }
 
 /// An IOVA allocator over `[start, end)`.
@@ -115,19 +116,27 @@ impl IovaAllocator {
             if let Some(a) = self.cache_pop(c, size, limit) {
                 return Ok(a);
             }
-            if let Some(a) = self.refill(c, size, limit) {
-                return Ok(a);
-            }
-            return self.tree_alloc(size, limit).or_else(|_| {
-                // Linux's flush-and-retry-once: give every cached range back, then try again.
-                self.flush_caches();
-                self.tree_alloc(size, limit)
-            });
+            return self.alloc_uncached(c, size, limit);
         }
         let size = pages
             .checked_shl(PAGE_SHIFT)
             .ok_or(Error::IovaExhausted { len, limit })?;
         self.tree_alloc(size, limit)
+    }
+
+    /// A cached size class whose magazines had nothing that fits: refill, or the tree. Out of
+    /// line, so that the cached path stays a few instructions.
+    #[cold]
+    #[inline(never)]
+    fn alloc_uncached(&self, c: usize, size: u64, limit: u64) -> Result<u64> {
+        if let Some(a) = self.refill(c, size, limit) {
+            return Ok(a);
+        }
+        self.tree_alloc(size, limit).or_else(|_| {
+            // Linux's flush-and-retry-once: give every cached range back, then try again.
+            self.flush_caches();
+            self.tree_alloc(size, limit)
+        })
     }
 
     /// Frees an allocation made by [`alloc`](Self::alloc) with the same `len`.
@@ -164,23 +173,39 @@ impl IovaAllocator {
     }
 
     fn cache_pop(&self, c: usize, size: u64, limit: u64) -> Option<u64> {
-        let fits = |a: &u64| a.checked_add(size - 1).is_some_and(|last| last <= limit);
         with_cache(&self.shared, |tc| {
-            for _ in 0..2 {
-                if let Some(i) = tc.loaded[c].iter().rposition(fits) {
-                    return Some(tc.loaded[c].swap_remove(i));
+            // The common case first: the most recently freed range fits.
+            let loaded = &mut tc.loaded[c];
+            match loaded.last() {
+                Some(&a) if fits(a, size, limit) => {
+                    loaded.pop();
+                    Some(a)
                 }
-                if !tc.prev[c].is_empty() {
-                    std::mem::swap(&mut tc.loaded[c], &mut tc.prev[c]);
-                    continue;
-                }
-                // Take a full magazine from the depot.
-                let mag = self.shared.depot.lock()[c].pop()?;
-                let old = std::mem::replace(&mut tc.loaded[c], mag);
-                tc.prev[c] = old;
+                _ => self.cache_pop_slow(tc, c, size, limit),
             }
-            None
         })
+    }
+
+    /// [`cache_pop`](Self::cache_pop) when the last range does not fit: search the magazines,
+    /// swap them, or take one from the depot.
+    #[cold]
+    #[inline(never)]
+    fn cache_pop_slow(&self, tc: &mut ThreadCache, c: usize, size: u64, limit: u64) -> Option<u64> {
+        let fits = |a: &u64| fits(*a, size, limit);
+        for _ in 0..2 {
+            if let Some(i) = tc.loaded[c].iter().rposition(fits) {
+                return Some(tc.loaded[c].swap_remove(i));
+            }
+            if !tc.prev[c].is_empty() {
+                std::mem::swap(&mut tc.loaded[c], &mut tc.prev[c]);
+                continue;
+            }
+            // Take a full magazine from the depot.
+            let mag = self.shared.depot.lock()[c].pop()?;
+            let old = std::mem::replace(&mut tc.loaded[c], mag);
+            tc.prev[c] = old;
+        }
+        None
     }
 
     /// Refills this thread's empty magazine with a run of [`REFILL`] ranges of class `c` carved
@@ -199,29 +224,29 @@ impl IovaAllocator {
 
     fn cache_push(&self, c: usize, addr: u64) {
         let spill = with_cache(&self.shared, |tc| {
-            if tc.loaded[c].len() < MAG {
-                tc.loaded[c].push(addr);
+            let loaded = &mut tc.loaded[c];
+            if loaded.len() < MAG {
+                loaded.push(addr);
                 return None;
             }
-            if tc.prev[c].len() < MAG {
-                std::mem::swap(&mut tc.loaded[c], &mut tc.prev[c]);
-                tc.loaded[c].push(addr);
-                return None;
-            }
-            // Both full: the loaded magazine goes to the depot.
-            let full = std::mem::replace(&mut tc.loaded[c], Vec::with_capacity(MAG));
-            tc.loaded[c].push(addr);
-            Some(full)
+            swap_or_spill(tc, c, addr)
         });
         if let Some(full) = spill {
-            let mut depot = self.shared.depot.lock();
-            if depot[c].len() < DEPOT {
-                depot[c].push(full);
-            } else {
-                drop(depot);
-                for a in full {
-                    self.tree_free(a, (1u64 << c) << PAGE_SHIFT);
-                }
+            self.spill(c, full);
+        }
+    }
+
+    /// Gives a full magazine to the depot, or to the tree when the depot is full.
+    #[cold]
+    #[inline(never)]
+    fn spill(&self, c: usize, full: Vec<u64>) {
+        let mut depot = self.shared.depot.lock();
+        if depot[c].len() < DEPOT {
+            depot[c].push(full);
+        } else {
+            drop(depot);
+            for a in full {
+                self.tree_free(a, (1u64 << c) << PAGE_SHIFT);
             }
         }
     }
@@ -263,23 +288,58 @@ impl IovaAllocator {
     }
 }
 
+/// Whether the range of `size` bytes at `a` ends at or below `limit`.
+fn fits(a: u64, size: u64, limit: u64) -> bool {
+    a.checked_add(size - 1).is_some_and(|last| last <= limit)
+}
+
+/// The loaded magazine of class `c` is full: swap in the previous one if it has room, otherwise
+/// start a new one and return the full one for the depot.
+#[cold]
+#[inline(never)]
+fn swap_or_spill(tc: &mut ThreadCache, c: usize, addr: u64) -> Option<Vec<u64>> {
+    if tc.prev[c].len() < MAG {
+        std::mem::swap(&mut tc.loaded[c], &mut tc.prev[c]);
+        tc.loaded[c].push(addr);
+        return None;
+    }
+    let full = std::mem::replace(&mut tc.loaded[c], Vec::with_capacity(MAG));
+    tc.loaded[c].push(addr);
+    Some(full)
+}
+
 /// Runs `f` on this thread's cache for `shared`, dropping caches of allocators that are gone.
+/// The cache of the allocator used last is kept first, so the common case (a thread working
+/// with one domain) costs one comparison instead of a search.
 fn with_cache<T>(shared: &Arc<Shared>, f: impl FnOnce(&mut ThreadCache) -> T) -> T {
     CACHES.with(|cell| {
         let caches = &mut cell.borrow_mut().0;
-        let pos = caches
-            .iter()
-            .position(|(w, _)| w.as_ptr() == Arc::as_ptr(shared));
-        let i = match pos {
-            Some(i) => i,
-            None => {
-                caches.retain(|(w, _)| w.strong_count() > 0);
-                caches.push((Arc::downgrade(shared), ThreadCache::default()));
-                caches.len() - 1
-            }
-        };
-        f(&mut caches[i].1)
+        match caches.first_mut() {
+            Some((w, tc)) if w.as_ptr() == Arc::as_ptr(shared) => f(tc),
+            _ => f(&mut front(caches, shared).1),
+        }
     })
+}
+
+/// Moves `shared`'s cache to the front of `caches`, making it if this thread has none yet.
+#[cold]
+fn front<'a>(
+    caches: &'a mut Vec<(Weak<Shared>, ThreadCache)>,
+    shared: &Arc<Shared>,
+) -> &'a mut (Weak<Shared>, ThreadCache) {
+    match caches
+        .iter()
+        .position(|(w, _)| w.as_ptr() == Arc::as_ptr(shared))
+    {
+        Some(i) => caches.swap(0, i),
+        None => {
+            caches.retain(|(w, _)| w.strong_count() > 0);
+            caches.push((Arc::downgrade(shared), ThreadCache::default()));
+            let last = caches.len() - 1;
+            caches.swap(0, last);
+        }
+    }
+    &mut caches[0]
 }
 
 #[cfg(test)]

@@ -7,16 +7,20 @@
 //! - **Leaves are set and cleared in place** with compare-and-swap: a map never overwrites a live
 //!   entry (all or nothing: a clash takes back what the call set and fails with `AlreadyMapped`),
 //!   an unmap clears only leaves. Mapping picks the largest leaf the page sizes and alignment
-//!   allow and fills a run of entries per table, so a long range costs about one store a page.
+//!   allow and fills a run of entries per table, so a long range costs about one store a page;
+//!   a run that goes into a table the mapper makes is written before the table is installed
+//!   (nobody can see it yet), with plain stores instead of compare-and-swaps.
 //! - **Unmap walks across leaves of every size** (a 2 MiB block followed by 4 KiB pages is one
 //!   range) and stops only at a hole; it never splits a leaf: a range that would cut one is
 //!   refused before anything changes.
 //! - **Tables are unlinked only when empty**, either because an unmap covered their whole span or
 //!   by [`PageTable::reclaim`] at a full flush, with a two-step protocol against a mapper that is
 //!   installing into the table at the same moment: the unlinker marks the parent's entry
-//!   ([`UNLINKING`]), checks the table is empty, then clears the entry; a mapper re-checks after
-//!   installing that the entry linking its table in is still there unmarked (an ancestor cannot
-//!   go while it holds that entry), and otherwise takes its entries back and starts again. Either the unlinker sees the mapper's entry and backs off,
+//!   ([`UNLINKING`]), checks the table is empty, then clears the entry; a mapper re-reads, after
+//!   installing, every entry its descent went through (one load a level, no walk from the root:
+//!   see the `descend` module for why the link of its own table alone is not enough), and if one
+//!   changed takes its entries back, takes out any table it installed under an unlinked one, and
+//!   starts again. Either the unlinker sees the mapper's entry and backs off,
 //!   or the mapper sees the mark and retreats (a full fence between each side's store and load:
 //!   the Dekker pattern).
 //! - **Unlinked tables are freed only after the flush that follows** (Linux's
@@ -34,9 +38,6 @@ use std::marker::PhantomData;
 
 /// The root is level 3.
 const ROOT: usize = 3;
-
-/// The entry that links a table into its parent: `(parent table, index)`; `None` for the root.
-type Link = Option<(u32, usize)>;
 
 /// A software bit in a table entry: the table below it is being unlinked. Bit 58 is ignored by
 /// both formats' walkers (VT-d second level: bits 52–61 are ignored; ARM stage 2: bits 55–58 are
@@ -130,58 +131,7 @@ impl<F: Format> PageTable<F> {
     /// The table at `level` that covers `iova`, creating tables on the way if `create`.
     /// `Ok(None)` when absent and not creating; `AlreadyMapped` if a leaf covers it higher up.
     fn table_at(&self, iova: u64, level: usize, create: bool) -> Result<Option<u32>> {
-        Ok(self.descend(iova, level, create)?.map(|(table, _)| table))
-    }
-
-    /// [`table_at`](Self::table_at), with the entry that links the table in: `(parent table,
-    /// index)`, `None` for the root.
-    fn descend(&self, iova: u64, level: usize, create: bool) -> Result<Option<(u32, Link)>> {
-        let mut table = self.root;
-        let mut link = None;
-        for l in (level + 1..=ROOT).rev() {
-            let idx = index(iova, l);
-            let slot = &self.table(table)[idx];
-            let child = loop {
-                let pte = slot.load(SeqCst);
-                if pte & UNLINKING != 0 {
-                    // The table below is being unlinked: wait for the verdict.
-                    spin();
-                    continue;
-                }
-                match F::decode(pte, l) {
-                    Pte::Table(phys) => break self.frames.frame_at(phys),
-                    Pte::Leaf { .. } => {
-                        return Err(Error::AlreadyMapped(iova & !(level_size(l) - 1)))
-                    }
-                    Pte::Invalid if !create => return Ok(None),
-                    Pte::Invalid => {
-                        let child = self.frames.alloc(iova)?;
-                        let new = F::table(self.frames.phys(child));
-                        match slot.compare_exchange(pte, new, SeqCst, SeqCst) {
-                            Ok(_) => break child,
-                            // Another thread installed a table (or a leaf) first.
-                            Err(_) => self.frames.release(child),
-                        }
-                    }
-                }
-            };
-            link = Some((table, idx));
-            table = child;
-        }
-        Ok(Some((table, link)))
-    }
-
-    /// Whether `table` (at `level`) is still linked in by `link`, unmarked. Only the entry that
-    /// links a table in can be marked or cleared while the table holds anything: an ancestor
-    /// holds that entry, so it is not empty, and no unlinker takes it. So checking that one
-    /// entry is checking the whole path.
-    fn still_linked(&self, link: Link, level: usize, table: u32) -> bool {
-        let Some((parent, idx)) = link else {
-            return true; // the root is never unlinked
-        };
-        let pte = self.table(parent)[idx].load(SeqCst);
-        pte & UNLINKING == 0
-            && matches!(F::decode(pte, level + 1), Pte::Table(phys) if self.frames.frame_at(phys) == table)
+        Ok(self.descend(iova, level, create, NO_RUN)?.map(|d| d.table))
     }
 
     /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
@@ -209,27 +159,38 @@ impl<F: Format> PageTable<F> {
     ) -> Result<()> {
         while *done < len {
             let (va, pa, rem) = (iova + *done, phys + *done, len - *done);
-            let size = F::PAGE_SIZES
-                .best_fit(va | pa, rem)
-                .ok_or(Error::Misaligned {
+            // let-else, not `ok_or`: an `Error` built eagerly is also dropped on every map.
+            let Some(size) = F::PAGE_SIZES.best_fit(va | pa, rem) else {
+                return Err(Error::Misaligned {
                     what: "iova",
                     value: va,
                     align: 4096,
-                })?;
+                });
+            };
             let level = size.trailing_zeros() as usize / 9 - 1;
-            let (table, link) = self
-                .descend(va, level, true)?
-                .unwrap_or_else(|| unreachable!("created"));
             let first = index(va, level);
             let n = ((rem >> size.trailing_zeros()) as usize)
                 .min(ENTRIES - first)
                 .max(1);
-            let leaf = |k: usize| F::leaf(pa + k as u64 * size, level, access, mmio);
-            let entries = &self.table(table)[first..first + n];
-            for k in 0..n {
-                if !self.install(table, first + k, level, leaf(k)) {
-                    withdraw(&entries[..k], leaf);
-                    return Err(Error::AlreadyMapped(va + k as u64 * size));
+            // The attribute bits once per run, not per entry (see `Format::leaf`).
+            let bits = F::leaf(0, level, access, mmio);
+            debug_assert_eq!(F::leaf(pa, level, access, mmio), pa | bits);
+            let leaf = |k: usize| (pa + k as u64 * size) | bits;
+            let run = Run {
+                first,
+                n,
+                leaf: &leaf,
+            };
+            let d = self
+                .descend(va, level, true, Some(run))?
+                .unwrap_or_else(|| unreachable!("created"));
+            let entries = &self.table(d.table)[first..first + n];
+            if !d.filled {
+                for k in 0..n {
+                    if !self.install(d.table, first + k, level, leaf(k)) {
+                        withdraw(&entries[..k], leaf);
+                        return Err(Error::AlreadyMapped(va + k as u64 * size));
+                    }
                 }
             }
             // Store (our entries) then load (the path): with the unlinker's store (its mark) then
@@ -237,12 +198,13 @@ impl<F: Format> PageTable<F> {
             // (sequentially consistent accesses alone are not enough under every model, loom's
             // included).
             fence(SeqCst);
-            if self.still_linked(link, level, table) {
+            if self.path_intact(&d.path, level) {
                 *done += n as u64 * size;
             } else {
-                // The table was being unlinked while we filled it: take the run back and place
-                // it again, in whatever table the path holds now.
+                // A table on the way was being unlinked while we filled ours: take the run back
+                // and place it again, in whatever tables the path holds now.
                 withdraw(entries, leaf);
+                self.abandon(&d.path, level);
             }
         }
         Ok(())
@@ -305,11 +267,13 @@ impl<F: Format> PageTable<F> {
         if len == 0 {
             return Ok(0);
         }
-        let end = iova.checked_add(len).ok_or(Error::AddressOverflow {
-            kind: "iova",
-            addr: iova,
-            len,
-        })?;
+        let Some(end) = iova.checked_add(len) else {
+            return Err(Error::AddressOverflow {
+                kind: "iova",
+                addr: iova,
+                len,
+            });
+        };
         let _walking = epoch::pin();
         let split = |page_start: u64, page_size: u64| Error::WouldSplit {
             iova,
@@ -501,6 +465,9 @@ fn withdraw(entries: &[crate::sync::AtomicU64], leaf: impl Fn(usize) -> u64) {
         let _ = e.compare_exchange(leaf(k), 0, SeqCst, SeqCst);
     }
 }
+
+mod descend;
+use descend::{Run, NO_RUN};
 
 #[cfg(all(test, not(loom)))]
 mod tests;

@@ -63,3 +63,48 @@ fn a_page_installed_while_its_table_is_unlinked_is_never_lost() {
         assert_eq!(t.live_frames(), 1);
     });
 }
+
+/// An empty level-1 table (2 MiB entries) is linked below `BASE_1G` (a 2 MiB block was mapped
+/// and unmapped there). One thread maps a 1 GiB block, which unlinks that table; another maps a
+/// 4 KiB page in the same 1 GiB, which installs a new last-level table into it. The mapper may
+/// read the link to the level-1 table just before the unlinker marks it and install into the
+/// table after the unlinker found it empty: its own table's link stays intact, so only a check
+/// of the whole path tells it the mapping is unreachable. Exactly one wins, the winner's mapping
+/// translates, and no table is left behind.
+#[test]
+fn a_table_installed_into_an_unlinked_table_is_never_lost() {
+    const SZ_1G: u64 = 1 << 30;
+    const BASE_1G: u64 = 4 * SZ_1G;
+    model(|| {
+        let t = Arc::new(PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap());
+        t.map(BASE_1G, 0x4000_0000, SZ_2M, RW, false).unwrap();
+        assert_eq!(t.unmap(BASE_1G, SZ_2M).unwrap(), SZ_2M);
+        let block = {
+            let t = t.clone();
+            loom::thread::spawn(move || t.map(BASE_1G, 0x8000_0000, SZ_1G, RW, false).is_ok())
+        };
+        let page = t.map(BASE_1G + SZ_4K, 0x20_0000, SZ_4K, RW, false).is_ok();
+        let block = block.join().unwrap();
+        assert!(
+            block ^ page,
+            "exactly one of two overlapping maps wins ({block}, {page})"
+        );
+        let leaf = t
+            .translate(BASE_1G + SZ_4K)
+            .expect("the winner's mapping translates");
+        if page {
+            assert_eq!((leaf.size, leaf.phys), (SZ_4K, 0x20_0000));
+        } else {
+            assert_eq!((leaf.size, leaf.phys), (SZ_1G, 0x8000_0000));
+        }
+        let whole = if page {
+            (BASE_1G + SZ_4K, SZ_4K)
+        } else {
+            (BASE_1G, SZ_1G)
+        };
+        assert_eq!(t.unmap(whole.0, whole.1).unwrap(), whole.1);
+        t.reclaim();
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 1, "no table is left behind");
+    });
+}

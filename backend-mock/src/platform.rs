@@ -272,6 +272,10 @@ impl Platform for MockPlatform {
         Ok(self.iommu(device)?.clone())
     }
 
+    fn domain_kind(&self, device: PciAddr) -> Result<DomainKind> {
+        Ok(self.iommu(device)?.kind())
+    }
+
     fn host_memory(&self) -> Arc<dyn MemoryExporter> {
         self.host.clone()
     }

@@ -40,7 +40,9 @@ pub trait Format: Send + Sync + std::fmt::Debug + 'static {
     /// A non-leaf entry pointing at the table at `table_phys`.
     fn table(table_phys: u64) -> u64;
     /// A leaf at `level` mapping `phys` with `access`; `mmio` selects device memory attributes
-    /// where the format has them.
+    /// where the format has them. It must be `phys | leaf(0, level, access, mmio)` (the address
+    /// field holds `phys` as it is, the other bits do not depend on it): a run of leaves is
+    /// written as one attribute word ORed with each page's address.
     fn leaf(phys: u64, level: usize, access: Access, mmio: bool) -> u64;
     /// Decodes an entry found at `level`.
     fn decode(pte: u64, level: usize) -> Pte;

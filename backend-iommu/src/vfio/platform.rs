@@ -2,7 +2,7 @@
 //! container's, or an iommufd IOAS's); other devices are not ours to program.
 
 use p2p_core::topology::Topology;
-use p2p_core::traits::{IommuDomain, MemoryExporter, Platform};
+use p2p_core::traits::{DomainKind, IommuDomain, MemoryExporter, Platform};
 use p2p_core::{Error, PciAddr, Result, VfioProblem};
 use std::path::Path;
 use std::sync::Arc;
@@ -66,6 +66,18 @@ impl VfioPlatform {
             host,
         }
     }
+
+    /// A device the topology has and the container holds, or the error `domain` returns.
+    fn attached(&self, device: PciAddr) -> Result<()> {
+        self.topology.lookup(device)?;
+        if !self.devices.contains(&device) {
+            return Err(Error::Vfio {
+                target: device.to_string(),
+                problem: VfioProblem::NotAttached,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Platform for VfioPlatform {
@@ -78,14 +90,13 @@ impl Platform for VfioPlatform {
     }
 
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
-        self.topology.lookup(device)?;
-        if !self.devices.contains(&device) {
-            return Err(Error::Vfio {
-                target: device.to_string(),
-                problem: VfioProblem::NotAttached,
-            });
-        }
+        self.attached(device)?;
         Ok(self.domain.clone())
+    }
+
+    fn domain_kind(&self, device: PciAddr) -> Result<DomainKind> {
+        self.attached(device)?;
+        Ok(self.domain.kind())
     }
 
     fn host_memory(&self) -> Arc<dyn MemoryExporter> {

@@ -6,9 +6,11 @@
 
 use crate::addr::{align_up, AddrRange, Offset};
 use crate::error::{Error, Result};
+use crate::negotiate::FxHasher;
 use crate::range_alloc::alloc_top_down;
 use crate::traits::{ExportGrant, ExporterId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 const ALIGN: u64 = 4096;
 
@@ -50,9 +52,10 @@ pub struct GrantBook {
     exporter: ExporterId,
     size: u64,
     next: u64,
-    /// Grant id → what it holds. Ids grow by one, so a B-tree is cheap here and needs no hash
-    /// of an id an adversary does not choose (SipHash cost more than the rest of a lookup).
-    grants: BTreeMap<u64, Held>,
+    /// Grant id → what it holds, under an Fx hash (ids grow by one and no adversary picks them;
+    /// SipHash cost more than the rest of a lookup): an insert and a remove per mapping cost a
+    /// multiply each, where a B-tree walked and rebalanced nodes.
+    grants: HashMap<u64, Held, BuildHasherDefault<FxHasher>>,
     /// Ranges handed out by `allocate`: start → length.
     carved: BTreeMap<u64, u64>,
     /// Where `allocate` carves: the first and last byte.
@@ -67,7 +70,7 @@ impl GrantBook {
             exporter,
             size,
             next: 0,
-            grants: BTreeMap::new(),
+            grants: HashMap::default(),
             carved: BTreeMap::new(),
             pool: size.checked_sub(1).map(|last| (0, last)),
             window: None,
@@ -205,13 +208,14 @@ impl GrantBook {
     }
 
     fn held(&self, grant: &ExportGrant) -> Result<&Held> {
-        self.grants
-            .get(&grant.id)
-            .filter(|h| h.grant.exporter == grant.exporter)
-            .ok_or(Error::UnknownGrant {
+        // A match, not `ok_or`: the error would be built and dropped on every lookup.
+        match self.grants.get(&grant.id) {
+            Some(h) if h.grant.exporter == grant.exporter => Ok(h),
+            _ => Err(Error::UnknownGrant {
                 exporter: self.exporter,
                 grant: grant.id,
-            })
+            }),
+        }
     }
 
     /// The grant as recorded; [`Error::UnknownGrant`] if it is not outstanding (released, or

@@ -1,9 +1,9 @@
 //! Turning a plan into resources: grant, IOVA range and page-table entries, scatter list. All or
 //! nothing: every error path gives back what it took.
 
-use super::registry::unmap_flush_free;
-use super::registry::Resources;
-use super::{merge_segments, Plan, Strategy};
+use super::registry::{unmap_flush_free, MappedPieces, Resources};
+use super::sg::{merge_inline, Segments};
+use super::{Plan, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
 use crate::error::{Error, Result};
@@ -11,13 +11,14 @@ use crate::traits::{
     Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MapPiece, MemoryExporter,
     Platform,
 };
+use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
 /// Builds the resources of a mapping of `range` under `plan`.
 pub(crate) fn build(
     platform: &dyn Platform,
     plan: &Plan,
-    exporter: &Arc<dyn MemoryExporter>,
+    exporter: &dyn MemoryExporter,
     importer: &dyn DmaImporter,
     range: AddrRange<Offset>,
 ) -> Result<Resources> {
@@ -36,7 +37,7 @@ pub(crate) fn build(
             tracing::info!(exporter = %plan.exporter, importer = %plan.importer, %range, %err, "grant refused");
         }
     })?;
-    let built = with_grant(platform, plan, &**exporter, &grant, importer, &domain);
+    let built = with_grant(platform, plan, exporter, &grant, importer, &domain);
     match built {
         Ok((mapped, segments, bounce)) => Ok(Resources {
             strategy: plan.strategy.clone(),
@@ -48,24 +49,25 @@ pub(crate) fn build(
             segments,
         }),
         Err(e) => {
-            release_quietly(&**exporter, &grant);
+            release_quietly(exporter, &grant);
             Err(e)
         }
     }
 }
 
-/// `(DmaAddr, len)` pieces before merging into segments.
-type Pieces = Vec<(DmaAddr, u64)>;
+/// `(DmaAddr, len)` pieces before merging into segments: a mapping of one or two chunks (the
+/// common case) holds them inline.
+type Pieces = SmallVec<[(DmaAddr, u64); 2]>;
 
 /// An IOVA allocation and the pieces of it mapped, one per chunk.
 struct Mapped {
     range: AddrRange<Iova>,
-    pieces: Vec<(Iova, u64)>,
+    pieces: MappedPieces,
 }
 
 type Built = (
     Option<Mapped>,
-    Vec<super::Segment>,
+    Segments,
     Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
 );
 
@@ -118,7 +120,7 @@ fn with_grant(
         }
         Strategy::Refused(_) => unreachable!("refused plans return before the grant"),
     };
-    Ok((iova, merge_segments(pieces, caps.max_segment), bounce))
+    Ok((iova, merge_inline(pieces, caps.max_segment), bounce))
 }
 
 /// The pieces of whole pages cut down to exactly the grant's bytes: the first address is that of
@@ -128,18 +130,17 @@ fn with_grant(
 /// A bounce buffer may be larger than the range (its allocator rounds up): `len` is the range's.
 fn exact(pieces: Pieces, chunks: &[Chunk], grant: &ExportGrant, len: u64) -> Result<Pieces> {
     let first = chunks.first().map_or(grant.range.start().0, |c| c.offset.0);
-    let mut skip = grant
-        .range
-        .start()
-        .0
-        .checked_sub(first)
-        .ok_or(Error::Misaligned {
+    // let-else rather than `ok_or` here and below: on the hot path an eagerly built error is
+    // also dropped on success.
+    let Some(mut skip) = grant.range.start().0.checked_sub(first) else {
+        return Err(Error::Misaligned {
             what: "first chunk offset (after the grant's start)",
             value: first,
             align: 4096,
-        })?;
+        });
+    };
     let mut keep = len;
-    let mut out = Vec::with_capacity(pieces.len());
+    let mut out = Pieces::new();
     for (addr, len) in pieces {
         if keep == 0 {
             break;
@@ -226,13 +227,12 @@ fn map_into(
     importer: &dyn DmaImporter,
     access: Access,
 ) -> Result<(Mapped, Pieces)> {
-    let page = domain
-        .page_sizes()
-        .min_page()
-        .ok_or(Error::WrongDomainKind {
+    let Some(page) = domain.page_sizes().min_page() else {
+        return Err(Error::WrongDomainKind {
             op: "map",
             kind: "page-size-less",
-        })?;
+        });
+    };
     let mut total = 0u64;
     for c in chunks {
         if !c.phys.is_aligned(page) {
@@ -249,11 +249,14 @@ fn map_into(
                 align: page,
             });
         }
-        total = total.checked_add(c.len).ok_or(Error::AddressOverflow {
-            kind: "iova",
-            addr: 0,
-            len: c.len,
-        })?;
+        let Some(sum) = total.checked_add(c.len) else {
+            return Err(Error::AddressOverflow {
+                kind: "iova",
+                addr: 0,
+                len: c.len,
+            });
+        };
+        total = sum;
     }
     if total == 0 {
         return Err(Error::EmptyRange { what: "mapping" });
@@ -265,7 +268,8 @@ fn map_into(
         .min(importer.caps().dma_mask);
     let iova = domain.alloc_iova(total, limit)?;
     let range = AddrRange::new(iova, total)?;
-    let pieces: Vec<MapPiece> = chunks
+    // Inline for up to two chunks: a one-chunk mapping allocates nothing here.
+    let pieces: SmallVec<[MapPiece; 2]> = chunks
         .iter()
         .map(|c| MapPiece {
             phys: c.phys,
@@ -284,7 +288,7 @@ fn map_into(
             domain,
             &Mapped {
                 range,
-                pieces: Vec::new(),
+                pieces: MappedPieces::new(),
             },
         );
         return Err(e);
@@ -303,6 +307,6 @@ fn map_into(
             range,
             pieces: mapped,
         },
-        vec![(DmaAddr(iova.raw()), total)],
+        smallvec![(DmaAddr(iova.raw()), total)],
     ))
 }

@@ -69,7 +69,7 @@ impl Mapping {
     /// lengths add up to `range().len()`. For a [`Strategy::Bounce`] mapping the addresses are
     /// those of the bounce buffer.
     pub fn segments(&self) -> Result<Vec<Segment>> {
-        self.with_live(|r| r.segments.clone())
+        self.with_live(|r| r.segments.to_vec())
     }
 
     /// How it was established.

@@ -60,6 +60,7 @@ pub use mapping::{BounceBuffer, Mapping};
 pub use negotiator::Negotiator;
 pub use observer::{MappingEvent, MappingObserver, TeardownCause};
 pub use plan::{Isolation, Plan, Reason, ReasonList, Strategy};
+pub(crate) use plan_cache::FxHasher;
 pub use plan_cache::{CacheStats, PLAN_CACHE_CAPACITY};
 pub use policy::{Fallback, Policy};
 pub use registry::{MappingInfo, Registry};

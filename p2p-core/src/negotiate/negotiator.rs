@@ -118,7 +118,7 @@ impl Negotiator {
             info: exporter.info(),
             importer: importer.device(),
             caps: importer.caps(),
-            domain: self.platform.domain(importer.device())?.kind(),
+            domain: self.platform.domain_kind(importer.device())?,
             access,
         })
     }
@@ -156,7 +156,9 @@ impl Negotiator {
         E: IntoDynExporter + ?Sized,
         I: IntoDynImporter + ?Sized,
     {
-        let (exporter, importer) = (&exporter.clone().into_dyn(), &importer.clone().into_dyn());
+        let owned = (exporter.clone().into_dyn(), importer.clone().into_dyn());
+        // On the devices themselves: an `Arc` of an exporter may be an exporter too.
+        let (exporter, importer) = ((**exporter).as_dyn(), (**importer).as_dyn());
         let _span = tracing::debug_span!("establish", exporter = %exporter.id(), importer = %importer.device(), %range).entered();
         if plan.exporter != exporter.id() || plan.importer != importer.device() {
             return Err(Error::PlanMismatch {
@@ -164,7 +166,7 @@ impl Negotiator {
                 given: format!("{} -> {}", exporter.id(), importer.device()),
             });
         }
-        check_range(&**exporter, range)?;
+        check_range(exporter, range)?;
         if let Strategy::Refused(why) = &plan.strategy {
             // Refused plans touch nothing: no registration, no grant, no IOVA.
             tracing::info!(exporter = %plan.exporter, importer = %plan.importer, reasons = %ReasonList(&plan.reasons), "establish of a refused plan");
@@ -175,7 +177,7 @@ impl Negotiator {
             });
         }
         let shared = Arc::new(plan.clone());
-        self.register_and_publish(exporter, importer, range, plan.access, |_| {
+        self.register_and_publish(owned, (exporter, importer), range, plan.access, |_| {
             let now = exporter.info().residency;
             if now != plan.residency {
                 return Err(Error::StalePlan {
@@ -204,22 +206,26 @@ impl Negotiator {
         E: IntoDynExporter + ?Sized,
         I: IntoDynImporter + ?Sized,
     {
-        let (exporter, importer) = (&exporter.clone().into_dyn(), &importer.clone().into_dyn());
-        check_range(&**exporter, range)?;
+        // The registry's references are the only ones taken: the rest of the call borrows.
+        let owned = (exporter.clone().into_dyn(), importer.clone().into_dyn());
+        // On the devices themselves: an `Arc` of an exporter may be an exporter too.
+        let (exporter, importer) = ((**exporter).as_dyn(), (**importer).as_dyn());
+        check_range(exporter, range)?;
         // The plan depends on where the memory is, so it is made after each attempt's
         // read_begin (the cache makes that cheap): a plan made before the registration could
         // describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
-        self.register_and_publish(exporter, importer, range, access, |_| {
-            self.cached_plan(&**exporter, &**importer, access, policy)
+        self.register_and_publish(owned, (exporter, importer), range, access, |_| {
+            self.cached_plan(exporter, importer, access, policy)
         })
     }
 
-    /// Registers a building entry for `range`, then runs [`publish`](Self::publish) with a
-    /// plan from `plan_for(attempt)` each time. On failure the entry is gone.
+    /// Registers a building entry for `range` (which takes `owned`: the devices the registry
+    /// keeps), then runs [`publish`](Self::publish) with a plan from `plan_for(attempt)` each
+    /// time, on the same devices borrowed. On failure the entry is gone.
     fn register_and_publish(
         &self,
-        exporter: &Arc<dyn MemoryExporter>,
-        importer: &Arc<dyn DmaImporter>,
+        owned: (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
+        (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
         range: AddrRange<Offset>,
         access: Access,
         mut plan_for: impl FnMut(u32) -> Result<Arc<Plan>>,
@@ -229,8 +235,8 @@ impl Negotiator {
         self.registry.shard_for(exporter.id()).lock().insert(
             id,
             Entry {
-                exporter: exporter.clone(),
-                importer: importer.clone(),
+                exporter: owned.0,
+                importer: owned.1,
                 range,
                 access,
                 // Until it is published the entry pins nothing: an invalidation meanwhile makes the
@@ -242,7 +248,7 @@ impl Negotiator {
         );
         let published = self.publish(id, &seq, exporter, |attempt| {
             let plan = plan_for(attempt)?;
-            let res = establish::build(&*self.platform, &plan, exporter, &**importer, range)?;
+            let res = establish::build(&*self.platform, &plan, exporter, importer, range)?;
             Ok((plan, res))
         });
         match published {
@@ -269,7 +275,7 @@ impl Negotiator {
         &self,
         id: u64,
         seq: &Sequence,
-        exporter: &Arc<dyn MemoryExporter>,
+        exporter: &dyn MemoryExporter,
         mut build: impl FnMut(u32) -> Result<(Arc<Plan>, Resources)>,
     ) -> Result<Arc<Plan>> {
         for attempt in 0..MAX_ATTEMPTS {
@@ -278,7 +284,9 @@ impl Negotiator {
             let mut inner = self.registry.shard_for(exporter.id()).lock();
             let still_there = inner.entries.contains_key(&id);
             if still_there && !seq.read_retry(begin) {
-                let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+                let Some(e) = inner.entries.get_mut(&id) else {
+                    return Err(Error::Invalidated(id));
+                };
                 let (importer, segments, bytes) =
                     (e.importer.device(), res.segments.len(), e.range.len());
                 e.pinned = plan.pin;
@@ -291,7 +299,7 @@ impl Negotiator {
             drop(inner);
             // The memory was invalidated while we built: what we built may point at its old
             // place. Give it back and read the new place.
-            if let Err(err) = res.teardown(&**exporter) {
+            if let Err(err) = res.teardown(exporter) {
                 tracing::warn!(mapping = id, %err, "giving back a set-up that raced an invalidation failed");
             }
             if !still_there {
@@ -355,10 +363,15 @@ impl Negotiator {
             e.state = State::Building;
             (e.exporter.clone(), e.importer.clone(), e.access)
         };
-        let published = self.publish(mapping.id, &mapping.seq, &exporter, |_| {
+        let published = self.publish(mapping.id, &mapping.seq, &*exporter, |_| {
             let plan = self.cached_plan(&*exporter, &*importer, access, policy)?;
-            let res =
-                establish::build(&*self.platform, &plan, &exporter, &*importer, mapping.range)?;
+            let res = establish::build(
+                &*self.platform,
+                &plan,
+                &*exporter,
+                &*importer,
+                mapping.range,
+            )?;
             Ok((plan, res))
         });
         match &published {

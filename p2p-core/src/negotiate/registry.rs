@@ -1,7 +1,9 @@
 //! The mapping registry: every live mapping, indexed by exporter range, and the resources each
 //! holds (grant, IOVA range, bounce buffer).
 
-use super::{MappingEvent, MappingObserver, Segment, Sequence, Strategy, TeardownCause};
+use super::sg::Segments;
+use super::FxHasher;
+use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
 use crate::access::Access;
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
@@ -11,8 +13,14 @@ use crate::traits::{
     DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, IotlbGather,
     MemoryExporter,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use smallvec::SmallVec;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
+
+/// The pieces of an IOVA range mapped one `map` call each: one for a one-chunk mapping, held
+/// inline.
+pub(crate) type MappedPieces = SmallVec<[(Iova, u64); 1]>;
 
 /// What an established mapping holds; [`Resources::teardown`] gives all of it back.
 #[derive(Debug)]
@@ -24,8 +32,8 @@ pub(crate) struct Resources {
     pub iova: Option<AddrRange<Iova>>,
     /// The pieces of `iova` mapped by one `map` call each (one per chunk), unmapped the same way
     /// (as dma-debug expects every unmap to match its map).
-    pub mapped: Vec<(Iova, u64)>,
-    pub segments: Vec<Segment>,
+    pub mapped: MappedPieces,
+    pub segments: Segments,
 }
 
 impl Resources {
@@ -121,9 +129,18 @@ pub(crate) struct Entry {
 /// whole registry.
 const SHARDS: usize = 16;
 
+/// One shard's lock, on cache lines of its own: two threads working on exporters in adjacent
+/// shards would otherwise bounce one line between their cores on every lock and unlock (128
+/// bytes: adjacent-line prefetching pairs lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Inner>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
-    pub entries: BTreeMap<u64, Entry>,
+    /// Keyed by id with an Fx hash (ids come from a counter, not an adversary): a lookup is a
+    /// multiply, where the B-tree it replaced walked nodes on every insert and remove.
+    pub entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
     /// (exporter, range start, mapping id): the exporter-range index.
     index: BTreeSet<(ExporterId, Offset, u64)>,
     /// Invalidations running now (few: one per exporter being moved or revoked).
@@ -227,7 +244,7 @@ pub struct MappingInfo {
 /// Every mapping the negotiator made and that is not dropped yet.
 #[derive(Debug)]
 pub struct Registry {
-    shards: Box<[Mutex<Inner>]>,
+    shards: Box<[Shard]>,
     /// Mapping ids, in order of registration: the same program gives the same ids (a machine's
     /// event log is reproducible). One increment per mapping is the only write all threads share.
     next_id: AtomicU64,
@@ -242,7 +259,7 @@ impl Entry {
             importer: self.importer.device(),
             exporter: self.exporter.id(),
             range: self.range,
-            segments: res.segments.clone(),
+            segments: res.segments.to_vec(),
             access: self.access,
             strategy: res.strategy.clone(),
         }
@@ -252,7 +269,7 @@ impl Entry {
 impl Registry {
     pub(crate) fn with_observer(observer: Option<Arc<dyn MappingObserver>>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             next_id: AtomicU64::new(0),
             observer,
         }
@@ -260,7 +277,7 @@ impl Registry {
 
     /// The shard holding `exporter`'s mappings.
     pub(crate) fn shard_for(&self, exporter: ExporterId) -> &Mutex<Inner> {
-        &self.shards[exporter.0 as usize % SHARDS]
+        &self.shards[exporter.0 as usize % SHARDS].0
     }
 
     /// A new mapping id.
@@ -299,13 +316,13 @@ impl Registry {
     pub fn invalidations_running(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().invalidations_running())
+            .map(|s| s.0.lock().invalidations_running())
             .sum()
     }
 
     /// Number of mappings, live or invalidated.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().entries.len()).sum()
+        self.shards.iter().map(|s| s.0.lock().entries.len()).sum()
     }
 
     /// Whether there are none.
@@ -329,7 +346,7 @@ impl Registry {
             .shards
             .iter()
             .flat_map(|s| {
-                let inner = s.lock();
+                let inner = s.0.lock();
                 inner
                     .entries
                     .iter()

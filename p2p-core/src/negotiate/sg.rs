@@ -1,6 +1,10 @@
 //! Scatter lists: the `(DmaAddr, len)` segments a device is programmed with.
 
 use crate::addr::DmaAddr;
+use smallvec::SmallVec;
+
+/// A scatter list as a mapping holds it: the common one-segment list inline, not allocated.
+pub(crate) type Segments = SmallVec<[Segment; 1]>;
 
 /// One segment of a scatter list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -17,12 +21,20 @@ pub fn merge_segments(
     pieces: impl IntoIterator<Item = (DmaAddr, u64)>,
     max_segment: u64,
 ) -> Vec<Segment> {
+    merge_inline(pieces, max_segment).into_vec()
+}
+
+/// [`merge_segments`] into a list that holds one segment without allocating.
+pub(crate) fn merge_inline(
+    pieces: impl IntoIterator<Item = (DmaAddr, u64)>,
+    max_segment: u64,
+) -> Segments {
     let max = if max_segment == 0 {
         u64::MAX
     } else {
         max_segment
     };
-    let mut out: Vec<Segment> = Vec::new();
+    let mut out = Segments::new();
     for (addr, len) in pieces {
         let (mut addr, mut len) = (addr.0, len);
         while len > 0 {

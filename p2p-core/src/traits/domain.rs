@@ -275,6 +275,37 @@ pub fn check_map_args(
     len: u64,
     page: u64,
 ) -> Result<()> {
+    // Every map of every backend comes here: the common case (page a power of two, everything
+    // aligned, nothing wraps, inside the aperture, no reserved region hit) is a few compares,
+    // and the error is worked out only when one fails.
+    let fine = page.is_power_of_two()
+        && (iova.0 | phys.0 | len) & (page - 1) == 0
+        && len != 0
+        && phys.0.checked_add(len).is_some()
+        && iova.0.checked_add(len).is_some_and(|end| {
+            iova >= aperture.start()
+                && end <= aperture.end().0
+                && !reserved
+                    .iter()
+                    .any(|r| iova.0 < r.range.end().0 && r.range.start().0 < end)
+        });
+    if fine {
+        return Ok(());
+    }
+    map_args_error(aperture, reserved, iova, phys, len, page)
+}
+
+/// Which of [`check_map_args`]'s checks fails, in Linux's order.
+#[cold]
+#[inline(never)]
+fn map_args_error(
+    aperture: &AddrRange<Iova>,
+    reserved: &[ReservedRegion],
+    iova: Iova,
+    phys: PhysAddr,
+    len: u64,
+    page: u64,
+) -> Result<()> {
     for (what, v) in [("iova", iova.0), ("phys", phys.0), ("length", len)] {
         if !crate::addr::is_aligned(v, page) {
             return Err(Error::Misaligned {

@@ -328,16 +328,27 @@ impl<T: MemoryExporter + ?Sized> MemoryExporter for Arc<T> {
 pub trait IntoDynExporter: MemoryExporter {
     /// The same object as `Arc<dyn MemoryExporter>`.
     fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter>;
+
+    /// The same object as `&dyn MemoryExporter`: lets the negotiator use a device it was
+    /// handed without taking a reference count (a locked write to a line every thread using
+    /// the device shares) beyond the one the registry keeps.
+    fn as_dyn(&self) -> &dyn MemoryExporter;
 }
 
 impl<T: MemoryExporter + 'static> IntoDynExporter for T {
     fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter> {
         self
     }
+    fn as_dyn(&self) -> &dyn MemoryExporter {
+        self
+    }
 }
 
 impl IntoDynExporter for dyn MemoryExporter {
     fn into_dyn(self: Arc<Self>) -> Arc<dyn MemoryExporter> {
+        self
+    }
+    fn as_dyn(&self) -> &dyn MemoryExporter {
         self
     }
 }

@@ -120,16 +120,26 @@ impl<T: DmaImporter + ?Sized> DmaImporter for Arc<T> {
 pub trait IntoDynImporter: DmaImporter {
     /// The same object as `Arc<dyn DmaImporter>`.
     fn into_dyn(self: Arc<Self>) -> Arc<dyn DmaImporter>;
+
+    /// The same object as `&dyn DmaImporter` (see
+    /// [`IntoDynExporter::as_dyn`](crate::traits::IntoDynExporter::as_dyn)).
+    fn as_dyn(&self) -> &dyn DmaImporter;
 }
 
 impl<T: DmaImporter + 'static> IntoDynImporter for T {
     fn into_dyn(self: Arc<Self>) -> Arc<dyn DmaImporter> {
         self
     }
+    fn as_dyn(&self) -> &dyn DmaImporter {
+        self
+    }
 }
 
 impl IntoDynImporter for dyn DmaImporter {
     fn into_dyn(self: Arc<Self>) -> Arc<dyn DmaImporter> {
+        self
+    }
+    fn as_dyn(&self) -> &dyn DmaImporter {
         self
     }
 }

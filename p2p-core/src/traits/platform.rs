@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::negotiate::MappingObserver;
 use crate::pci::PciAddr;
 use crate::topology::Topology;
-use crate::traits::{IommuDomain, MemoryExporter};
+use crate::traits::{DomainKind, IommuDomain, MemoryExporter};
 use std::sync::Arc;
 
 /// A machine as a backend sees it: its topology, the IOMMU domain each device's requests go
@@ -26,6 +26,13 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
     /// the topology is unchanged, with a page size and a non-empty aperture if it translates;
     /// an error for a device the topology does not have.
     fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>>;
+    /// The kind of [`domain`](Self::domain)`(device)`, with the same errors: what a plan reads
+    /// of the domain, on every negotiation. The default takes the domain; a platform that can
+    /// answer without cloning an `Arc` (a shared reference count that every mapping thread
+    /// would write) should.
+    fn domain_kind(&self, device: PciAddr) -> Result<DomainKind> {
+        Ok(self.domain(device)?.kind())
+    }
     /// Host RAM: the same exporter on every call, resident in host RAM, whose pinned
     /// allocations (bounce buffers) have chunks.
     fn host_memory(&self) -> Arc<dyn MemoryExporter>;
