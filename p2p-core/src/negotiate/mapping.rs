@@ -1,6 +1,6 @@
 //! The RAII mapping handle.
 
-use super::registry::{Registry, State};
+use super::registry::{Shard, State};
 use super::{Segment, Sequence, Strategy, TeardownCause};
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::{Error, Result};
@@ -35,7 +35,8 @@ pub struct Mapping {
     pub(crate) id: u64,
     /// Whose memory: the registry keeps the mapping in this exporter's shard.
     pub(crate) exporter: ExporterId,
-    pub(crate) registry: Arc<Registry>,
+    /// The exporter's shard of the registry (not the registry: see [`Shard`]).
+    pub(crate) shard: Arc<Shard>,
     pub(crate) seq: Arc<Sequence>,
     pub(crate) range: AddrRange<Offset>,
 }
@@ -134,7 +135,7 @@ impl Mapping {
             &mut [u8],
         ) -> Result<()>,
     ) -> Result<()> {
-        let inner = self.registry.shard_for(self.exporter).lock();
+        let inner = self.shard.lock();
         let entry = inner.entries.get(&self.id);
         let (exp, res) = match entry.map(|e| (&e.exporter, &e.state)) {
             Some((exp, State::Live(res))) => (exp, res),
@@ -172,7 +173,7 @@ impl Mapping {
     }
 
     fn with_live<T>(&self, f: impl FnOnce(&super::registry::Resources) -> T) -> Result<T> {
-        let inner = self.registry.shard_for(self.exporter).lock();
+        let inner = self.shard.lock();
         match inner.entries.get(&self.id).map(|e| &e.state) {
             Some(State::Live(r)) => Ok(f(r)),
             _ => Err(Error::Invalidated(self.id)),
@@ -182,9 +183,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let mut inner = self.registry.shard_for(self.exporter).lock();
+        let mut inner = self.shard.lock();
         // The observer hears of the teardown under the lock, in registry order.
-        self.registry
+        self.shard
             .notify_torn_down(&inner, self.id, TeardownCause::Dropped);
         let entry = inner.remove(self.id);
         drop(inner);

@@ -255,7 +255,7 @@ impl Negotiator {
             Ok(_) => Ok(Mapping {
                 id,
                 exporter: exporter.id(),
-                registry: self.registry.clone(),
+                shard: self.registry.shard(exporter.id()).clone(),
                 seq,
                 range,
             }),
