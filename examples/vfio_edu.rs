@@ -441,7 +441,21 @@ fn check_host_file(path: &Path) -> Result<()> {
             pattern(SEED_A)[first]
         )));
     }
-    println!("{}: holds the {LEN} bytes edu wrote", path.display());
+    // Nothing else was ever meant to land: in the iommufd run, the second page (BAR offset
+    // 0x1000) is the one mapped by file outside the negotiator and DMA'd to only after the
+    // revoke. The rest of the file must still be the zeros it was created with.
+    if let Some(at) = bytes[LEN as usize..].iter().position(|&b| b != 0) {
+        let at = at + LEN as usize;
+        return Err(fail(format!(
+            "{}: byte {at:#x} is {:#04x}; only the first {LEN} bytes were to be written",
+            path.display(),
+            bytes[at]
+        )));
+    }
+    println!(
+        "{}: holds the {LEN} bytes edu wrote, and zeros after them",
+        path.display()
+    );
     Ok(())
 }
 

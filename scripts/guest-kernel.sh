@@ -10,7 +10,8 @@
 #
 # The configuration is `make tinyconfig` plus scripts/guest-kernel/iommufd.config. The result is
 # cached outside the clone, keyed by the source package's version and the fragment's hash, so
-# repeated runs skip the build (about 3 minutes on 2 cores); a fresh machine builds it.
+# repeated runs skip the build (about 5 minutes on 2 cores); a fresh machine builds it.
+# Everything but the bzImage's path goes to stderr: callers take stdout as the path.
 #
 #   scripts/guest-kernel.sh                          # prints .../bzImage
 #   P2PDMA_KERNEL_CACHE=/some/dir scripts/guest-kernel.sh
@@ -36,9 +37,14 @@ for p in make gcc bc flex bison libelf-dev libssl-dev xz-utils; do
 done
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # dpkg prints to stdout whatever -qq says: keep it off ours.
+  as_root apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
+# The suite is signed with trixie's keys, which debian-archive-keyring has had since bookworm's
+# 2023.3 update; an older keyring makes the update below fail with a message naming the key.
+[ -r /usr/share/keyrings/debian-archive-keyring.gpg ] ||
+  die "no /usr/share/keyrings/debian-archive-keyring.gpg (install debian-archive-keyring)"
 
 # 2. The suite that has linux-source-7.*, in a private apt state.
 APT="$CACHE/apt"
@@ -58,16 +64,24 @@ newest_source() {
   apt-cache "${APTOPT[@]}" search --names-only '^linux-source-7\.[0-9]+$' 2>/dev/null |
     awk '{print $1}' | sort -V | tail -1
 }
-PKG=$(newest_source)
-if [ -z "$PKG" ] || [ -n "$(find "$APT/lists" -maxdepth 1 -name '*Packages*' -mtime +1)" ]; then
-  apt-get "${APTOPT[@]}" update -qq >/dev/null || [ -n "$PKG" ] || die "apt-get update of $SUITE failed"
+update_lists() { apt-get "${APTOPT[@]}" update -qq >&2; }
+# The newest linux-source-7.* and its version, into PKG and VERSION.
+resolve() {
   PKG=$(newest_source)
+  VERSION=""
+  [ -n "$PKG" ] || return 1
+  VERSION=$(apt-cache "${APTOPT[@]}" policy "$PKG" | awk '/Candidate:/{print $2}')
+  [ -n "$VERSION" ] && [ "$VERSION" != "(none)" ]
+}
+# Lists older than a day are refreshed (backports are superseded quickly); a failed refresh
+# with usable lists is carried on with, and the download below retries after a new one.
+if ! resolve || [ -n "$(find "$APT/lists" -maxdepth 1 -name '*Packages*' -mtime +1)" ]; then
+  update_lists || say "apt-get update of $SUITE failed; using the lists there are"
+  resolve || die "no linux-source-7.* package in $SUITE"
 fi
-[ -n "$PKG" ] || die "no linux-source-7.* package in $SUITE"
-VERSION=$(apt-cache "${APTOPT[@]}" policy "$PKG" | awk '/Candidate:/{print $2}')
-[ -n "$VERSION" ] && [ "$VERSION" != "(none)" ] || die "no candidate version of $PKG"
 
-KEY="$PKG-$VERSION-$(sha256sum "$FRAGMENT" | cut -c1-16)"
+# The key: the source, the fragment, and this script's own configure and build steps.
+KEY="$PKG-$VERSION-$(cat "$FRAGMENT" "$ROOT/scripts/guest-kernel.sh" | sha256sum | cut -c1-16)"
 OUT="$CACHE/$KEY"
 if [ -f "$OUT/bzImage" ]; then
   say "cached: $OUT"
@@ -79,8 +93,16 @@ fi
 BUILD="$CACHE/build"
 rm -rf "$BUILD" && mkdir -p "$BUILD/deb"
 say "fetching $PKG $VERSION from $SUITE"
-(cd "$BUILD/deb" && apt-get "${APTOPT[@]}" download "$PKG=$VERSION" >/dev/null) ||
-  die "apt-get download $PKG=$VERSION failed"
+download() { (cd "$BUILD/deb" && apt-get "${APTOPT[@]}" download "$PKG=$VERSION" >&2); }
+if ! download; then
+  # The mirror dropped that version since the lists were read: refresh, re-resolve, retry once.
+  say "download of $PKG $VERSION failed; refreshing the lists and trying again"
+  update_lists || die "apt-get update of $SUITE failed"
+  resolve || die "no linux-source-7.* package in $SUITE"
+  KEY="$PKG-$VERSION-$(cat "$FRAGMENT" "$ROOT/scripts/guest-kernel.sh" | sha256sum | cut -c1-16)"
+  OUT="$CACHE/$KEY"
+  download || die "apt-get download $PKG=$VERSION failed"
+fi
 dpkg-deb -x "$BUILD"/deb/*.deb "$BUILD/pkg"
 TARBALL=$(ls "$BUILD"/pkg/usr/src/linux-source-*.tar.*)
 say "unpacking $(basename "$TARBALL")"
@@ -101,7 +123,7 @@ for o in $options; do grep -q "^CONFIG_$o=y" "$SRC/.config" || missing+=("$o"); 
 [ ${#missing[@]} -eq 0 ] || die "options not enabled after olddefconfig: ${missing[*]}"
 
 # 5. Build.
-say "building bzImage with -j$(nproc) (about 3 minutes on 2 cores)"
+say "building bzImage with -j$(nproc) (about 5 minutes on 2 cores)"
 start=$(date +%s)
 make -C "$SRC" -s -j"$(nproc)" bzImage >"$BUILD/build.log" 2>&1 || {
   tail -40 "$BUILD/build.log" >&2

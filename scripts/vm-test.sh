@@ -154,24 +154,32 @@ say "$name: guest and host checks passed in $(($(date +%s) - start)) s"
 }
 
 # 5. The runs, each in a subshell (a failure ends that run, not the others), each with its own
-# PASS line; the script fails if any run did.
+# PASS line; the script fails if any run did. The subshell is not a condition (`if ( ... )` would
+# switch `set -e` off inside it): its status is read after it ran.
+run_one() {
+  case "$1" in
+    type1)
+      debian_kernel
+      # In dependency order (modules.dep is written by depmod at install, which we skip).
+      run_guest type1 "$VMLINUZ" "virt/lib/irqbypass.ko drivers/vfio/vfio.ko
+        drivers/vfio/vfio_iommu_type1.ko drivers/vfio/vfio_virqfd.ko
+        drivers/vfio/pci/vfio-pci-core.ko drivers/vfio/pci/vfio-pci.ko" ;;
+    iommufd)
+      # Everything the iommufd guest needs is built into its kernel.
+      local kernel
+      kernel=$(scripts/guest-kernel.sh)
+      [ -f "$kernel" ] || die "iommufd: scripts/guest-kernel.sh gave no kernel ('$kernel')"
+      run_guest iommufd "$kernel" "" ;;
+    *) die "unknown run '$1' (type1 or iommufd)" ;;
+  esac
+}
 failed=()
 for run in "${RUNS[@]}"; do
-  if (
-    case "$run" in
-      type1)
-        debian_kernel
-        # In dependency order (modules.dep is written by depmod at install, which we skip).
-        run_guest type1 "$VMLINUZ" "virt/lib/irqbypass.ko drivers/vfio/vfio.ko
-          drivers/vfio/vfio_iommu_type1.ko drivers/vfio/vfio_virqfd.ko
-          drivers/vfio/pci/vfio-pci-core.ko drivers/vfio/pci/vfio-pci.ko" ;;
-      iommufd)
-        # Everything the iommufd guest needs is built into its kernel.
-        kernel=$(scripts/guest-kernel.sh) || die "iommufd: no guest kernel"
-        run_guest iommufd "$kernel" "" ;;
-      *) die "unknown run '$run' (type1 or iommufd)" ;;
-    esac
-  ); then
+  set +e
+  (set -e; run_one "$run")
+  rc=$?
+  set -e
+  if [ $rc -eq 0 ]; then
     echo "vm-test: PASS $run"
   else
     failed+=("$run")

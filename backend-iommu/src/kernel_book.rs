@@ -130,7 +130,11 @@ impl<B: Clone> Windows<B> {
         self.list
             .lock()
             .iter()
-            .find(|(w, _)| phys >= w.start().0 && phys - w.start().0 <= w.len().saturating_sub(len))
+            .find(|(w, _)| {
+                // Inside the window, all of it: the offset and the length each fit, and so does
+                // their sum (no subtraction that could saturate a too-long map into passing).
+                phys >= w.start().0 && len <= w.len() && phys - w.start().0 <= w.len() - len
+            })
             .map(|(w, b)| (b.clone(), phys - w.start().0))
             .ok_or(Error::NotRegistered { phys, len })
     }
@@ -165,6 +169,11 @@ impl MapBook {
     /// [`IommuDomain::unmap`](p2p_core::IommuDomain::unmap) through a kernel: `kernel(iova,
     /// len)` is asked to unmap the run [`LockedBook::unmap_span`] allows (not at all when it is
     /// empty), under the book's lock, and the record forgets what it removed.
+    ///
+    /// If the kernel fails, the record is kept as it was. For the run asked that is right
+    /// unless something outside this domain races the same IOAS (iommufd's `EBUSY` for an area
+    /// another user holds, after it removed the areas before it): the record can then keep
+    /// maps the kernel dropped, and the domain is not the IOAS's only user, which it assumes.
     pub fn unmap(
         &self,
         r: AddrRange<Iova>,
@@ -260,6 +269,37 @@ impl LockedBook<'_> {
             .collect();
         for at in gone {
             self.0.remove(&at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range is in a window only if all of it is: from the window's start, a map longer than
+    /// the window is refused (it once passed, its length saturating the check to zero), as are
+    /// ranges that start before, straddle the end, or lie past it.
+    #[test]
+    fn a_window_holds_only_ranges_wholly_inside_it() {
+        let w = Windows::default();
+        w.add(PhysAddr(0x10_0000), 0x1000, 7u8).unwrap();
+        w.add(PhysAddr(0x20_0000), 0x4000, 8u8).unwrap();
+        assert_eq!(w.lookup(0x10_0000, 0x1000), Ok((7, 0)));
+        assert_eq!(w.lookup(0x20_3000, 0x1000), Ok((8, 0x3000)));
+        for (phys, len) in [
+            (0x10_0000, 0x2000),   // longer than the window, from its start
+            (0x20_0000, 0x5000),   // the same in the larger window
+            (0x0f_f000, 0x2000),   // starts before
+            (0x20_3000, 0x2000),   // straddles the end
+            (0x10_1000, 0x1000),   // just past the end
+            (0x20_0000, u64::MAX), // absurd
+        ] {
+            assert_eq!(
+                w.lookup(phys, len),
+                Err(Error::NotRegistered { phys, len }),
+                "{phys:#x}+{len:#x}"
+            );
         }
     }
 }

@@ -28,7 +28,8 @@ pub fn cdev_of(sys: &Path, device: PciAddr) -> Result<PathBuf> {
             .map_err(|e| os_err("read_dir", &dir.display().to_string(), e))?
             .file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("vfio") && name[4..].bytes().all(|b| b.is_ascii_digit()) {
+        let digits = name.strip_prefix("vfio").unwrap_or("");
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(PathBuf::from(format!("/dev/vfio/devices/{name}")));
         }
     }

@@ -1,7 +1,7 @@
 //! A peer device's BAR exported as a dma-buf by its VFIO driver: peer-to-peer memory that the
 //! importer's IOAS maps by file, with no CPU mapping, and that the owner can take back.
 
-use super::sys::export_dma_buf;
+use super::sys::{export_dma_buf, probe_dma_buf};
 use crate::vfio::VfioDevice;
 use p2p_core::addr::{AddrRange, Offset};
 use p2p_core::export::BarExporter;
@@ -18,6 +18,15 @@ use std::sync::Arc;
 /// from the topology, as for any BAR.
 ///
 /// [`revoke`](Self::revoke) takes the memory back: importers first, then the kernel.
+///
+/// The kernel revokes per device, not per dma-buf: turning memory decoding off revokes every
+/// dma-buf exported from any BAR of the device, and turning it back on (this crate's
+/// `enable_bus_master` or `set_memory_enabled(true)`, or anyone writing the command register)
+/// makes the kernel serve them again. Export one `VfioDmaBuf` per device and revoke through it,
+/// or revoke all of a device's together. A revoke the kernel starts itself (a device reset, the
+/// command register written elsewhere) is not seen here: iommufd unmaps the memory from the
+/// hardware, so DMA faults, but the domain's record and the negotiator's mappings stay until
+/// [`revoke`](Self::revoke) (or a drop) tears them down.
 #[derive(Debug)]
 pub struct VfioDmaBuf {
     device: Arc<VfioDevice>,
@@ -40,6 +49,11 @@ impl VfioDmaBuf {
             exporter,
             revoked: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the kernel can export `device`'s BARs as dma-bufs (Linux 6.19 and later).
+    pub fn supported(device: &VfioDevice) -> Result<bool> {
+        probe_dma_buf(device.file(), &device.addr().to_string())
     }
 
     /// The BAR as the topology describes it.
@@ -66,8 +80,10 @@ impl VfioDmaBuf {
     ///    made outside this library.
     /// 3. From then on this exporter refuses new grants with [`Error::Revoked`].
     ///
-    /// Returns what the negotiator tore down. If the kernel refuses, the error is returned; the
-    /// library's mappings are gone either way.
+    /// Returns what the negotiator tore down. If the kernel refuses, the error is returned and
+    /// the state is half done, on purpose: the library's mappings are gone and this exporter
+    /// refuses new grants, while the kernel still serves the dma-buf (to maps made outside the
+    /// negotiator, say); retry the revoke or drop the device.
     pub fn revoke(&self, negotiator: &Negotiator) -> Result<InvalidationReport> {
         let whole = AddrRange::new(Offset(0), self.exporter.bar().size)?;
         let guard = negotiator.begin_forced_revoke(self.id(), whole)?;

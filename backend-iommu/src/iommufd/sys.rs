@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use vfio_bindings::bindings::vfio::{
     vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_feature,
     vfio_device_feature_dma_buf, vfio_region_dma_range, VFIO_DEVICE_FEATURE_DMA_BUF,
-    VFIO_DEVICE_FEATURE_GET,
+    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE,
 };
 
 /// `IOMMU_IOAS_IOVA_RANGES`: `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_IOVA_RANGES)`
@@ -185,4 +185,32 @@ pub(crate) fn export_dma_buf(
     };
     // SAFETY: on success the ioctl returns a new file descriptor that nothing else owns.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Whether the kernel can export this device's BARs as dma-bufs (`VFIO_DEVICE_FEATURE` with
+/// `PROBE | GET | DMA_BUF`: Linux 6.19 and later). `ENOTTY` (a kernel that does not know the
+/// feature) and `EOPNOTSUPP` (a driver that cannot) are a plain no.
+pub(crate) fn probe_dma_buf(device: &impl AsRawFd, on: &str) -> Result<bool> {
+    let mut req = DmaBufRequest::default();
+    req.feature.argsz = std::mem::size_of::<DmaBufRequest>() as u32;
+    req.feature.flags =
+        VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF;
+    // SAFETY: with PROBE the kernel reads only the feature header of `req` (argsz bytes at most,
+    // the whole struct) and writes nothing.
+    let r = unsafe {
+        ioctl_ptr(
+            device,
+            DEVICE_FEATURE,
+            &mut req,
+            "VFIO_DEVICE_FEATURE(PROBE DMA_BUF)",
+            on,
+        )
+    };
+    match r {
+        Ok(_) => Ok(true),
+        Err(Error::Os { errno: Some(e), .. }) if e == libc::ENOTTY || e == libc::EOPNOTSUPP => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }

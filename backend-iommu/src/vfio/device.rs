@@ -2,6 +2,7 @@
 
 use super::sys::{self, ioctl_ptr, ioctl_val, os_err, MappedRegion};
 use p2p_core::{Error, PciAddr, Result, VfioProblem};
+use parking_lot::Mutex;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use vfio_bindings::bindings::vfio::{
@@ -37,6 +38,10 @@ pub struct VfioDevice {
     file: File,
     addr: PciAddr,
     regions: u32,
+    /// Held across a read-modify-write of the command register: two racing updates (bus
+    /// master on, memory off) must not lose one, as a lost "memory off" would silently undo a
+    /// dma-buf revoke.
+    command: Mutex<()>,
 }
 
 impl VfioDevice {
@@ -65,6 +70,7 @@ impl VfioDevice {
             file,
             addr,
             regions: info.num_regions,
+            command: Mutex::new(()),
         })
     }
 
@@ -140,9 +146,15 @@ impl VfioDevice {
     /// Turns on memory decoding and bus mastering (command register bits 1 and 2): without
     /// them the device's DMA goes nowhere, silently.
     pub fn enable_bus_master(&self) -> Result<()> {
+        self.update_command(|v| v | COMMAND_MEMORY | COMMAND_MASTER)
+    }
+
+    /// Rewrites the command register as `f` says, under the device's command lock.
+    fn update_command(&self, f: impl FnOnce(u16) -> u16) -> Result<()> {
+        let _held = self.command.lock();
         let mut cmd = [0u8; 2];
         self.read_config(COMMAND, &mut cmd)?;
-        let v = u16::from_le_bytes(cmd) | COMMAND_MEMORY | COMMAND_MASTER;
+        let v = f(u16::from_le_bytes(cmd));
         self.write_config(COMMAND, &v.to_le_bytes())
     }
 
@@ -150,15 +162,13 @@ impl VfioDevice {
     /// nothing; vfio-pci then revokes every dma-buf exported from them, and iommufd unmaps
     /// those from every IOAS (Linux's `vfio_pci_dma_buf_move`): the kernel's revoke.
     pub fn set_memory_enabled(&self, on: bool) -> Result<()> {
-        let mut cmd = [0u8; 2];
-        self.read_config(COMMAND, &mut cmd)?;
-        let v = u16::from_le_bytes(cmd);
-        let v = if on {
-            v | COMMAND_MEMORY
-        } else {
-            v & !COMMAND_MEMORY
-        };
-        self.write_config(COMMAND, &v.to_le_bytes())
+        self.update_command(|v| {
+            if on {
+                v | COMMAND_MEMORY
+            } else {
+                v & !COMMAND_MEMORY
+            }
+        })
     }
 
     /// The device's file, for the calls other modules make on it (iommufd binding, dma-bufs).

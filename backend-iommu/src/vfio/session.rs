@@ -49,7 +49,8 @@ enum Kernel {
 #[derive(Debug)]
 pub struct VfioSession {
     // Fields drop in order: the devices (detached as their fds close) before the IOAS or the
-    // container they were attached to, which the kernel refuses to destroy while in use.
+    // container they were attached to, which the kernel refuses to destroy while in use. Only
+    // when nothing else holds them: a `PeerBar` keeps its device, a platform the domain.
     devices: Vec<Arc<VfioDevice>>,
     kernel: Kernel,
 }
@@ -57,11 +58,22 @@ pub struct VfioSession {
 impl VfioSession {
     /// Opens `devices` (each bound to vfio-pci) through the interface the kernel offers: `sys`
     /// is sysfs, `dev` the device directory (`/sys`, `/dev` on a real machine).
+    ///
+    /// A kernel with iommufd but without VFIO dma-bufs (6.2 to 6.18) could not share a peer's
+    /// BAR through iommufd (it refuses a BAR's virtual address): there the session is opened
+    /// through type1 instead.
     pub fn open(sys: &Path, dev: &Path, devices: &[PciAddr]) -> Result<Self> {
-        match VfioBackend::detect(dev, sys, devices) {
-            VfioBackend::Iommufd => Self::open_iommufd(sys, devices),
-            VfioBackend::Type1 => Self::open_type1(sys, devices),
+        if VfioBackend::detect(dev, sys, devices) == VfioBackend::Iommufd {
+            let session = Self::open_iommufd(sys, devices)?;
+            match session.devices.first() {
+                Some(d) if !VfioDmaBuf::supported(d)? => {
+                    tracing::info!(device = %d.addr(), "iommufd without VFIO dma-bufs: using type1");
+                    drop(session);
+                }
+                _ => return Ok(session),
+            }
         }
+        Self::open_type1(sys, devices)
     }
 
     /// Through iommufd: an IOAS, each device's cdev bound and attached, then the domain (after
