@@ -11,7 +11,7 @@
 use crate::iova::IovaAllocator;
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr};
-use p2p_core::traits::{ReservedKind, ReservedRegion, Translation};
+use p2p_core::traits::{check_map_args, ReservedKind, ReservedRegion, Translation};
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -127,16 +127,14 @@ impl<B: Clone> Windows<B> {
     /// The window holding all of `[phys, phys + len)`: its backing and `phys`'s offset in it.
     /// A range outside every window, or straddling one's end, is [`Error::NotRegistered`].
     pub fn lookup(&self, phys: u64, len: u64) -> Result<(B, u64)> {
+        let not_registered = Error::NotRegistered { phys, len };
+        let want = AddrRange::new(PhysAddr(phys), len).map_err(|_| not_registered.clone())?;
         self.list
             .lock()
             .iter()
-            .find(|(w, _)| {
-                // Inside the window, all of it: the offset and the length each fit, and so does
-                // their sum (no subtraction that could saturate a too-long map into passing).
-                phys >= w.start().0 && len <= w.len() && phys - w.start().0 <= w.len() - len
-            })
+            .find(|(w, _)| w.contains_range(&want))
             .map(|(w, b)| (b.clone(), phys - w.start().0))
-            .ok_or(Error::NotRegistered { phys, len })
+            .ok_or(not_registered)
     }
 }
 
@@ -161,6 +159,30 @@ pub(crate) struct MapBook {
 pub(crate) struct LockedBook<'a>(parking_lot::MutexGuard<'a, BTreeMap<u64, Mapped>>);
 
 impl MapBook {
+    /// [`IommuDomain::map_attrs`](p2p_core::IommuDomain::map_attrs) through a kernel: the
+    /// arguments checked against `layout` in `page`s ([`check_map_args`]), the range checked
+    /// free in the record, then `kernel()` (the map call) made under the book's lock, and the
+    /// map recorded only if the kernel took it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map(
+        &self,
+        layout: &IovaLayout,
+        page: u64,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        access: Access,
+        kernel: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        check_map_args(&layout.aperture, &layout.reserved, iova, phys, len, page)?;
+        let r = AddrRange::new(iova, len)?;
+        let mut book = self.lock();
+        book.check_free(r)?;
+        kernel()?;
+        book.insert(iova, phys, len, access);
+        Ok(())
+    }
+
     /// Locks the book for one map or unmap.
     pub fn lock(&self) -> LockedBook<'_> {
         LockedBook(self.maps.lock())

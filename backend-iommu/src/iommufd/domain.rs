@@ -6,8 +6,7 @@ use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
 use p2p_core::page::PageSizes;
 use p2p_core::traits::{
-    check_map_args, DomainKind, FileSlice, IommuDomain, MapAttrs, MapPiece, ReservedRegion,
-    Translation,
+    DomainKind, FileSlice, IommuDomain, MapAttrs, MapPiece, ReservedRegion, Translation,
 };
 use p2p_core::{Error, Result};
 use std::sync::Arc;
@@ -20,6 +19,10 @@ enum Backing {
     /// In that file from that offset (`IOMMU_IOAS_MAP_FILE`).
     File(FileSlice),
 }
+
+/// The library maps in whole 4 KiB pages, whatever the kernel allows below that (its IOVA
+/// alignment is at most the CPU page).
+const PAGE: u64 = 4096;
 
 /// An iommufd IOAS as a p2p-core domain.
 ///
@@ -43,7 +46,6 @@ enum Backing {
 pub struct IommufdDomain {
     ioas: Arc<dyn IoasOps>,
     layout: IovaLayout,
-    page: u64,
     windows: Windows<Backing>,
     maps: MapBook,
 }
@@ -67,8 +69,6 @@ impl IommufdDomain {
         Ok(Self {
             ioas,
             layout,
-            // The library maps in whole 4 KiB pages whatever the kernel allows below that.
-            page: 4096,
             windows: Windows::default(),
             maps: MapBook::default(),
         })
@@ -91,32 +91,6 @@ impl IommufdDomain {
             len,
         })?;
         self.windows.add(phys, len, Backing::File(file))
-    }
-
-    /// Checks the arguments and the record, then makes the kernel call `map` under the record's
-    /// lock (see `MapBook`), and records the map if the kernel took it.
-    fn map_checked(
-        &self,
-        iova: Iova,
-        phys: PhysAddr,
-        len: u64,
-        access: Access,
-        map: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
-        check_map_args(
-            &self.layout.aperture,
-            &self.layout.reserved,
-            iova,
-            phys,
-            len,
-            self.page,
-        )?;
-        let r = AddrRange::new(iova, len)?;
-        let mut maps = self.maps.lock();
-        maps.check_free(r)?;
-        map()?;
-        maps.insert(iova, phys, len, access);
-        Ok(())
     }
 }
 
@@ -145,26 +119,31 @@ impl IommuDomain for IommufdDomain {
         access: Access,
         _attrs: MapAttrs,
     ) -> Result<()> {
-        self.map_checked(iova, phys, len, access, || {
-            match self.windows.lookup(phys.0, len)? {
-                (Backing::Va(va), off) => self.ioas.map_va(va.0 + off, iova.0, len, access),
-                (Backing::File(f), off) => {
-                    let at = f.advance(off).ok_or(Error::AddressOverflow {
-                        kind: "file offset",
-                        addr: f.offset,
-                        len: off,
-                    })?;
-                    self.ioas.map_file(&at, iova.0, len, access)
+        self.maps
+            .map(&self.layout, PAGE, iova, phys, len, access, || {
+                match self.windows.lookup(phys.0, len)? {
+                    (Backing::Va(va), off) => self.ioas.map_va(va.0 + off, iova.0, len, access),
+                    (Backing::File(f), off) => {
+                        let at = f.advance(off).ok_or(Error::AddressOverflow {
+                            kind: "file offset",
+                            addr: f.offset,
+                            len: off,
+                        })?;
+                        self.ioas.map_file(&at, iova.0, len, access)
+                    }
                 }
-            }
-        })
+            })
     }
 
     fn map_piece(&self, iova: Iova, piece: &MapPiece, access: Access) -> Result<()> {
         match &piece.file {
-            Some(file) => self.map_checked(iova, piece.phys, piece.len, access, || {
-                self.ioas.map_file(file, iova.0, piece.len, access)
-            }),
+            Some(file) => {
+                let (phys, len) = (piece.phys, piece.len);
+                self.maps
+                    .map(&self.layout, PAGE, iova, phys, len, access, || {
+                        self.ioas.map_file(file, iova.0, len, access)
+                    })
+            }
             None => self.map_attrs(iova, piece.phys, piece.len, access, piece.attrs),
         }
     }

@@ -5,9 +5,7 @@ use crate::kernel_book::{IovaLayout, MapBook, Windows};
 use p2p_core::access::Access;
 use p2p_core::addr::{AddrRange, Iova, PhysAddr, VirtAddr};
 use p2p_core::page::PageSizes;
-use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, MapAttrs, ReservedRegion, Translation,
-};
+use p2p_core::traits::{DomainKind, IommuDomain, MapAttrs, ReservedRegion, Translation};
 use p2p_core::Result;
 use std::sync::Arc;
 
@@ -110,24 +108,14 @@ impl IommuDomain for VfioDomain {
         _attrs: MapAttrs,
     ) -> Result<()> {
         let page = self.page_sizes.min_page().unwrap_or(4096);
-        check_map_args(
-            &self.layout.aperture,
-            &self.layout.reserved,
-            iova,
-            phys,
-            len,
-            page,
-        )?;
-        let r = AddrRange::new(iova, len)?;
         // The book stays locked across the kernel call (see MapBook); the kernel serialises
         // these calls per container anyway.
-        let mut maps = self.maps.lock();
-        maps.check_free(r)?;
-        // Register the memory with `VfioDomain::add_window` first.
-        let (va, off) = self.windows.lookup(phys.0, len)?;
-        self.kernel.map_dma(va.0 + off, iova.0, len, access)?;
-        maps.insert(iova, phys, len, access);
-        Ok(())
+        self.maps
+            .map(&self.layout, page, iova, phys, len, access, || {
+                // Register the memory with `VfioDomain::add_window` first.
+                let (va, off) = self.windows.lookup(phys.0, len)?;
+                self.kernel.map_dma(va.0 + off, iova.0, len, access)
+            })
     }
 
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
