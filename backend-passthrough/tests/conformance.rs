@@ -42,7 +42,17 @@ fn conformance_passthrough_platform() {
 
 #[test]
 fn conformance_locked_host_memory() {
-    let mem = match LockedHostMemory::new(4 << 20, 0) {
+    check_locked(LockedHostMemory::new(4 << 20, 0), "anonymous");
+}
+
+/// The memfd buffer too: its chunks name the memfd, one file at one distance from the offsets.
+#[test]
+fn conformance_memfd_host_memory() {
+    check_locked(LockedHostMemory::memfd(4 << 20, 0), "memfd");
+}
+
+fn check_locked(made: p2p_core::Result<LockedHostMemory>, what: &str) {
+    let mem = match made {
         Ok(mem) => mem,
         Err(e) if !is_root() => {
             let err = e.to_string();
@@ -53,7 +63,7 @@ fn conformance_locked_host_memory() {
         Err(e) => panic!("{e}"),
     };
     println!(
-        "locked host memory: {:?}, {} bytes",
+        "locked host memory ({what}): {:?}, {} bytes",
         mem.backing(),
         mem.len()
     );

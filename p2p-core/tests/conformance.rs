@@ -105,3 +105,79 @@ fn conformance_refuses_an_importer_whose_mask_is_not_a_mask() {
     let v = check_importer(&TestImporter::new(gpu(), caps)).expect_err("0x12345678 is no mask");
     assert!(v.to_string().contains("dma_mask"), "{v}");
 }
+
+/// A platform whose `domain_kind` says identity while its domains translate.
+#[derive(Debug)]
+struct LyingKind(TestPlatform);
+
+impl Platform for LyingKind {
+    fn topology(&self) -> Arc<Topology> {
+        self.0.topology()
+    }
+    fn domain(&self, device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
+        self.0.domain(device)
+    }
+    fn domain_kind(&self, _: PciAddr) -> Result<DomainKind> {
+        Ok(DomainKind::Identity)
+    }
+    fn host_memory(&self) -> Arc<dyn MemoryExporter> {
+        self.0.host_memory()
+    }
+}
+
+#[test]
+fn conformance_refuses_a_platform_whose_domain_kind_is_not_its_domains() {
+    let p = LyingKind(TestPlatform::new(topo(), DomainKind::Translated));
+    let v = check_platform(&p).expect_err("domain_kind lies");
+    assert!(v.to_string().contains("domain_kind"), "{v}");
+}
+
+/// Host RAM whose chunks each name a file of their own: the second chunk's file differs.
+#[derive(Debug)]
+struct TwoFiles(TestHostMemory);
+
+impl MemoryExporter for TwoFiles {
+    fn id(&self) -> ExporterId {
+        self.0.id()
+    }
+    fn info(&self) -> ExporterInfo {
+        self.0.info()
+    }
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        self.0.export(range, pin)
+    }
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        self.0.allocate(len, pin)
+    }
+    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+        // Split into pages, each naming a freshly opened file: not one file for the grant.
+        let mut out = Vec::new();
+        for c in self.0.chunks(grant)? {
+            for p in 0..c.len / 4096 {
+                let file = Arc::new(std::fs::File::open("/dev/null").unwrap());
+                out.push(Chunk {
+                    offset: Offset(c.offset.0 + p * 4096),
+                    len: 4096,
+                    phys: PhysAddr(c.phys.0 + p * 4096),
+                    bus: BusAddr(c.bus.0 + p * 4096),
+                    mmio: c.mmio,
+                    file: Some(p2p_core::traits::FileSlice {
+                        file,
+                        offset: c.offset.0 + p * 4096,
+                    }),
+                });
+            }
+        }
+        Ok(out)
+    }
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        self.0.release(grant)
+    }
+}
+
+#[test]
+fn conformance_refuses_chunks_that_disagree_about_their_file() {
+    let e = TwoFiles(TestHostMemory::new(1 << 30, 1 << 20));
+    let v = check_exporter(&e, None).expect_err("each chunk names another file");
+    assert!(v.to_string().contains("another file"), "{v}");
+}

@@ -17,8 +17,9 @@ const EXACT: &str = "MemoryExporter::export reserves exactly the range asked: th
                      range, this exporter's id and the pin asked";
 const CHUNKS: &str = "MemoryExporter::chunks are in offset order, page aligned (offset, length, \
                       phys, bus), cover exactly the pages the grant's range touches, keep one \
-                      phys-to-bus offset, lie in info().bus_window, and are MMIO exactly when the \
-                      memory is in a device";
+                      phys-to-bus offset, lie in info().bus_window, are MMIO exactly when the \
+                      memory is in a device, and name no file or all the same file at one \
+                      distance from their offsets";
 const BOUNDS: &str = "MemoryExporter::export of a range that is empty or not inside 0..size \
                       fails with Error::OutOfBounds";
 const UNKNOWN: &str = "MemoryExporter::release and chunks of a grant that is not outstanding \
@@ -119,6 +120,16 @@ fn check_chunks(
         .map_err(|err| Violation::new(CHUNKS, call.clone(), err.to_string()))?;
     let mut at = pages.start().0;
     let delta = chunks.first().map(|c| c.bus.0.wrapping_sub(c.phys.0));
+    // (the first chunk's file, its offset minus the chunk's): every chunk must agree.
+    let file_of = |c: &Chunk| {
+        c.file.as_ref().map(|f| {
+            (
+                std::sync::Arc::as_ptr(&f.file),
+                f.offset.wrapping_sub(c.offset.0),
+            )
+        })
+    };
+    let file = chunks.first().map(file_of);
     let in_device = matches!(info.residency, Residency::Device(_));
     for c in chunks {
         let aligned = [c.offset.0, c.len, c.phys.0, c.bus.0]
@@ -144,6 +155,10 @@ fn check_chunks(
             return fail(format!(
                 "{c:?} has mmio {} with memory {}",
                 c.mmio, info.residency
+            ));
+        } else if Some(file_of(c)) != file {
+            return fail(format!(
+                "{c:?} names another file, or another place in it, than the first chunk"
             ));
         }
         at += c.len;

@@ -15,6 +15,7 @@ const GENERATION: &str =
 const DOMAIN: &str = "Platform::domain returns the same domain (the same Arc) for a device on \
                       every call while the topology is unchanged, and fails for a device not \
                       in it";
+const KIND: &str = "Platform::domain_kind is the kind of Platform::domain, with the same errors";
 const TRANSLATED: &str = "a translated domain the platform hands out has a page size and a \
                           non-empty aperture";
 const HOST: &str = "Platform::host_memory is one exporter of host RAM whose pinned allocations \
@@ -54,6 +55,7 @@ pub fn check_platform(p: &dyn Platform) -> std::result::Result<(), Violation> {
     }
     let devices: Vec<PciAddr> = topo.endpoints().map(|(a, _)| a).take(MAX_DEVICES).collect();
     for dev in devices {
+        check_kind(p, dev)?;
         let (a, b) = (p.domain(dev), p.domain(dev));
         match (a, b) {
             (Ok(a), Ok(b)) if same(&a, &b) => check_translated(dev, &*a)?,
@@ -68,6 +70,7 @@ pub fn check_platform(p: &dyn Platform) -> std::result::Result<(), Violation> {
         }
     }
     if let Some(stranger) = unknown_device(p) {
+        check_kind(p, stranger)?;
         if let Ok(d) = p.domain(stranger) {
             let call = format!("domain({stranger}), a device not in the topology");
             return Err(Violation::new(
@@ -78,6 +81,19 @@ pub fn check_platform(p: &dyn Platform) -> std::result::Result<(), Violation> {
         }
     }
     check_host(p)
+}
+
+/// `domain_kind(dev)` answers what `domain(dev)` does: its kind, or an error when it fails.
+fn check_kind(p: &dyn Platform, dev: PciAddr) -> std::result::Result<(), Violation> {
+    match (p.domain(dev).map(|d| d.kind()), p.domain_kind(dev)) {
+        (Ok(a), Ok(b)) if a == b => Ok(()),
+        (Err(_), Err(_)) => Ok(()),
+        (a, b) => Err(Violation::new(
+            KIND,
+            format!("domain({dev}), then domain_kind({dev})"),
+            format!("{a:?} then {b:?}"),
+        )),
+    }
 }
 
 /// Whether two handles are the same domain.

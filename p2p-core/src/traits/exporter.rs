@@ -210,7 +210,9 @@ pub struct Chunk {
 ///   chunks (4 KiB: offset, length, `phys` and `bus`) covering the pages the grant's range
 ///   touches ([`AddrRange::pages`]), exactly those; within a grant every chunk has the same
 ///   `bus - phys` offset and lies in [`ExporterInfo::bus_window`], and a chunk is `mmio` exactly
-///   when the memory is in a device ([`Residency::Device`]).
+///   when the memory is in a device ([`Residency::Device`]). Within a grant either no chunk
+///   names a file ([`Chunk::file`]) or every one names the same open file, each at the same
+///   distance from its chunk's offset (the file holds the grant's bytes in order).
 /// - [`chunks`](Self::chunks) and [`release`](Self::release) of a grant that is not outstanding
 ///   (released already, or another exporter's) fail with
 ///   [`Error::UnknownGrant`](crate::Error::UnknownGrant).
