@@ -4,7 +4,7 @@
 
 use super::{VfioBackend, VfioBar, VfioContainer, VfioDevice, VfioDomain, VfioGroup, VfioPlatform};
 use crate::iommufd::{open_cdev, Ioas, IommufdDomain, VfioDmaBuf};
-use p2p_core::addr::{PhysAddr, VirtAddr};
+use p2p_core::addr::VirtAddr;
 use p2p_core::negotiate::{InvalidationReport, Negotiator};
 use p2p_core::topology::{Bar, Topology};
 use p2p_core::traits::{Chunk, IommuDomain, MemoryExporter};
@@ -221,11 +221,6 @@ impl PeerBar {
             PeerBar::Mapped(b) => b.bar(),
             PeerBar::DmaBuf(b) => b.bar(),
         }
-    }
-
-    /// Its CPU physical address.
-    pub fn cpu(&self) -> PhysAddr {
-        self.bar().cpu
     }
 
     /// Takes the BAR back with the negotiator's forced revoke (every importer told, every
