@@ -255,10 +255,16 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
             .map(iova.0, phys.0, len, access, attrs.contains(MapAttrs::MMIO))
     }
 
+    /// [`unmap_gather`](IommuDomain::unmap_gather) and [`iotlb_sync`](IommuDomain::iotlb_sync)
+    /// of one range, without the gather.
     fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
-        let mut gather = IotlbGather::default();
-        let n = self.unmap_gather(iova, len, &mut gather)?;
-        self.iotlb_sync(&gather)?;
+        let n = self.table.unmap(iova.0, len)?;
+        if n > 0 {
+            match self.policy {
+                FlushPolicy::Strict => self.invalidate(iova, n),
+                FlushPolicy::Lazy { .. } => self.mark_unflushed(),
+            }
+        }
         Ok(n)
     }
 
@@ -267,8 +273,7 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     fn unmap_gather(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64> {
         let n = self.table.unmap(iova.0, len)?;
         if n > 0 && self.policy != FlushPolicy::Strict {
-            // Lazy: the IOTLB may keep these entries until the next drain.
-            self.queue.lock().unflushed = true;
+            self.mark_unflushed();
         }
         gather.add(iova, n);
         Ok(n)
@@ -276,10 +281,7 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
 
     fn iotlb_sync(&self, gather: &IotlbGather) -> Result<()> {
         if let (FlushPolicy::Strict, Some((iova, len))) = (self.policy, gather.span()) {
-            // Entries first, then the IOTLB (see the iotlb module), then the tables the unmaps
-            // unlinked (Linux's gather: freed after the sync).
-            self.iotlb.invalidate_range(iova.0, len);
-            self.table.release_freelist();
+            self.invalidate(iova, len);
         }
         Ok(())
     }
@@ -359,6 +361,19 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
 }
 
 impl<F: Format> SoftIommu<F> {
+    /// Strict: the IOTLB invalidation of an unmapped range. Entries first, then the IOTLB (see
+    /// the iotlb module), then the tables the unmaps unlinked (Linux's gather: freed after the
+    /// sync).
+    fn invalidate(&self, iova: Iova, len: u64) {
+        self.iotlb.invalidate_range(iova.0, len);
+        self.table.release_freelist();
+    }
+
+    /// Lazy: the IOTLB may keep entries an unmap removed until the next drain.
+    fn mark_unflushed(&self) {
+        self.queue.lock().unflushed = true;
+    }
+
     /// Lazy mode: queues the free of `[iova, iova+len)` for the next drain if a stale IOTLB
     /// entry of it may still be usable (a flush is queued, or an unmap has not been flushed).
     /// Returns whether it did.

@@ -183,9 +183,10 @@ impl Frames {
     /// A frame's entries.
     #[inline]
     pub fn table(&self, frame: u32) -> &Table {
+        // No frame number in the message: capturing it costs every lookup a spill.
         let chunk = self.chunks[frame as usize / CHUNK]
             .get()
-            .unwrap_or_else(|| unreachable!("frame {frame} was handed out, so its chunk exists"));
+            .unwrap_or_else(|| unreachable!("a frame handed out has its chunk"));
         &chunk[frame as usize % CHUNK]
     }
 
@@ -194,6 +195,12 @@ impl Frames {
         self.table(frame)
             .iter()
             .all(|e| e.load(Ordering::SeqCst) == 0)
+    }
+
+    /// The table at a physical address (what a table entry points at).
+    #[inline]
+    pub fn table_at(&self, phys: u64) -> &Table {
+        self.table(self.frame_at(phys))
     }
 
     /// Reads the 64-bit entry at a physical address, as a hardware walker does.

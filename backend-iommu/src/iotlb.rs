@@ -62,13 +62,20 @@ pub struct IotlbStats {
 static NEXT_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 thread_local! {
-    static THREAD_INDEX: usize =
-        NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STAT_SHARDS;
+    /// This thread's shard, `usize::MAX` until first used. Const-initialised and assigned on
+    /// first use by hand: a lazily initialised thread-local checks its state on every access.
+    static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 impl IotlbStats {
     fn mine(&self) -> &StatShard {
-        &self.shards[THREAD_INDEX.with(|i| *i)]
+        let index = THREAD_INDEX.with(|i| {
+            if i.get() == usize::MAX {
+                i.set(NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STAT_SHARDS);
+            }
+            i.get()
+        });
+        &self.shards[index]
     }
 }
 
@@ -169,6 +176,11 @@ impl Iotlb {
     /// Drops every cached page in `[iova, iova+len)`.
     pub fn invalidate_range(&self, iova: u64, len: u64) {
         bump(&self.stats.mine().invalidations);
+        if (iova & 0xfff) + len <= 4096 {
+            // One page (a strict unmap of a DMA-API page): its slot alone.
+            let page = iova >> 12;
+            return self.invalidate_slot(&self.slots[slot_of(page)], Some(page));
+        }
         let pages = len.div_ceil(4096);
         if pages >= SLOTS as u64 {
             return self.clear();

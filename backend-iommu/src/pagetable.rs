@@ -27,6 +27,10 @@
 //!   `iommu_iotlb_gather` freelist, [`PageTable::release_freelist`]) and then reused only after
 //!   every walk that could still read them has ended (an epoch, see `Frames::retire`).
 //!
+//! - **One 4 KiB page whose tables exist** (the DMA-API case) takes a fast path of the same
+//!   protocol: a walk of three entries, one compare-and-swap, and for a map the fence and the
+//!   re-read; anything unusual makes it decline, unchanged, to the general path (`one_page`).
+//!
 //! The protocol is model-checked with loom in `tests/loom_pagetable.rs`.
 
 use crate::format::{index, level_size, Format, Pte};
@@ -38,6 +42,9 @@ use std::marker::PhantomData;
 
 /// The root is level 3.
 const ROOT: usize = 3;
+
+/// The smallest leaf (level 0), which every format has.
+const PAGE: u64 = 4096;
 
 /// A software bit in a table entry: the table below it is being unlinked. Bit 58 is ignored by
 /// both formats' walkers (VT-d second level: bits 52–61 are ignored; ARM stage 2: bits 55–58 are
@@ -76,8 +83,8 @@ pub struct PageTable<F: Format> {
 /// `level` up to the root; `leaf` says whether the walk ended at a leaf (in `path[level]`)
 /// rather than at an empty entry.
 #[derive(Debug, Clone, Copy)]
-struct Walk {
-    path: [u32; ROOT + 1],
+struct Walk<'a> {
+    path: [&'a Table; ROOT + 1],
     level: usize,
     leaf: bool,
 }
@@ -113,9 +120,18 @@ impl<F: Format> PageTable<F> {
 
     /// Retires the tables unlinked since the last call: call it after the IOTLB flush that
     /// follows their unmap.
+    #[inline]
     pub fn release_freelist(&self) {
         // A load first: the swap writes the line, and strict unmaps on every core come here.
-        if !self.pending.load(SeqCst) || !self.pending.swap(false, SeqCst) {
+        if self.pending.load(SeqCst) {
+            self.release_pending();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn release_pending(&self) {
+        if !self.pending.swap(false, SeqCst) {
             return;
         }
         let gathered = std::mem::take(&mut *self.freelist.lock());
@@ -128,15 +144,26 @@ impl<F: Format> PageTable<F> {
         self.frames.table(frame)
     }
 
+    /// The root table.
+    fn root_table(&self) -> &Table {
+        self.table(self.root)
+    }
+
     /// The table at `level` that covers `iova`, creating tables on the way if `create`.
     /// `Ok(None)` when absent and not creating; `AlreadyMapped` if a leaf covers it higher up.
-    fn table_at(&self, iova: u64, level: usize, create: bool) -> Result<Option<u32>> {
+    fn table_at(&self, iova: u64, level: usize, create: bool) -> Result<Option<&Table>> {
         Ok(self.descend(iova, level, create, NO_RUN)?.map(|d| d.table))
     }
 
     /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
     pub fn map(&self, iova: u64, phys: u64, len: u64, access: Access, mmio: bool) -> Result<()> {
         let _walking = epoch::pin();
+        if len == PAGE && (iova | phys) % PAGE == 0 {
+            let leaf = F::leaf(phys, 0, access, mmio);
+            if self.map_page_fast(iova, leaf).is_some() {
+                return Ok(());
+            }
+        }
         let mut done = 0u64;
         let result = self.map_inner(iova, phys, len, access, mmio, &mut done);
         if result.is_err() {
@@ -184,7 +211,7 @@ impl<F: Format> PageTable<F> {
             let d = self
                 .descend(va, level, true, Some(run))?
                 .unwrap_or_else(|| unreachable!("created"));
-            let entries = &self.table(d.table)[first..first + n];
+            let entries = &d.table[first..first + n];
             if !d.filled {
                 for k in 0..n {
                     if !self.install(d.table, first + k, level, leaf(k)) {
@@ -214,8 +241,8 @@ impl<F: Format> PageTable<F> {
     /// that points at an empty table (left by unmaps of smaller pages) is cleared first, as
     /// Linux's `arm_lpae_init_pte` replaces an empty table with a block. False if it maps
     /// something.
-    fn install(&self, table: u32, idx: usize, level: usize, leaf: u64) -> bool {
-        let e = &self.table(table)[idx];
+    fn install(&self, table: &Table, idx: usize, level: usize, leaf: u64) -> bool {
+        let e = &table[idx];
         loop {
             match e.compare_exchange(0, leaf, SeqCst, SeqCst) {
                 Ok(_) => return true,
@@ -275,6 +302,11 @@ impl<F: Format> PageTable<F> {
             });
         };
         let _walking = epoch::pin();
+        if len == PAGE && iova % PAGE == 0 {
+            if let Some(n) = self.unmap_page_fast(iova) {
+                return Ok(n);
+            }
+        }
         let split = |page_start: u64, page_size: u64| Error::WouldSplit {
             iova,
             len,
@@ -330,7 +362,7 @@ impl<F: Format> PageTable<F> {
             let n = (((len - done) >> size.trailing_zeros()) as usize)
                 .min(ENTRIES - first)
                 .max(1);
-            let entries = &self.table(w.path[w.level])[first..first + n];
+            let entries = &w.path[w.level][first..first + n];
             let mut cleared = 0;
             for e in entries {
                 let cur = e.load(SeqCst);
@@ -350,12 +382,12 @@ impl<F: Format> PageTable<F> {
     }
 
     /// The walk to `va` (see [`Walk`]).
-    fn walk(&self, va: u64) -> Walk {
-        let mut path = [self.root; ROOT + 1];
-        let mut table = self.root;
+    fn walk(&self, va: u64) -> Walk<'_> {
+        let mut table = self.root_table();
+        let mut path = [table; ROOT + 1];
         for level in (0..=ROOT).rev() {
             path[level] = table;
-            match F::decode(self.table(table)[index(va, level)].load(SeqCst), level) {
+            match F::decode(table[index(va, level)].load(SeqCst), level) {
                 Pte::Invalid => {
                     return Walk {
                         path,
@@ -363,7 +395,7 @@ impl<F: Format> PageTable<F> {
                         leaf: false,
                     }
                 }
-                Pte::Table(phys) => table = self.frames.frame_at(phys),
+                Pte::Table(phys) => table = self.frames.table_at(phys),
                 Pte::Leaf { .. } => {
                     return Walk {
                         path,
@@ -385,7 +417,7 @@ impl<F: Format> PageTable<F> {
             let span = level_size(level);
             let mut base = iova.next_multiple_of(span);
             // (the parent's coverage key, the parent table) of the last lookup.
-            let mut parent: Option<(u64, Option<u32>)> = None;
+            let mut parent: Option<(u64, Option<&Table>)> = None;
             while base.checked_add(span).is_some_and(|e| e <= end) {
                 let key = base >> (12 + 9 * (level as u32 + 1));
                 let table = match parent {
@@ -398,7 +430,7 @@ impl<F: Format> PageTable<F> {
                 };
                 if let Some(table) = table {
                     let idx = index(base, level);
-                    let pte = self.table(table)[idx].load(SeqCst);
+                    let pte = table[idx].load(SeqCst);
                     if matches!(F::decode(pte, level), Pte::Table(_)) {
                         self.try_unlink(table, idx, level);
                     }
@@ -410,8 +442,8 @@ impl<F: Format> PageTable<F> {
 
     /// Unlinks the table that entry `idx` of `parent` (a level-`level` table) points at, if it
     /// is empty. Returns whether it did.
-    fn try_unlink(&self, parent: u32, idx: usize, level: usize) -> bool {
-        let slot = &self.table(parent)[idx];
+    fn try_unlink(&self, parent: &Table, idx: usize, level: usize) -> bool {
+        let slot = &parent[idx];
         let cur = slot.load(SeqCst);
         let Pte::Table(phys) = F::decode(cur, level) else {
             return false;
@@ -442,15 +474,15 @@ impl<F: Format> PageTable<F> {
     /// would otherwise keep for ranges it no longer maps. Safe while other threads map and walk.
     pub fn reclaim(&self) {
         let _walking = epoch::pin();
-        self.reclaim_below(self.root, ROOT);
+        self.reclaim_below(self.root_table(), ROOT);
     }
 
-    fn reclaim_below(&self, table: u32, level: usize) {
+    fn reclaim_below(&self, table: &Table, level: usize) {
         for idx in 0..ENTRIES {
-            let pte = self.table(table)[idx].load(SeqCst);
+            let pte = table[idx].load(SeqCst);
             if let Pte::Table(phys) = F::decode(pte, level) {
                 if level > 1 {
-                    self.reclaim_below(self.frames.frame_at(phys), level - 1);
+                    self.reclaim_below(self.frames.table_at(phys), level - 1);
                 }
                 self.try_unlink(table, idx, level);
             }
@@ -467,6 +499,7 @@ fn withdraw(entries: &[crate::sync::AtomicU64], leaf: impl Fn(usize) -> u64) {
 }
 
 mod descend;
+mod one_page;
 use descend::{Run, NO_RUN};
 
 #[cfg(all(test, not(loom)))]

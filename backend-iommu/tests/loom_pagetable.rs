@@ -108,3 +108,36 @@ fn a_table_installed_into_an_unlinked_table_is_never_lost() {
         assert_eq!(t.live_frames(), 1, "no table is left behind");
     });
 }
+
+/// A page is mapped in `BASE`'s last-level table. One thread unmaps it (the one-page fast path:
+/// a walk and one compare-and-swap); another maps a 2 MiB block over the same 2 MiB, which can
+/// only succeed by unlinking the table once it is empty. Either the block finds the page and
+/// fails, or it finds the table empty and replaces it; the unmap removes exactly the page either
+/// way, and nothing else is lost.
+#[test]
+fn a_page_unmapped_while_a_block_replaces_its_table_ends_in_one_state() {
+    model(|| {
+        let t = Arc::new(PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap());
+        t.map(BASE, 0x10_0000, SZ_4K, RW, false).unwrap();
+        let block = {
+            let t = t.clone();
+            loom::thread::spawn(move || t.map(BASE, 0x4000_0000, SZ_2M, RW, false).is_ok())
+        };
+        let unmapped = t.unmap(BASE, SZ_4K).unwrap();
+        let block = block.join().unwrap();
+        if block {
+            // The block replaced the table, so the page was unmapped before it.
+            assert_eq!(unmapped, SZ_4K, "the block went in over a live page");
+            let leaf = t.translate(BASE).expect("the block translates");
+            assert_eq!((leaf.size, leaf.phys), (SZ_2M, 0x4000_0000));
+            assert_eq!(t.unmap(BASE, SZ_2M).unwrap(), SZ_2M);
+        } else {
+            // The block found the page; the unmap took it.
+            assert_eq!(unmapped, SZ_4K, "the page was not unmapped");
+            assert_eq!(t.translate(BASE), None);
+        }
+        t.reclaim();
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 1, "a table was left behind");
+    });
+}

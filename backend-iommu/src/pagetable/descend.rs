@@ -11,6 +11,7 @@
 
 use super::{PageTable, ROOT, UNLINKING};
 use crate::format::{index, level_size, Format, Pte};
+use crate::frames::Table;
 use crate::sync::{spin, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use p2p_core::{Error, Result};
 
@@ -43,7 +44,7 @@ pub(super) struct Path<'a> {
 #[derive(Debug)]
 pub(super) struct Descent<'a> {
     /// The table at the target level.
-    pub table: u32,
+    pub table: &'a Table,
     /// The entries on the way.
     pub path: Path<'a>,
     /// Whether the run was written into `table` before it was installed (a table this descent
@@ -63,9 +64,9 @@ impl<F: Format> PageTable<F> {
         create: bool,
         fill: Option<Run<'_, L>>,
     ) -> Result<Option<Descent<'_>>> {
-        let mut table = self.root;
+        let mut table = self.root_table();
         // (Levels at and below the target keep the placeholder and are never read.)
-        let placeholder = &self.table(self.root)[0];
+        let placeholder = &table[0];
         let mut path = Path {
             links: [(placeholder, 0); ROOT + 1],
             installed: ROOT + 1,
@@ -73,7 +74,7 @@ impl<F: Format> PageTable<F> {
         let mut filled = false;
         for l in (level + 1..=ROOT).rev() {
             let idx = index(iova, l);
-            let slot = &self.table(table)[idx];
+            let slot = &table[idx];
             let (child, pte) = loop {
                 let pte = slot.load(SeqCst);
                 if pte & UNLINKING != 0 {
@@ -82,18 +83,19 @@ impl<F: Format> PageTable<F> {
                     continue;
                 }
                 match F::decode(pte, l) {
-                    Pte::Table(phys) => break (self.frames.frame_at(phys), pte),
+                    Pte::Table(phys) => break (self.frames.table_at(phys), pte),
                     Pte::Leaf { .. } => {
                         return Err(Error::AlreadyMapped(iova & !(level_size(l) - 1)))
                     }
                     Pte::Invalid if !create => return Ok(None),
                     Pte::Invalid => {
-                        let child = self.frames.alloc(iova)?;
+                        let frame = self.frames.alloc(iova)?;
+                        let child = self.table(frame);
                         let run = fill.as_ref().filter(|_| l == level + 1);
                         if let Some(run) = run {
-                            self.prefill(child, run);
+                            prefill(child, run);
                         }
-                        let new = F::table(self.frames.phys(child));
+                        let new = F::table(self.frames.phys(frame));
                         // The swap publishes the prefilled entries (it is a release).
                         match slot.compare_exchange(pte, new, SeqCst, SeqCst) {
                             Ok(_) => {
@@ -104,9 +106,9 @@ impl<F: Format> PageTable<F> {
                             // Another thread installed a table (or a leaf) first.
                             Err(_) => {
                                 if let Some(run) = run {
-                                    self.unfill(child, run);
+                                    unfill(child, run);
                                 }
-                                self.frames.release(child);
+                                self.frames.release(frame);
                             }
                         }
                     }
@@ -120,21 +122,6 @@ impl<F: Format> PageTable<F> {
             path,
             filled,
         }))
-    }
-
-    /// Writes a run into a table nobody else can reach yet.
-    fn prefill<L: Fn(usize) -> u64>(&self, table: u32, run: &Run<'_, L>) {
-        let entries = &self.table(table)[run.first..run.first + run.n];
-        for (k, e) in entries.iter().enumerate() {
-            e.store((run.leaf)(k), Relaxed);
-        }
-    }
-
-    /// Clears a prefilled run again (the table was never installed).
-    fn unfill<L: Fn(usize) -> u64>(&self, table: u32, run: &Run<'_, L>) {
-        for e in &self.table(table)[run.first..run.first + run.n] {
-            e.store(0, Relaxed);
-        }
     }
 
     /// Whether every entry of `path` above `level` still holds what the descent saw (so none is
@@ -191,5 +178,19 @@ impl<F: Format> PageTable<F> {
                 }
             }
         }
+    }
+}
+
+/// Writes a run into a table nobody else can reach yet.
+fn prefill<L: Fn(usize) -> u64>(table: &Table, run: &Run<'_, L>) {
+    for (k, e) in table[run.first..run.first + run.n].iter().enumerate() {
+        e.store((run.leaf)(k), Relaxed);
+    }
+}
+
+/// Clears a prefilled run again (the table was never installed).
+fn unfill<L: Fn(usize) -> u64>(table: &Table, run: &Run<'_, L>) {
+    for e in &table[run.first..run.first + run.n] {
+        e.store(0, Relaxed);
     }
 }
