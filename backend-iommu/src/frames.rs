@@ -32,9 +32,27 @@ const MAX_CHUNKS: usize = 4096;
 #[cfg(loom)]
 const MAX_CHUNKS: usize = 8;
 
+/// Frames given back and reusable: `clean` ones hold only zero entries; `dirty` ones are whole
+/// tables an unmap detached with their entries in place (Linux frees such a subtree without
+/// clearing it), zeroed when they are handed out again.
+#[derive(Debug, Default)]
+struct FreeFrames {
+    clean: Vec<u32>,
+    dirty: Vec<u32>,
+}
+
 /// Decides, at each page-table frame allocation, whether it fails (fault injection), given the
 /// IOVA the table is for: a machine's fault injector, a countdown in a test.
 pub type FrameFault = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// A frame given back after it was reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// The frame.
+    pub frame: u32,
+    /// Whether it may still hold entries (a table detached whole, with its leaves).
+    pub dirty: bool,
+}
 
 /// The frames page tables live in, starting at physical `base`.
 pub struct Frames {
@@ -43,8 +61,8 @@ pub struct Frames {
     chunks: Box<[OnceLock<Box<[Table; CHUNK]>>]>,
     /// Frames never handed out yet start here.
     next: AtomicU32,
-    /// Frames given back (all entries zero), reusable now.
-    free: Arc<Mutex<Vec<u32>>>,
+    /// Frames given back, reusable now.
+    free: Arc<Mutex<FreeFrames>>,
     live: AtomicUsize,
     /// Allocation fails once this many frames are live (`usize::MAX`: never): a domain's budget
     /// of table memory.
@@ -119,7 +137,20 @@ impl Frames {
         {
             return Err(exhausted());
         }
-        if let Some(f) = self.free.lock().pop() {
+        let reused = {
+            let mut free = self.free.lock();
+            match free.clean.pop() {
+                Some(f) => Some((f, false)),
+                None => free.dirty.pop().map(|f| (f, true)),
+            }
+        };
+        if let Some((f, dirty)) = reused {
+            if dirty {
+                // Nobody can read it any more (its epoch has passed): plain stores do.
+                for e in self.table(f) {
+                    e.store(0, Ordering::Relaxed);
+                }
+            }
             debug_assert!(self.is_empty(f), "reusing a table that maps something");
             return Ok(f);
         }
@@ -142,7 +173,7 @@ impl Frames {
             self.is_empty(frame),
             "releasing a table that maps something"
         );
-        self.free.lock().push(frame);
+        self.free.lock().clean.push(frame);
         self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
@@ -150,9 +181,31 @@ impl Frames {
     /// thread can still be walking through it. A mapper that went through it may still be
     /// taking its entries back, so they need to be zero only by then (checked at reuse).
     pub fn retire(&self, frame: u32) {
-        self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.retire_all(vec![Retired {
+            frame,
+            dirty: false,
+        }]);
+    }
+
+    /// [`retire`](Self::retire) for many frames at once (one deferred job), some of which may
+    /// still hold entries (`dirty`: zeroed when reused).
+    pub fn retire_all(&self, frames: Vec<Retired>) {
+        if frames.is_empty() {
+            return;
+        }
+        self.live
+            .fetch_sub(frames.len(), std::sync::atomic::Ordering::AcqRel);
         let free = self.free.clone();
-        epoch::defer(move || free.lock().push(frame));
+        epoch::defer(move || {
+            let mut free = free.lock();
+            for r in frames {
+                if r.dirty {
+                    free.dirty.push(r.frame);
+                } else {
+                    free.clean.push(r.frame);
+                }
+            }
+        });
     }
 
     /// Frames in use (retired frames waiting for their epoch count as free).
@@ -208,5 +261,38 @@ impl Frames {
     pub fn read_phys(&self, phys: u64) -> u64 {
         let frame = self.frame_at(phys & !0xfff);
         self.table(frame)[((phys & 0xfff) >> 3) as usize].load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A table retired with its entries in place is handed out again zeroed, once its epoch has
+    /// passed (other tests pin too, so the wait is bounded in time, not in steps).
+    #[test]
+    fn a_dirty_frame_is_reused_zeroed() {
+        let frames = Frames::new(0x7f00_0000_0000);
+        let f = frames.alloc(0).unwrap();
+        for (i, e) in frames.table(f).iter().enumerate() {
+            e.store((0x1000 * i as u64) | 3, Ordering::Relaxed);
+        }
+        frames.retire_all(vec![Retired {
+            frame: f,
+            dirty: true,
+        }]);
+        assert_eq!(frames.live(), 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !frames.free.lock().dirty.contains(&f) {
+            crossbeam_epoch::pin().flush();
+            assert!(
+                Instant::now() < deadline,
+                "the retired frame never came back"
+            );
+        }
+        let g = frames.alloc(0).unwrap();
+        assert_eq!(g, f, "no clean frame is free, so the dirty one is reused");
+        assert!(frames.is_empty(g), "a dirty frame came back with entries");
     }
 }

@@ -23,6 +23,10 @@
 //!   starts again. Either the unlinker sees the mapper's entry and backs off,
 //!   or the mapper sees the mark and retreats (a full fence between each side's store and load:
 //!   the Dekker pattern).
+//! - **An unmap that covers a table's whole span, all of it leaves, detaches it whole** (Linux
+//!   frees such a subtree without clearing its leaves): under the same mark, a scan finds no
+//!   hole, then the one entry is cleared and the subtree's tables wait on the freelist, zeroed
+//!   when reused (the `detach` module).
 //! - **Unlinked tables are freed only after the flush that follows** (Linux's
 //!   `iommu_iotlb_gather` freelist, [`PageTable::release_freelist`]) and then reused only after
 //!   every walk that could still read them has ended (an epoch, see `Frames::retire`).
@@ -34,7 +38,7 @@
 //! The protocol is model-checked with loom in `tests/loom_pagetable.rs`.
 
 use crate::format::{index, level_size, Format, Pte};
-use crate::frames::{Frames, Table, ENTRIES};
+use crate::frames::{Frames, Retired, Table, ENTRIES};
 use crate::sync::{epoch, fence, spin, AtomicBool, Mutex, Ordering::SeqCst};
 use p2p_core::access::Access;
 use p2p_core::{Error, Result};
@@ -72,7 +76,7 @@ pub struct PageTable<F: Format> {
     frames: Frames,
     root: u32,
     /// Tables unlinked since the last flush, retired at the next one.
-    freelist: Mutex<Vec<u32>>,
+    freelist: Mutex<Vec<Retired>>,
     /// Whether `freelist` may hold something: read on every strict unmap, written only when a
     /// table is unlinked, so threads unmapping side by side do not meet on the freelist's lock.
     pending: AtomicBool,
@@ -135,9 +139,7 @@ impl<F: Format> PageTable<F> {
             return;
         }
         let gathered = std::mem::take(&mut *self.freelist.lock());
-        for f in gathered {
-            self.frames.retire(f);
-        }
+        self.frames.retire_all(gathered);
     }
 
     fn table(&self, frame: u32) -> &Table {
@@ -357,6 +359,10 @@ impl<F: Format> PageTable<F> {
             if !w.leaf {
                 break;
             }
+            if let Some(span) = self.detach_covered(&w, va, len - done) {
+                done += span;
+                continue;
+            }
             let size = level_size(w.level);
             let first = index(va, w.level);
             let n = (((len - done) >> size.trailing_zeros()) as usize)
@@ -416,26 +422,28 @@ impl<F: Format> PageTable<F> {
         for level in 1..=ROOT {
             let span = level_size(level);
             let mut base = iova.next_multiple_of(span);
-            // (the parent's coverage key, the parent table) of the last lookup.
-            let mut parent: Option<(u64, Option<&Table>)> = None;
             while base.checked_add(span).is_some_and(|e| e <= end) {
-                let key = base >> (12 + 9 * (level as u32 + 1));
-                let table = match parent {
-                    Some((k, t)) if k == key || level == ROOT => t,
-                    _ => {
-                        let t = self.table_at(base, level, false).ok().flatten();
-                        parent = Some((key, t));
-                        t
-                    }
+                // The entries from `base` to the end of their table (or of the range): their
+                // table is looked up once, and a missing one skips them all.
+                let run_end = if level == ROOT {
+                    end
+                } else {
+                    (base | (level_size(level + 1) - 1))
+                        .saturating_add(1)
+                        .min(end)
                 };
-                if let Some(table) = table {
+                let Some(table) = self.table_at(base, level, false).ok().flatten() else {
+                    base = run_end;
+                    continue;
+                };
+                while base.checked_add(span).is_some_and(|e| e <= run_end) {
                     let idx = index(base, level);
                     let pte = table[idx].load(SeqCst);
                     if matches!(F::decode(pte, level), Pte::Table(_)) {
                         self.try_unlink(table, idx, level);
                     }
+                    base += span;
                 }
-                base += span;
             }
         }
     }
@@ -465,7 +473,10 @@ impl<F: Format> PageTable<F> {
         }
         // Only the unlinker changes a marked entry.
         slot.store(0, SeqCst);
-        self.freelist.lock().push(child);
+        self.freelist.lock().push(Retired {
+            frame: child,
+            dirty: false,
+        });
         self.pending.store(true, SeqCst);
         true
     }
@@ -499,6 +510,7 @@ fn withdraw(entries: &[crate::sync::AtomicU64], leaf: impl Fn(usize) -> u64) {
 }
 
 mod descend;
+mod detach;
 mod one_page;
 use descend::{Run, NO_RUN};
 

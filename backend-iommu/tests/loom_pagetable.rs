@@ -141,3 +141,36 @@ fn a_page_unmapped_while_a_block_replaces_its_table_ends_in_one_state() {
         assert_eq!(t.live_frames(), 1, "a table was left behind");
     });
 }
+
+/// A last-level table holds 511 pages and one hole at its end. One thread unmaps the whole
+/// 2 MiB, which detaches the table whole if its scan finds every entry a leaf; another maps the
+/// hole at the same time (the callers' race: a map inside a range being unmapped). Whatever the
+/// order, the table stays consistent: the unmap removes every page but possibly the racing one,
+/// the racing page is either unmapped or maps where it should, and no table is lost.
+#[test]
+fn a_page_mapped_into_a_subtree_being_detached_leaves_the_table_consistent() {
+    model(|| {
+        let t = Arc::new(PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap());
+        let last = BASE + SZ_2M - SZ_4K;
+        t.map(BASE, 0x4000_0000, SZ_2M - SZ_4K, RW, false).unwrap();
+        let racer = {
+            let t = t.clone();
+            loom::thread::spawn(move || t.map(last, 0x9000_0000, SZ_4K, RW, false))
+        };
+        let unmapped = t.unmap(BASE, SZ_2M).unwrap();
+        racer.join().unwrap().expect("the hole was free");
+        assert!(
+            unmapped == SZ_2M || unmapped == SZ_2M - SZ_4K,
+            "unmapped {unmapped:#x}"
+        );
+        assert_eq!(t.translate(BASE), None, "the unmap left a page it owned");
+        match t.translate(last) {
+            Some(leaf) => assert_eq!((leaf.size, leaf.phys), (SZ_4K, 0x9000_0000)),
+            None => assert_eq!(unmapped, SZ_2M, "the racing page vanished uncounted"),
+        }
+        t.unmap(last, SZ_4K).unwrap();
+        t.reclaim();
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 1, "a table was left behind");
+    });
+}
