@@ -1,7 +1,10 @@
 //! Simulated physical memory for page tables: 4 KiB frames of 512 64-bit entries, addressed by
 //! physical address, as an IOMMU's page-table walker sees them. Every entry is an atomic word, so
 //! tables are read and written by many threads without a lock (as hardware and Linux's
-//! io-pgtable share them); frames come from chunks that are allocated once and never move.
+//! io-pgtable share them). All the frames a domain may use are one array reserved at once and
+//! never moved: untouched frames cost address space, not memory (a zeroed allocation of that
+//! size is fresh zero pages the kernel supplies on first touch), and finding a table from a
+//! physical address is an index, not a search.
 //!
 //! A frame that was ever reachable from the root is given back with
 //! [`Frames::retire`]: it is counted free at once but reused only after every thread that may
@@ -12,7 +15,7 @@
 use crate::sync::{epoch, AtomicU64, Mutex, Ordering};
 use p2p_core::{Error, Result};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Entries per table (4 KiB / 8 bytes).
 pub const ENTRIES: usize = 512;
@@ -20,17 +23,12 @@ pub const ENTRIES: usize = 512;
 /// A frame of page-table memory.
 pub type Table = [AtomicU64; ENTRIES];
 
-/// Frames per chunk: chunks are allocated as needed and never freed while the domain lives.
+/// Frames at most: 262 144 × 4 KiB = 1 GiB of page tables per domain (address space reserved,
+/// memory used as tables are).
 #[cfg(not(loom))]
-const CHUNK: usize = 64;
+const MAX_FRAMES: usize = 1 << 18;
 #[cfg(loom)]
-const CHUNK: usize = 2;
-
-/// Chunks at most: 4096 × 64 frames × 4 KiB = 1 GiB of page tables per domain.
-#[cfg(not(loom))]
-const MAX_CHUNKS: usize = 4096;
-#[cfg(loom)]
-const MAX_CHUNKS: usize = 8;
+const MAX_FRAMES: usize = 16;
 
 /// Frames given back and reusable: `clean` ones hold only zero entries; `dirty` ones are whole
 /// tables an unmap detached with their entries in place (Linux frees such a subtree without
@@ -57,8 +55,8 @@ pub struct Retired {
 /// The frames page tables live in, starting at physical `base`.
 pub struct Frames {
     base: u64,
-    /// Fixed-size chunks: indexing a frame in its chunk needs no bounds check.
-    chunks: Box<[OnceLock<Box<[Table; CHUNK]>>]>,
+    /// Every frame, zero until used.
+    arena: Box<[Table]>,
     /// Frames never handed out yet start here.
     next: AtomicU32,
     /// Frames given back, reusable now.
@@ -80,28 +78,35 @@ impl std::fmt::Debug for Frames {
     }
 }
 
-fn new_chunk() -> Box<[Table; CHUNK]> {
-    // Built on the heap (a chunk is 256 KiB: too big for the stack), then given its length.
-    let frames: Box<[Table]> = (0..CHUNK)
+/// `MAX_FRAMES` zeroed frames. A zeroed allocation (`calloc`): the pages are the kernel's zero
+/// pages until written, so reserving 1 GiB costs one `mmap`.
+#[cfg(not(loom))]
+fn zeroed_arena() -> Result<Box<[Table]>> {
+    use zerocopy::FromZeros;
+    <[Table]>::new_box_zeroed_with_elems(MAX_FRAMES).map_err(|_| Error::NoTableMemory { iova: 0 })
+}
+
+/// loom's atomics cannot be made from zeroed memory; its arenas are a few frames.
+#[cfg(loom)]
+fn zeroed_arena() -> Result<Box<[Table]>> {
+    Ok((0..MAX_FRAMES)
         .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-        .collect();
-    frames
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("CHUNK frames were made"))
+        .collect())
 }
 
 impl Frames {
-    /// Frames at physical addresses from `base` (4 KiB aligned) up.
-    pub fn new(base: u64) -> Self {
-        Self {
+    /// Frames at physical addresses from `base` (4 KiB aligned) up; fails with
+    /// [`Error::NoTableMemory`] if the address space for them cannot be reserved.
+    pub fn new(base: u64) -> Result<Self> {
+        Ok(Self {
             base,
-            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            arena: zeroed_arena()?,
             next: AtomicU32::new(0),
             free: Arc::default(),
             live: AtomicUsize::new(0),
             limit: AtomicUsize::new(usize::MAX),
             fault: std::sync::RwLock::new(None),
-        }
+        })
     }
 
     /// Makes every allocation ask `fault` first, and fail if it says so (`None`: never).
@@ -155,16 +160,12 @@ impl Frames {
             return Ok(f);
         }
         let f = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.chunks.get(f as usize / CHUNK) {
-            Some(chunk) => {
-                chunk.get_or_init(new_chunk);
-                Ok(f)
-            }
-            None => {
-                self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                Err(exhausted())
-            }
+        if (f as usize) < MAX_FRAMES {
+            return Ok(f);
         }
+        // Stays past the end: every later fresh allocation fails the same way.
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        Err(exhausted())
     }
 
     /// Gives back a frame that never became reachable (its entries are all zero): reusable now.
@@ -236,11 +237,7 @@ impl Frames {
     /// A frame's entries.
     #[inline]
     pub fn table(&self, frame: u32) -> &Table {
-        // No frame number in the message: capturing it costs every lookup a spill.
-        let chunk = self.chunks[frame as usize / CHUNK]
-            .get()
-            .unwrap_or_else(|| unreachable!("a frame handed out has its chunk"));
-        &chunk[frame as usize % CHUNK]
+        &self.arena[frame as usize]
     }
 
     /// Whether every entry of a frame is zero.
@@ -273,7 +270,7 @@ mod tests {
     /// passed (other tests pin too, so the wait is bounded in time, not in steps).
     #[test]
     fn a_dirty_frame_is_reused_zeroed() {
-        let frames = Frames::new(0x7f00_0000_0000);
+        let frames = Frames::new(0x7f00_0000_0000).unwrap();
         let f = frames.alloc(0).unwrap();
         for (i, e) in frames.table(f).iter().enumerate() {
             e.store((0x1000 * i as u64) | 3, Ordering::Relaxed);

@@ -96,7 +96,7 @@ struct Walk<'a> {
 impl<F: Format> PageTable<F> {
     /// An empty table whose frames start at physical `frames_base`.
     pub fn new(frames_base: u64) -> Result<Self> {
-        let frames = Frames::new(frames_base);
+        let frames = Frames::new(frames_base)?;
         let root = frames.alloc(0)?;
         Ok(Self {
             frames,
