@@ -174,6 +174,7 @@ impl Iotlb {
     }
 
     /// Drops every cached page in `[iova, iova+len)`.
+    #[inline]
     pub fn invalidate_range(&self, iova: u64, len: u64) {
         bump(&self.stats.mine().invalidations);
         if (iova & 0xfff) + len <= 4096 {
@@ -181,9 +182,15 @@ impl Iotlb {
             let page = iova >> 12;
             return self.invalidate_slot(&self.slots[slot_of(page)], Some(page));
         }
+        self.invalidate_pages(iova, len);
+    }
+
+    /// [`invalidate_range`](Self::invalidate_range) of more than one page.
+    #[inline(never)]
+    fn invalidate_pages(&self, iova: u64, len: u64) {
         let pages = len.div_ceil(4096);
         if pages >= SLOTS as u64 {
-            return self.clear();
+            return self.clear_slots();
         }
         for p in 0..pages {
             let page = (iova >> 12) + p;
@@ -194,6 +201,11 @@ impl Iotlb {
     /// Drops everything.
     pub fn clear(&self) {
         bump(&self.stats.mine().invalidations);
+        self.clear_slots();
+    }
+
+    /// Invalidates every slot.
+    fn clear_slots(&self) {
         for s in self.slots.iter() {
             self.invalidate_slot(s, None);
         }

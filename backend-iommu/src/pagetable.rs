@@ -158,6 +158,7 @@ impl<F: Format> PageTable<F> {
     }
 
     /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
+    #[inline]
     pub fn map(&self, iova: u64, phys: u64, len: u64, access: Access, mmio: bool) -> Result<()> {
         let _walking = epoch::pin();
         if len == PAGE && (iova | phys) % PAGE == 0 {
@@ -166,6 +167,20 @@ impl<F: Format> PageTable<F> {
                 return Ok(());
             }
         }
+        self.map_general(iova, phys, len, access, mmio)
+    }
+
+    /// [`map`](Self::map) of any range, pinned by the caller; out of line, so that the one-page
+    /// path stays small.
+    #[inline(never)]
+    fn map_general(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        access: Access,
+        mmio: bool,
+    ) -> Result<()> {
         let mut done = 0u64;
         let result = self.map_inner(iova, phys, len, access, mmio, &mut done);
         if result.is_err() {
@@ -292,7 +307,20 @@ impl<F: Format> PageTable<F> {
     /// stops at the first hole. A range whose ends would cut a larger leaf is refused with
     /// [`Error::WouldSplit`] naming the leaf, and nothing is unmapped. Tables whose whole span the
     /// unmap covered are unlinked and wait on the freelist for the next flush.
+    #[inline]
     pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
+        if len == PAGE && iova % PAGE == 0 {
+            let _walking = epoch::pin();
+            if let Some(n) = self.unmap_page_fast(iova) {
+                return Ok(n);
+            }
+        }
+        self.unmap_general(iova, len)
+    }
+
+    /// [`unmap`](Self::unmap) of any range; out of line, so that the one-page path stays small.
+    #[inline(never)]
+    fn unmap_general(&self, iova: u64, len: u64) -> Result<u64> {
         if len == 0 {
             return Ok(0);
         }
@@ -304,11 +332,6 @@ impl<F: Format> PageTable<F> {
             });
         };
         let _walking = epoch::pin();
-        if len == PAGE && iova % PAGE == 0 {
-            if let Some(n) = self.unmap_page_fast(iova) {
-                return Ok(n);
-            }
-        }
         let split = |page_start: u64, page_size: u64| Error::WouldSplit {
             iova,
             len,

@@ -267,6 +267,9 @@ impl IotlbGather {
 /// The argument checks every [`IommuDomain::map`] makes, in Linux's order: `iova`, `phys` and
 /// `len` aligned to `page` and `len` non-zero, then the range inside `aperture` and clear of every
 /// reserved region. Backends call this first so that they all refuse the same inputs the same way.
+/// Inlined: the callers' page size and aperture are often constants, and the call itself cost
+/// as much as the checks.
+#[inline]
 pub fn check_map_args(
     aperture: &AddrRange<Iova>,
     reserved: &[ReservedRegion],
