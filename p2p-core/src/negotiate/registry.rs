@@ -182,7 +182,14 @@ pub(crate) struct Inner {
     /// Invalidations running now (few: one per exporter being moved or revoked).
     active: Vec<Active>,
     next_token: u64,
+    /// Sequences of removed entries that nothing else held, for new entries to take instead of
+    /// allocating one each (at most [`SPARE_SEQUENCES`]).
+    spare: Vec<Arc<Sequence>>,
 }
+
+/// Sequences a shard keeps for reuse: enough for the mappings a burst of threads sets up and
+/// drops at once; beyond it, a removed entry's sequence is freed.
+const SPARE_SEQUENCES: usize = 64;
 
 impl Inner {
     /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
@@ -239,9 +246,25 @@ impl Inner {
         }
     }
 
+    /// A sequence for a new entry: a spare one (even, and covered by no invalidation) or a new
+    /// one. Reusing one is sound because a sequence promises only that its value changes when an
+    /// invalidation begins or ends; its starting value means nothing.
+    pub fn fresh_sequence(&mut self) -> Arc<Sequence> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Removes entry `id`. The caller holds one reference to its sequence besides the entry's
+    /// (the mapping handle, or the set-up that failed); when no other exists, no running
+    /// invalidation holds it (each holds one), so it is even and goes to the spares. New
+    /// references are taken only under this lock, from entries, so none can appear after the
+    /// check; a stale count can only be too high, which frees a sequence that could have been
+    /// reused.
     pub fn remove(&mut self, id: u64) -> Option<Entry> {
         let e = self.entries.remove(&id)?;
         self.index.remove(&(e.exporter.id(), e.range.start(), id));
+        if Arc::strong_count(&e.seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
+            self.spare.push(e.seq.clone());
+        }
         Some(e)
     }
 
