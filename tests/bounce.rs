@@ -124,7 +124,7 @@ fn cpu_access_checks_grant_and_bounds() {
         fn export(&self, _: AddrRange<Offset>, _: bool) -> Result<ExportGrant> {
             unreachable!("not exported")
         }
-        fn chunks(&self, _: &ExportGrant) -> Result<Vec<Chunk>> {
+        fn chunks(&self, _: &ExportGrant) -> Result<ChunkList> {
             unreachable!("not exported")
         }
         fn release(&self, _: &ExportGrant) -> Result<()> {

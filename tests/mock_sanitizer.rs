@@ -230,8 +230,8 @@ impl MemoryExporter for PerPage {
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
         self.0.allocate(len, pin)
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
-        let mut out = Vec::new();
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
+        let mut out = ChunkList::new();
         for c in self.0.chunks(grant)? {
             for p in 0..c.len / 4096 {
                 out.push(Chunk {

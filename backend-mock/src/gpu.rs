@@ -7,7 +7,7 @@ use crate::memory::PhysMemory;
 use p2p_core::addr::{AddrRange, Offset, PhysAddr};
 use p2p_core::export::{DeviceMemory, GrantBook};
 use p2p_core::traits::{
-    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter,
+    check_grant_access, ChunkList, ExportGrant, ExporterId, ExporterInfo, MemoryExporter,
 };
 use p2p_core::{Error, PciAddr, Result};
 use std::sync::Arc;
@@ -171,7 +171,7 @@ impl MemoryExporter for MockGpu {
         self.grant(len, pin, |book| book.allocate(len, pin))
     }
 
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         self.mem.chunks(grant)
     }
 

@@ -7,7 +7,7 @@ use p2p_core::addr::{align_up, AddrRange, Offset, PhysAddr};
 use p2p_core::export::HostRam;
 use p2p_core::page::SZ_4K;
 use p2p_core::traits::{
-    check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter,
+    check_grant_access, ChunkList, ExportGrant, ExporterId, ExporterInfo, MemoryExporter,
 };
 use p2p_core::{Error, Result};
 use parking_lot::Mutex;
@@ -105,7 +105,7 @@ impl MemoryExporter for MockHostMemory {
         self.logged(self.ram.allocate(len, pin))
     }
 
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         self.ram.chunks(grant)
     }
 

@@ -6,7 +6,7 @@ use crate::os::pagemap::Pagemap;
 use p2p_core::addr::{align_down, align_up, AddrRange, BusAddr, Offset, PhysAddr};
 use p2p_core::export::GrantBook;
 use p2p_core::traits::{
-    Chunk, ExportGrant, ExporterId, ExporterInfo, FileSlice, MemoryExporter, Residency,
+    Chunk, ChunkList, ExportGrant, ExporterId, ExporterInfo, FileSlice, MemoryExporter, Residency,
 };
 use p2p_core::{Error, Result};
 use parking_lot::{Mutex, RwLock};
@@ -165,12 +165,12 @@ impl MemoryExporter for LockedHostMemory {
         self.book.lock().allocate(len, pin)
     }
 
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         let range = self.book.lock().get(grant)?.range;
         let region = self.region.read();
         let start = align_down(range.start().0, PAGE);
         let end = align_up(range.end().0, PAGE).unwrap_or(range.end().0);
-        let mut out: Vec<Chunk> = Vec::new();
+        let mut out = ChunkList::new();
         let pages = self
             .pagemap
             .phys_pages(region.va() + start, ((end - start) / PAGE) as usize)?;

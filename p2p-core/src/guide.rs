@@ -81,17 +81,17 @@
 //!         s.window_used += need;
 //!         Ok(grant)
 //!     }
-//!     fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+//!     fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
 //!         let span = self.state().book.get(grant)?.range.pages(SZ_4K)?;
 //!         let at = span.start().0;
-//!         Ok(vec![Chunk {
+//!         Ok(ChunkList::from(Chunk {
 //!             offset: span.start(),
 //!             len: span.len(),
 //!             phys: PhysAddr(self.bar.cpu.0 + at),
 //!             bus: BusAddr(self.bar.bus.0 + at),
 //!             mmio: true,
 //!             file: None, // known by address only: no memfd or dma-buf behind it
-//!         }])
+//!         }))
 //!     }
 //!     fn release(&self, grant: &ExportGrant) -> Result<()> {
 //!         let mut s = self.state();
@@ -176,7 +176,7 @@
 //! | `id` | the same value for the life of the object; take it from [`ExporterId::fresh_named`] (or `fresh`) once |
 //! | `info` | cheap and side-effect free: **it runs on every negotiation and every `map`** (the plan cache is keyed by what it returns), so no I/O and no locks held for long; `residency` changes only inside an invalidation |
 //! | `export` | reserves exactly `range` or nothing; `WindowFull` when the window cannot hold it |
-//! | `chunks` | page-aligned chunks covering the pages the grant touches, in offset order, where the memory is *now* |
+//! | `chunks` | page-aligned chunks covering the pages the grant touches, in offset order, where the memory is *now*; a [`ChunkList`](crate::traits::ChunkList), which holds one or two without allocating (it runs on every `map`) |
 //! | `release` | gives the reservation back; `UnknownGrant` for a grant it does not hold |
 //! | `allocate` | optional (default `CannotAllocate`); a platform's host memory must implement it (bounce buffers) |
 //! | `read_grant` / `write_grant` | optional (default `NoCpuAccess`); needed for bounce plans of this memory |

@@ -149,9 +149,9 @@ impl MemoryExporter for TwoFiles {
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
         self.0.allocate(len, pin)
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         // Split into pages, each naming a freshly opened file: not one file for the grant.
-        let mut out = Vec::new();
+        let mut out = ChunkList::new();
         for c in self.0.chunks(grant)? {
             for p in 0..c.len / 4096 {
                 let file = Arc::new(std::fs::File::open("/dev/null").unwrap());

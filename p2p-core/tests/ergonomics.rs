@@ -22,7 +22,7 @@ impl MemoryExporter for MyExporter {
     fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
         self.0.export(range, pin)
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         self.0.chunks(grant)
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -154,7 +154,7 @@ impl MemoryExporter for Gpu {
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
         self.with(|e| e.allocate(len, pin))
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         self.with(|e| e.chunks(grant))
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -7,7 +7,9 @@ use p2p_core::addr::{AddrRange, Offset};
 use p2p_core::export::BarExporter;
 use p2p_core::negotiate::{InvalidationReport, Negotiator};
 use p2p_core::topology::{Bar, Topology};
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, FileSlice, MemoryExporter};
+use p2p_core::traits::{
+    ChunkList, ExportGrant, ExporterId, ExporterInfo, FileSlice, MemoryExporter,
+};
 use p2p_core::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -115,7 +117,7 @@ impl MemoryExporter for VfioDmaBuf {
         self.check_live()?;
         self.exporter.allocate(len, pin)
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         let mut chunks = self.exporter.chunks(grant)?;
         for c in &mut chunks {
             c.file = Some(FileSlice {

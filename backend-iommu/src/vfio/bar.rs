@@ -7,7 +7,7 @@ use super::sys::MappedRegion;
 use p2p_core::addr::{AddrRange, Offset, VirtAddr};
 use p2p_core::export::BarExporter;
 use p2p_core::topology::{Bar, Topology};
-use p2p_core::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter};
+use p2p_core::traits::{ChunkList, ExportGrant, ExporterId, ExporterInfo, MemoryExporter};
 use p2p_core::Result;
 
 /// A BAR of a VFIO device as peer-to-peer memory: its CPU physical address from the topology,
@@ -59,7 +59,7 @@ impl MemoryExporter for VfioBar {
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
         self.exporter.allocate(len, pin)
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         self.exporter.chunks(grant)
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {

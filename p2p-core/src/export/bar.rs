@@ -6,7 +6,9 @@ use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::{Error, Result};
 use crate::pci::PciAddr;
 use crate::topology::{Bar, Topology};
-use crate::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use crate::traits::{
+    Chunk, ChunkList, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+};
 use parking_lot::Mutex;
 
 /// A memory BAR of a device (a GPU's VRAM aperture, an NVMe CMB, a p2pmem window). Its chunks
@@ -72,18 +74,18 @@ impl MemoryExporter for BarExporter {
         self.book.lock().allocate(len, pin)
     }
 
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         let range = self.book.lock().get(grant)?.range;
         let span = range.pages(4096)?;
         let (start, end) = (span.start().0, span.end().0.min(self.bar.size));
-        Ok(vec![Chunk {
+        Ok(ChunkList::from(Chunk {
             offset: Offset(start),
             len: end - start,
             phys: PhysAddr(self.bar.cpu.0 + start),
             bus: BusAddr(self.bar.bus.0 + start),
             mmio: true,
             file: None,
-        }])
+        }))
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -9,7 +9,7 @@ use crate::page::SZ_4K;
 use crate::pci::PciAddr;
 use crate::topology::{Bar, DeviceClass, Topology};
 use crate::traits::{
-    Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, MemoryKind, Residency,
+    Chunk, ChunkList, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, MemoryKind, Residency,
 };
 use parking_lot::Mutex;
 
@@ -241,18 +241,18 @@ impl MemoryExporter for DeviceMemory {
         self.grant_with(pin, |_| Ok(()), |book| book.allocate(len, pin))
     }
 
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         let s = self.state.lock();
         let span = s.book.get(grant)?.range.pages(SZ_4K)?;
         let (phys, bus, mmio) = self.base_of(&s, grant, span.start().0)?;
-        Ok(vec![Chunk {
+        Ok(ChunkList::from(Chunk {
             offset: span.start(),
             len: span.len(),
             phys: PhysAddr(phys),
             bus: BusAddr(bus),
             mmio,
             file: None,
-        }])
+        }))
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

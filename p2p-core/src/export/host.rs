@@ -7,7 +7,9 @@ use super::GrantBook;
 use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::Result;
 use crate::page::SZ_4K;
-use crate::traits::{Chunk, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency};
+use crate::traits::{
+    Chunk, ChunkList, ExportGrant, ExporterId, ExporterInfo, MemoryExporter, Residency,
+};
 use parking_lot::Mutex;
 
 /// RAM `[0, ram_bytes)` on NUMA node 0, whose top `pool_bytes` serve
@@ -80,16 +82,16 @@ impl MemoryExporter for HostRam {
         self.book.lock().allocate(len, pin)
     }
 
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         let span = self.book.lock().get(grant)?.range.pages(SZ_4K)?;
-        Ok(vec![Chunk {
+        Ok(ChunkList::from(Chunk {
             offset: span.start(),
             len: span.len(),
             phys: PhysAddr(span.start().0),
             bus: BusAddr(span.start().0),
             mmio: false,
             file: None,
-        }])
+        }))
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -230,22 +230,13 @@ impl Negotiator {
         access: Access,
         mut plan_for: impl FnMut(u32) -> Result<Arc<Plan>>,
     ) -> Result<Mapping> {
-        let seq = Arc::new(Sequence::default());
         let id = self.registry.next_id();
-        self.registry.shard_for(exporter.id()).lock().insert(
-            id,
-            Entry {
-                exporter: owned.0,
-                importer: owned.1,
-                range,
-                access,
-                // Until it is published the entry pins nothing: an invalidation meanwhile makes the
-                // set-up start over, and its grant (pinned or not) is taken at the new place.
-                pinned: false,
-                seq: seq.clone(),
-                state: State::Building,
-            },
-        );
+        let seq = {
+            let mut inner = self.registry.shard_for(exporter.id()).lock();
+            let seq = inner.fresh_sequence();
+            inner.insert(id, Entry::building(owned, range, access, seq.clone()));
+            seq
+        };
         let published = self.publish(id, &seq, exporter, |attempt| {
             let plan = plan_for(attempt)?;
             let res = establish::build(&*self.platform, &plan, exporter, importer, range)?;

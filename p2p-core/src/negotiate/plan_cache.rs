@@ -96,7 +96,13 @@ struct ThreadMemo {
 struct HitCounter(AtomicU64);
 
 thread_local! {
-    static MEMO: RefCell<ThreadMemo> = RefCell::default();
+    // Const-initialised: an access checks no lazy-initialisation state.
+    static MEMO: RefCell<ThreadMemo> = const {
+        RefCell::new(ThreadMemo {
+            recent: Vec::new(),
+            counters: Vec::new(),
+        })
+    };
 }
 
 static NEXT_CACHE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -172,15 +178,21 @@ impl PlanCache {
         s.plans.insert(key, plan);
     }
 
+    /// The plan this thread remembers for `key`, counted as a hit: the lookup and the count in
+    /// one visit to the thread-local memo.
     fn memo_lookup(&self, generation: u64, key: &Key) -> Option<Arc<Plan>> {
-        let plan = MEMO.with(|m| {
+        let (plan, counted) = MEMO.with(|m| {
             let m = m.borrow();
-            m.recent
+            let plan = m
+                .recent
                 .iter()
                 .find(|e| e.cache == self.id && e.generation == generation && &e.key == key)
-                .map(|e| e.plan.clone())
+                .map(|e| e.plan.clone())?;
+            Some((plan, self.bump(&m)))
         })?;
-        self.count_hit();
+        if !counted {
+            self.register_counter();
+        }
         Some(plan)
     }
 
@@ -203,22 +215,28 @@ impl PlanCache {
 
     /// Counts a hit in this thread's own counter for this cache.
     fn count_hit(&self) {
+        if !MEMO.with(|m| self.bump(&m.borrow())) {
+            self.register_counter();
+        }
+    }
+
+    /// Adds one to this thread's counter for this cache in `memo`; false if it has none yet.
+    fn bump(&self, memo: &ThreadMemo) -> bool {
         // Counted in place, without cloning the counter's `Arc` (a locked increment and
         // decrement per hit). Only this thread writes it: a load and a store.
-        let counted = MEMO.with(|m| {
-            let m = m.borrow();
-            let mine = m.counters.iter().find(|(c, _)| *c == self.id);
-            mine.map(|(_, c)| {
-                c.0.store(c.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
-            })
-        });
-        if counted.is_none() {
-            // The first hit of this thread registers its counter (no borrow held across the
-            // lock).
-            let c = Arc::new(HitCounter(AtomicU64::new(1)));
-            self.hit_counters.lock().push(c.clone());
-            MEMO.with(|m| m.borrow_mut().counters.push((self.id, c)));
-        }
+        let mine = memo.counters.iter().find(|(c, _)| *c == self.id);
+        mine.map(|(_, c)| {
+            c.0.store(c.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+        })
+        .is_some()
+    }
+
+    /// Registers this thread's counter for this cache, at its first hit (no borrow of the memo
+    /// is held across the lock).
+    fn register_counter(&self) {
+        let c = Arc::new(HitCounter(AtomicU64::new(1)));
+        self.hit_counters.lock().push(c.clone());
+        MEMO.with(|m| m.borrow_mut().counters.push((self.id, c)));
     }
 
     /// The counters.

@@ -16,7 +16,9 @@
 //! | `Invalidated` | torn down by a move or revoke; an ODP importer may re-fault | none |
 //!
 //! A sequence is even while no invalidation covers the entry and odd while one or more do; it
-//! changes only under the registry lock.
+//! changes only under the registry lock. A removed entry's sequence goes to a later entry of the
+//! same shard when nothing but the removed mapping's handle still holds it (so no running
+//! invalidation does, and it is even): only changes of its value mean anything, never the value.
 //!
 //! ## The reader: establish, map, re-fault
 //!

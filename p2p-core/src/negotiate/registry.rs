@@ -1,4 +1,4 @@
-//! The mapping registry: every live mapping, indexed by exporter range, and the resources each
+//! The mapping registry: every live mapping, indexed by exporter, and the resources each
 //! holds (grant, IOVA range, bounce buffer).
 
 use super::sg::Segments;
@@ -14,7 +14,7 @@ use crate::traits::{
     MemoryExporter,
 };
 use smallvec::SmallVec;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
@@ -121,6 +121,15 @@ pub(crate) struct Entry {
     pub pinned: bool,
     pub seq: Arc<Sequence>,
     pub state: State,
+    /// Its place in its exporter's list (see [`Inner::heads`]); set by [`Inner::insert`].
+    links: Links,
+}
+
+/// An entry's neighbours in its exporter's list, newest first.
+#[derive(Debug, Default, Clone, Copy)]
+struct Links {
+    newer: Option<u64>,
+    older: Option<u64>,
 }
 
 /// The registry is split into shards by exporter, each under its own lock: threads working on
@@ -177,18 +186,30 @@ pub(crate) struct Inner {
     /// Keyed by id with an Fx hash (ids come from a counter, not an adversary): a lookup is a
     /// multiply, where the B-tree it replaced walked nodes on every insert and remove.
     pub entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
-    /// (exporter, range start, mapping id): the exporter-range index.
-    index: BTreeSet<(ExporterId, Offset, u64)>,
+    /// Each exporter's newest entry: the head of a list threaded through its entries' [`Links`],
+    /// the index an invalidation searches. Linking and unlinking cost a few Fx lookups and
+    /// never allocate, where the B-tree of (exporter, start, id) it replaced walked and
+    /// rebalanced nodes, and allocated and freed one whenever a shard went from no mapping to
+    /// one and back. A search walks the exporter's entries, as the B-tree's did all of those
+    /// starting below the range's end.
+    heads: HashMap<ExporterId, u64, BuildHasherDefault<FxHasher>>,
     /// Invalidations running now (few: one per exporter being moved or revoked).
     active: Vec<Active>,
     next_token: u64,
+    /// Sequences of removed entries that nothing else held, for new entries to take instead of
+    /// allocating one each (at most [`SPARE_SEQUENCES`]).
+    spare: Vec<Arc<Sequence>>,
 }
+
+/// Sequences a shard keeps for reuse: enough for the mappings a burst of threads sets up and
+/// drops at once; beyond it, a removed entry's sequence is freed.
+const SPARE_SEQUENCES: usize = 64;
 
 impl Inner {
     /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
     /// held odd until that invalidation ends (Linux defers such an insertion the same way), so
     /// its builder waits in `read_begin` instead of reading memory that is moving.
-    pub fn insert(&mut self, id: u64, entry: Entry) -> u64 {
+    pub fn insert(&mut self, id: u64, mut entry: Entry) -> u64 {
         let exporter = entry.exporter.id();
         for a in self.active.iter_mut() {
             if a.exporter == exporter && a.range.overlaps(&entry.range) {
@@ -196,7 +217,11 @@ impl Inner {
                 a.held.push(entry.seq.clone());
             }
         }
-        self.index.insert((exporter, entry.range.start(), id));
+        let older = self.heads.insert(exporter, id);
+        if let Some(e) = older.and_then(|o| self.entries.get_mut(&o)) {
+            e.links.newer = Some(id);
+        }
+        entry.links = Links { newer: None, older };
         self.entries.insert(id, entry);
         id
     }
@@ -239,19 +264,59 @@ impl Inner {
         }
     }
 
+    /// A sequence for a new entry: a spare one (even, and covered by no invalidation) or a new
+    /// one. Reusing one is sound because a sequence promises only that its value changes when an
+    /// invalidation begins or ends; its starting value means nothing.
+    pub fn fresh_sequence(&mut self) -> Arc<Sequence> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Removes entry `id`. The caller holds one reference to its sequence besides the entry's
+    /// (the mapping handle, or the set-up that failed); when no other exists, no running
+    /// invalidation holds it (each holds one), so it is even and goes to the spares. New
+    /// references are taken only under this lock, from entries, so none can appear after the
+    /// check; a stale count can only be too high, which frees a sequence that could have been
+    /// reused.
     pub fn remove(&mut self, id: u64) -> Option<Entry> {
         let e = self.entries.remove(&id)?;
-        self.index.remove(&(e.exporter.id(), e.range.start(), id));
+        let Links { newer, older } = e.links;
+        if let Some(o) = older.and_then(|o| self.entries.get_mut(&o)) {
+            o.links.newer = newer;
+        }
+        match (newer, older) {
+            (Some(n), _) => {
+                if let Some(n) = self.entries.get_mut(&n) {
+                    n.links.older = older;
+                }
+            }
+            (None, Some(o)) => {
+                self.heads.insert(e.exporter.id(), o);
+            }
+            (None, None) => {
+                self.heads.remove(&e.exporter.id());
+            }
+        }
+        if Arc::strong_count(&e.seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
+            self.spare.push(e.seq.clone());
+        }
         Some(e)
     }
 
-    /// Ids of the mappings of `exporter` that overlap `range`.
+    /// Ids of the mappings of `exporter` that overlap `range`, in order of range start (then
+    /// id), so that invalidations tear down in the same order whatever the set-up order was.
     pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<u64> {
-        self.index
-            .range((exporter, Offset(0), 0)..(exporter, range.end(), 0))
-            .map(|&(_, _, id)| id)
-            .filter(|id| self.entries[id].range.overlaps(range))
-            .collect()
+        let mut found = Vec::new();
+        let mut at = self.heads.get(&exporter).copied();
+        // Every id in the list is an entry: insert links it, remove unlinks it.
+        while let Some(e) = at.and_then(|id| self.entries.get(&id).map(|e| (id, e))) {
+            let (id, e) = e;
+            if e.range.overlaps(range) {
+                found.push((e.range.start(), id));
+            }
+            at = e.links.older;
+        }
+        found.sort_unstable();
+        found.into_iter().map(|(_, id)| id).collect()
     }
 
     /// How many invalidations are running.
@@ -302,6 +367,27 @@ thread_local! {
 }
 
 impl Entry {
+    /// A new entry of `range` being built (pinning nothing until it is published: an
+    /// invalidation meanwhile makes the set-up start over, and its grant, pinned or not, is
+    /// taken at the new place).
+    pub fn building(
+        (exporter, importer): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
+        range: AddrRange<Offset>,
+        access: Access,
+        seq: Arc<Sequence>,
+    ) -> Self {
+        Self {
+            exporter,
+            importer,
+            range,
+            access,
+            pinned: false,
+            seq,
+            state: State::Building,
+            links: Links::default(),
+        }
+    }
+
     /// The observer's view of this entry with `res` as its resources.
     pub fn event(&self, id: u64, res: &Resources) -> MappingEvent {
         MappingEvent {

@@ -1,5 +1,6 @@
 //! Memory exporters: whoever owns the memory a device will DMA to (a GPU's BAR, host RAM).
 
+use super::ChunkList;
 use crate::addr::{AddrRange, BusAddr, Offset, PhysAddr};
 use crate::error::Result;
 use crate::pci::PciAddr;
@@ -244,7 +245,11 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     }
     /// The physically contiguous pieces of a grant, in offset order: page-aligned chunks covering
     /// the pages the grant's range touches.
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>>;
+    ///
+    /// The [`ChunkList`] holds one or two chunks without allocating (this is called on every
+    /// mapping): return a contiguous grant as `ChunkList::from(chunk)`, and build longer lists
+    /// with [`push`](ChunkList::push) or `collect`.
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList>;
     /// Gives a grant back; an error if it is unknown (released twice).
     fn release(&self, grant: &ExportGrant) -> Result<()>;
 
@@ -308,7 +313,7 @@ impl<T: MemoryExporter + ?Sized> MemoryExporter for Arc<T> {
     fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
         (**self).allocate(len, pin)
     }
-    fn chunks(&self, grant: &ExportGrant) -> Result<Vec<Chunk>> {
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         (**self).chunks(grant)
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {

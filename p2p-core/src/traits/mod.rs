@@ -4,11 +4,13 @@
 //! All are object safe and `Send + Sync`: drivers pick a backend at run time and hold
 //! `Arc<dyn …>`.
 
+mod chunks;
 mod domain;
 mod exporter;
 mod importer;
 mod platform;
 
+pub use chunks::{ChunkList, ChunkListIter};
 pub use domain::{
     check_iova_range, check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece,
     ReservedKind, ReservedRegion, Translation,
