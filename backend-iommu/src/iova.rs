@@ -1,7 +1,9 @@
 //! The IOVA allocator: a tree of free ranges searched top-down below a limit, with size-aligned
 //! allocations, and per-thread caches of recently freed sizes in front of it (Linux's
 //! `alloc_iova_fast` rcache: magazines of 127 entries per power-of-two class of 1–32 pages, a
-//! shared depot behind them).
+//! shared depot behind them). In front of the magazines, single pages of the allocator a thread
+//! used last sit in a small thread-local array without a destructor (the `front` module): the
+//! DMA-API case, one page at a time, costs a thread-local access and a compare.
 
 use p2p_core::addr::align_down;
 use p2p_core::{Error, Result};
@@ -9,6 +11,8 @@ use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
+
+mod front;
 
 const PAGE_SHIFT: u32 = 12;
 /// Size classes cached: 1, 2, 4, … 32 pages.
@@ -44,12 +48,19 @@ struct Caches(Vec<(Weak<Shared>, ThreadCache)>);
 
 impl Drop for Caches {
     fn drop(&mut self) {
+        // The front has no destructor: it is still there, and its pages are one entry's.
+        let front = front::take();
         for (weak, tc) in self.0.drain(..) {
             if let Some(shared) = weak.upgrade() {
                 let alloc = IovaAllocator { shared };
                 for c in 0..CLASSES {
                     for a in tc.loaded[c].iter().chain(tc.prev[c].iter()) {
                         alloc.tree_free(*a, (1u64 << c) << PAGE_SHIFT);
+                    }
+                }
+                for f in front.iter().filter(|f| f.owner == alloc.id()) {
+                    for &a in &f.pages[..f.len] {
+                        alloc.tree_free(a, 1 << PAGE_SHIFT);
                     }
                 }
             }
@@ -112,6 +123,12 @@ impl IovaAllocator {
     #[inline]
     pub fn alloc(&self, len: u64, limit: u64) -> Result<u64> {
         let pages = len.div_ceil(1 << PAGE_SHIFT).max(1);
+        if pages == 1 {
+            if let Some(a) = front::pop(self.id(), limit) {
+                return Ok(a);
+            }
+            return self.alloc_page_behind_front(limit);
+        }
         if let Some(c) = class(pages) {
             let size = (1u64 << c) << PAGE_SHIFT;
             if let Some(a) = self.cache_pop(c, size, limit) {
@@ -123,6 +140,68 @@ impl IovaAllocator {
             .checked_shl(PAGE_SHIFT)
             .ok_or(Error::IovaExhausted { len, limit })?;
         self.tree_alloc(size, limit)
+    }
+
+    /// This allocator's identity: the address of its shared state.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// One page when the front could not give one: the front goes back to its owner's
+    /// magazines, a page comes from this allocator's magazines (or a refill, or the tree), and
+    /// the front is refilled with up to half its size from the magazine, for the pages after.
+    #[cold]
+    #[inline(never)]
+    fn alloc_page_behind_front(&self, limit: u64) -> Result<u64> {
+        const PAGE: u64 = 1 << PAGE_SHIFT;
+        self.hand_back_front();
+        let a = match self.cache_pop(0, PAGE, limit) {
+            Some(a) => a,
+            None => self.alloc_uncached(0, PAGE, limit)?,
+        };
+        let refill = with_cache(&self.shared, |tc| {
+            let loaded = &mut tc.loaded[0];
+            let keep = loaded.len().saturating_sub(front::FRONT / 2);
+            loaded.split_off(keep)
+        });
+        front::adopt(self.id(), &refill);
+        Ok(a)
+    }
+
+    /// A page the front had no room for: the front goes back to its owner's magazines and
+    /// starts again with this page, now owned by this allocator.
+    #[cold]
+    #[inline(never)]
+    fn free_page_behind_front(&self, addr: u64) {
+        self.hand_back_front();
+        // The thread's cache entry for this allocator must exist before the front names it.
+        with_cache(&self.shared, |_| ());
+        front::adopt(self.id(), &[addr]);
+    }
+
+    /// Empties the front into its owner's magazines (this allocator's, or another live one's).
+    fn hand_back_front(&self) {
+        let Some(f) = front::take() else { return };
+        if f.owner == 0 || f.len == 0 {
+            return;
+        }
+        let owner = if f.owner == self.id() {
+            Some(self.clone())
+        } else {
+            CACHES.with(|cell| {
+                cell.borrow()
+                    .0
+                    .iter()
+                    .find(|(w, _)| w.as_ptr() as usize == f.owner)
+                    .and_then(|(w, _)| w.upgrade())
+                    .map(|shared| IovaAllocator { shared })
+            })
+        };
+        if let Some(owner) = owner {
+            for &a in &f.pages[..f.len] {
+                owner.cache_push(0, a);
+            }
+        }
     }
 
     /// A cached size class whose magazines had nothing that fits: refill, or the tree. Out of
@@ -144,6 +223,12 @@ impl IovaAllocator {
     #[inline]
     pub fn free(&self, addr: u64, len: u64) {
         let pages = len.div_ceil(1 << PAGE_SHIFT).max(1);
+        if pages == 1 {
+            if !front::push(self.id(), addr) {
+                self.free_page_behind_front(addr);
+            }
+            return;
+        }
         match class(pages) {
             Some(c) => self.cache_push(c, addr),
             None => self.tree_free(addr, pages << PAGE_SHIFT),
@@ -158,6 +243,7 @@ impl IovaAllocator {
     /// Gives every range cached by this thread and the depot back to the tree. (Other threads'
     /// magazines stay with them, at most 2 × 127 entries per class each.)
     pub fn flush_caches(&self) {
+        self.hand_back_front();
         let mut mine: Vec<(usize, u64)> = Vec::new();
         with_cache(&self.shared, |tc| {
             for c in 0..CLASSES {
@@ -339,6 +425,13 @@ fn front(caches: &mut Vec<(Weak<Shared>, ThreadCache)>, shared: &Arc<Shared>) {
     {
         Some(i) => caches.swap(0, i),
         None => {
+            // A front whose allocator is gone is emptied before its entry (whose `Weak` makes
+            // the front's owner address an identity) goes.
+            front::forget_if(|owner| {
+                caches
+                    .iter()
+                    .any(|(w, _)| w.as_ptr() as usize == owner && w.strong_count() == 0)
+            });
             caches.retain(|(w, _)| w.strong_count() > 0);
             caches.push((Arc::downgrade(shared), ThreadCache::default()));
             let last = caches.len() - 1;
@@ -404,6 +497,83 @@ mod tests {
         }
         // The tree is empty (all cached as 1-page entries); an 8-page request needs them merged.
         assert_eq!(a.alloc(8 << 12, u64::MAX).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_thread_that_exits_gives_back_the_pages_its_front_holds() {
+        let a = IovaAllocator::new(0x1000, 1 << 32);
+        let whole = a.tree_free_bytes();
+        let b = a.clone();
+        std::thread::spawn(move || {
+            let pages: Vec<u64> = (0..40)
+                .map(|_| b.alloc(0x1000, u64::MAX).unwrap())
+                .collect();
+            for p in pages {
+                b.free(p, 0x1000);
+            }
+        })
+        .join()
+        .unwrap();
+        a.flush_caches();
+        assert_eq!(
+            a.tree_free_bytes(),
+            whole,
+            "pages stayed with the dead thread"
+        );
+    }
+
+    /// Pages freed to one allocator never come out of another on the same thread, including a
+    /// new allocator made after the old one is dropped (possibly at the same address).
+    #[test]
+    fn a_front_never_hands_out_another_allocators_pages() {
+        for round in 0..200u64 {
+            // Each round's first allocator has a space of its own: a page of an earlier one
+            // (whose memory the new one may reuse) is outside it.
+            let base = (round + 1) << 20;
+            let a = IovaAllocator::new(base, base + (1 << 20));
+            let b = IovaAllocator::new(1 << 30, 1 << 31);
+            for _ in 0..3 {
+                let x = a.alloc(0x1000, u64::MAX).unwrap();
+                let y = b.alloc(0x1000, u64::MAX).unwrap();
+                assert!(
+                    (base..base + (1 << 20)).contains(&x) && y >= 1 << 30,
+                    "round {round}: {x:#x} {y:#x}"
+                );
+                a.free(x, 0x1000);
+                b.free(y, 0x1000);
+            }
+            drop(a);
+            let c = IovaAllocator::new(1 << 32, 1 << 33);
+            let z = c.alloc(0x1000, u64::MAX).unwrap();
+            assert!(
+                z >= 1 << 32,
+                "round {round}: a dead allocator's page {z:#x}"
+            );
+            drop((b, c));
+        }
+    }
+
+    /// The front names a dropped allocator; another allocator's first use of the thread cache
+    /// (a two-page allocation, which does not touch the front) prunes the dropped one's entry;
+    /// an allocator made next, often at the dropped one's address, must not get its pages.
+    #[test]
+    fn a_dropped_allocators_front_pages_never_reach_one_at_its_address() {
+        for round in 0..200u64 {
+            let base = (round + 1) << 20;
+            let a = IovaAllocator::new(base, base + (1 << 20));
+            let x = a.alloc(0x1000, u64::MAX).unwrap();
+            a.free(x, 0x1000);
+            drop(a);
+            let other = IovaAllocator::new(1 << 40, 1 << 41);
+            other.alloc(0x2000, u64::MAX).unwrap();
+            let next = (round + 300) << 20;
+            let n = IovaAllocator::new(next, next + (1 << 20));
+            let y = n.alloc(0x1000, u64::MAX).unwrap();
+            assert!(
+                (next..next + (1 << 20)).contains(&y),
+                "round {round}: {y:#x} is a dropped allocator's page"
+            );
+        }
     }
 
     proptest! {
