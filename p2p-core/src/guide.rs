@@ -177,6 +177,7 @@
 //! | `info` | cheap and side-effect free: **it runs on every negotiation and every `map`** (the plan cache is keyed by what it returns), so no I/O and no locks held for long; `residency` changes only inside an invalidation |
 //! | `export` | reserves exactly `range` or nothing; `WindowFull` when the window cannot hold it |
 //! | `chunks` | page-aligned chunks covering the pages the grant touches, in offset order, where the memory is *now*; a [`ChunkList`](crate::traits::ChunkList), which holds one or two without allocating (it runs on every `map`) |
+//! | `export_with_chunks` | optional: `export` then `chunks` of the grant in one call (the negotiator's, on every `map`); the default calls the two. Override it to do both under one lock, as `BarExporter` does; a wrapper that adds to `export` must not delegate it to what it wraps |
 //! | `release` | gives the reservation back; `UnknownGrant` for a grant it does not hold |
 //! | `allocate` | optional (default `CannotAllocate`); a platform's host memory must implement it (bounce buffers) |
 //! | `read_grant` / `write_grant` | optional (default `NoCpuAccess`); needed for bounce plans of this memory |

@@ -181,3 +181,51 @@ fn conformance_refuses_chunks_that_disagree_about_their_file() {
     let v = check_exporter(&e, None).expect_err("each chunk names another file");
     assert!(v.to_string().contains("another file"), "{v}");
 }
+
+/// Host RAM whose one-call export reports chunks a page further on than `chunks` does.
+#[derive(Debug)]
+struct ShiftedWithChunks(TestHostMemory);
+
+impl MemoryExporter for ShiftedWithChunks {
+    fn id(&self) -> ExporterId {
+        self.0.id()
+    }
+    fn info(&self) -> ExporterInfo {
+        self.0.info()
+    }
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        self.0.export(range, pin)
+    }
+    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+        self.0.allocate(len, pin)
+    }
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
+        self.0.chunks(grant)
+    }
+    fn export_with_chunks(
+        &self,
+        range: AddrRange<Offset>,
+        pin: bool,
+    ) -> Result<(ExportGrant, ChunkList)> {
+        let (g, chunks) = self.0.export_with_chunks(range, pin)?;
+        let shifted = chunks
+            .iter()
+            .map(|c| Chunk {
+                phys: PhysAddr(c.phys.0 + 4096),
+                bus: BusAddr(c.bus.0 + 4096),
+                ..c.clone()
+            })
+            .collect();
+        Ok((g, shifted))
+    }
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        self.0.release(grant)
+    }
+}
+
+#[test]
+fn conformance_refuses_a_one_call_export_whose_chunks_are_not_those_of_chunks() {
+    let e = ShiftedWithChunks(TestHostMemory::new(1 << 30, 1 << 20));
+    let v = check_exporter(&e, None).expect_err("the one-call chunks are shifted");
+    assert!(v.to_string().contains("export_with_chunks"), "{v}");
+}

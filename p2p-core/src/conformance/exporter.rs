@@ -28,6 +28,8 @@ const PIN: &str = "a pinned export or allocation of memory that cannot be pinned
                    Error::NotPinnable; of pinnable memory it succeeds";
 const WINDOW: &str = "MemoryExporter::export fails with Error::WindowFull when the window is \
                       full, and a refused export reserves nothing";
+const WITH_CHUNKS: &str = "MemoryExporter::export_with_chunks is export then chunks of the \
+                           grant: the same grant and the same chunks, the grant outstanding";
 const ALLOCATE: &str = "MemoryExporter::allocate reserves len fresh bytes: a range of at least \
                         len bytes inside the object, overlapping no other live allocation";
 const REVOKE: &str = "after a revoke, MemoryExporter::export and allocate fail with \
@@ -101,9 +103,44 @@ fn check_exact_grants(e: &dyn MemoryExporter) -> std::result::Result<(), Violati
             let chunks = ok(CHUNKS, format!("{call}, then chunks"), e.chunks(&g))?;
             check_chunks(&info, &g, &chunks)?;
             ok(EXACT, format!("{call}, then release"), e.release(&g))?;
+            check_export_with_chunks(e, r, pin, &chunks)?;
         }
     }
     Ok(())
+}
+
+/// `export_with_chunks(r, pin)` grants what `export` does, with the chunks `chunks` says (those
+/// of an earlier grant of the same range), and the grant is outstanding (it releases).
+fn check_export_with_chunks(
+    e: &dyn MemoryExporter,
+    r: AddrRange<Offset>,
+    pin: bool,
+    chunks: &[Chunk],
+) -> std::result::Result<(), Violation> {
+    let call = format!("export_with_chunks({r}, pin {pin})");
+    let (g, got) = ok(WITH_CHUNKS, call.clone(), e.export_with_chunks(r, pin))?;
+    // Where the bytes are, and where in a file: what a mapping of them uses. (Not which open
+    // file: an exporter may hand out a new descriptor of the same file on each call.)
+    let key = |c: &Chunk| {
+        let file = c.file.as_ref().map(|f| f.offset);
+        (c.offset, c.len, c.phys, c.bus, c.mmio, file)
+    };
+    let same = got.len() == chunks.len() && got.iter().zip(chunks).all(|(a, b)| key(a) == key(b));
+    let release = ok(WITH_CHUNKS, format!("{call}, then release"), e.release(&g));
+    if g.range != r || g.exporter != e.id() || g.pinned != pin {
+        return Err(Violation::new(WITH_CHUNKS, call, format!("granted {g:?}")));
+    }
+    if !same {
+        return Err(Violation::new(
+            WITH_CHUNKS,
+            call,
+            format!(
+                "gave {:?}, where export then chunks gave {chunks:?}",
+                &got[..]
+            ),
+        ));
+    }
+    release
 }
 
 /// The chunks of `g` keep every rule of [`CHUNKS`].

@@ -50,6 +50,22 @@ impl BarExporter {
     }
 }
 
+impl BarExporter {
+    /// The one chunk holding the pages `range` touches (the BAR is contiguous).
+    fn chunks_of(&self, range: AddrRange<Offset>) -> Result<ChunkList> {
+        let span = range.pages(4096)?;
+        let (start, end) = (span.start().0, span.end().0.min(self.bar.size));
+        Ok(ChunkList::from(Chunk {
+            offset: Offset(start),
+            len: end - start,
+            phys: PhysAddr(self.bar.cpu.0 + start),
+            bus: BusAddr(self.bar.bus.0 + start),
+            mmio: true,
+            file: None,
+        }))
+    }
+}
+
 impl MemoryExporter for BarExporter {
     fn id(&self) -> ExporterId {
         self.id
@@ -76,16 +92,25 @@ impl MemoryExporter for BarExporter {
 
     fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         let range = self.book.lock().get(grant)?.range;
-        let span = range.pages(4096)?;
-        let (start, end) = (span.start().0, span.end().0.min(self.bar.size));
-        Ok(ChunkList::from(Chunk {
-            offset: Offset(start),
-            len: end - start,
-            phys: PhysAddr(self.bar.cpu.0 + start),
-            bus: BusAddr(self.bar.bus.0 + start),
-            mmio: true,
-            file: None,
-        }))
+        self.chunks_of(range)
+    }
+
+    /// One lock for both: the grant's range is the one asked, so its chunks need no lookup.
+    fn export_with_chunks(
+        &self,
+        range: AddrRange<Offset>,
+        pin: bool,
+    ) -> Result<(ExportGrant, ChunkList)> {
+        let mut book = self.book.lock();
+        let grant = book.export(range, pin)?;
+        match self.chunks_of(grant.range) {
+            Ok(chunks) => Ok((grant, chunks)),
+            Err(e) => {
+                // Cannot fail: the grant was made just now, under this lock.
+                let _ = book.release(&grant);
+                Err(e)
+            }
+        }
     }
 
     fn release(&self, grant: &ExportGrant) -> Result<()> {

@@ -8,8 +8,8 @@ use crate::access::Access;
 use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
 use crate::error::{Error, Result};
 use crate::traits::{
-    Chunk, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MapPiece, MemoryExporter,
-    Platform,
+    Chunk, ChunkList, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MapPiece,
+    MemoryExporter, Platform,
 };
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
@@ -31,13 +31,16 @@ pub(crate) fn build(
         });
     }
     let domain = platform.domain(importer.device())?;
-    let grant = exporter.export(range, plan.pin).inspect_err(|err| {
-        // The two refusals a user tunes for (a window size, a pinning policy) are worth a line.
-        if matches!(err, Error::WindowFull { .. } | Error::NotPinnable { .. }) {
-            tracing::info!(exporter = %plan.exporter, importer = %plan.importer, %range, %err, "grant refused");
-        }
-    })?;
-    let built = with_grant(platform, plan, exporter, &grant, importer, &domain);
+    let (grant, chunks) = exporter
+        .export_with_chunks(range, plan.pin)
+        .inspect_err(|err| {
+            // The two refusals a user tunes for (a window size, a pinning policy) are worth a
+            // line.
+            if matches!(err, Error::WindowFull { .. } | Error::NotPinnable { .. }) {
+                tracing::info!(exporter = %plan.exporter, importer = %plan.importer, %range, %err, "grant refused");
+            }
+        })?;
+    let built = with_grant(platform, plan, &grant, chunks, importer, &domain);
     match built {
         Ok((mapped, segments, bounce)) => Ok(Resources {
             strategy: plan.strategy.clone(),
@@ -74,13 +77,12 @@ type Built = (
 fn with_grant(
     platform: &dyn Platform,
     plan: &Plan,
-    exporter: &dyn MemoryExporter,
     grant: &ExportGrant,
+    chunks: ChunkList,
     importer: &dyn DmaImporter,
     domain: &Arc<dyn IommuDomain>,
 ) -> Result<Built> {
     let caps = importer.caps();
-    let chunks = exporter.chunks(grant)?;
     let len = grant.range.len();
     let (iova, pieces, bounce) = match &plan.strategy {
         Strategy::Direct | Strategy::Identity => {

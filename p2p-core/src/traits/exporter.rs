@@ -214,6 +214,9 @@ pub struct Chunk {
 ///   when the memory is in a device ([`Residency::Device`]). Within a grant either no chunk
 ///   names a file ([`Chunk::file`]) or every one names the same open file, each at the same
 ///   distance from its chunk's offset (the file holds the grant's bytes in order).
+/// - [`export_with_chunks`](Self::export_with_chunks) is [`export`](Self::export) then
+///   [`chunks`](Self::chunks) of the grant, as one call: the same grant and the same chunks, and
+///   when it fails no grant is outstanding.
 /// - [`chunks`](Self::chunks) and [`release`](Self::release) of a grant that is not outstanding
 ///   (released already, or another exporter's) fail with
 ///   [`Error::UnknownGrant`](crate::Error::UnknownGrant).
@@ -252,6 +255,28 @@ pub trait MemoryExporter: Send + Sync + fmt::Debug {
     fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList>;
     /// Gives a grant back; an error if it is unknown (released twice).
     fn release(&self, grant: &ExportGrant) -> Result<()>;
+
+    /// [`export`](Self::export) and [`chunks`](Self::chunks) of the new grant in one call, as
+    /// the negotiator does on every mapping: an exporter that keeps its grants under a lock can
+    /// do both under one acquisition. On failure no grant is outstanding.
+    ///
+    /// The default calls the two (and releases the grant if `chunks` fails).
+    fn export_with_chunks(
+        &self,
+        range: AddrRange<Offset>,
+        pin: bool,
+    ) -> Result<(ExportGrant, ChunkList)> {
+        let grant = self.export(range, pin)?;
+        match self.chunks(&grant) {
+            Ok(chunks) => Ok((grant, chunks)),
+            Err(e) => {
+                if let Err(err) = self.release(&grant) {
+                    tracing::warn!(%err, "releasing a grant whose chunks failed");
+                }
+                Err(e)
+            }
+        }
+    }
 
     /// Copies `buf.len()` bytes of the memory object at `offset` into `buf`, through the CPU's
     /// view of wherever the memory is now. The bytes must lie inside `grant`'s range and the
@@ -315,6 +340,13 @@ impl<T: MemoryExporter + ?Sized> MemoryExporter for Arc<T> {
     }
     fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         (**self).chunks(grant)
+    }
+    fn export_with_chunks(
+        &self,
+        range: AddrRange<Offset>,
+        pin: bool,
+    ) -> Result<(ExportGrant, ChunkList)> {
+        (**self).export_with_chunks(range, pin)
     }
     fn release(&self, grant: &ExportGrant) -> Result<()> {
         (**self).release(grant)
