@@ -23,10 +23,11 @@ pub const ENTRIES: usize = 512;
 /// A frame of page-table memory.
 pub type Table = [AtomicU64; ENTRIES];
 
-/// Frames at most: 262 144 × 4 KiB = 1 GiB of page tables per domain (address space reserved,
-/// memory used as tables are).
+/// Frames at most: 65 536 × 4 KiB = 256 MiB of page tables per domain (address space reserved,
+/// memory used only as tables are written), enough to map 128 GiB as 4 KiB pages at once, and far
+/// more in larger leaves.
 #[cfg(not(loom))]
-const MAX_FRAMES: usize = 1 << 18;
+const MAX_FRAMES: usize = 1 << 16;
 #[cfg(loom)]
 const MAX_FRAMES: usize = 16;
 
@@ -42,6 +43,43 @@ struct FreeFrames {
 /// Decides, at each page-table frame allocation, whether it fails (fault injection), given the
 /// IOVA the table is for: a machine's fault injector, a countdown in a test.
 pub type FrameFault = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// Which frames are handed out, a bit each, in debug builds: a frame given back twice (or never
+/// handed out) is a bug in a page-table protocol that would later hand one frame to two tables,
+/// so it panics at the second give-back instead. Plain std atomics, also under loom: a check,
+/// not part of any protocol.
+#[cfg(debug_assertions)]
+struct Owned(Box<[std::sync::atomic::AtomicU64]>);
+
+#[cfg(debug_assertions)]
+impl Owned {
+    fn new() -> Self {
+        Self(
+            (0..MAX_FRAMES.div_ceil(64))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        )
+    }
+
+    fn bit(frame: u32) -> (usize, u64) {
+        (frame as usize / 64, 1 << (frame % 64))
+    }
+
+    fn take(&self, frame: u32) {
+        let (word, bit) = Self::bit(frame);
+        let old = self.0[word].fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
+        assert!(old & bit == 0, "frame {frame} handed out twice");
+    }
+
+    fn give(&self, frame: u32) {
+        let (word, bit) = Self::bit(frame);
+        let old = self.0[word].fetch_and(!bit, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            old & bit != 0,
+            "frame {frame} given back twice, or never handed out"
+        );
+    }
+}
 
 /// A frame given back after it was reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +100,9 @@ pub struct Frames {
     /// Frames given back, reusable now.
     free: Arc<Mutex<FreeFrames>>,
     live: AtomicUsize,
+    /// Which frames are handed out, checked in debug builds.
+    #[cfg(debug_assertions)]
+    owned: Owned,
     /// Allocation fails once this many frames are live (`usize::MAX`: never): a domain's budget
     /// of table memory.
     limit: AtomicUsize,
@@ -79,7 +120,7 @@ impl std::fmt::Debug for Frames {
 }
 
 /// `MAX_FRAMES` zeroed frames. A zeroed allocation (`calloc`): the pages are the kernel's zero
-/// pages until written, so reserving 1 GiB costs one `mmap`.
+/// pages until written, so reserving the arena costs one `mmap`.
 #[cfg(not(loom))]
 fn zeroed_arena() -> Result<Box<[Table]>> {
     use zerocopy::FromZeros;
@@ -104,6 +145,8 @@ impl Frames {
             next: AtomicU32::new(0),
             free: Arc::default(),
             live: AtomicUsize::new(0),
+            #[cfg(debug_assertions)]
+            owned: Owned::new(),
             limit: AtomicUsize::new(usize::MAX),
             fault: std::sync::RwLock::new(None),
         })
@@ -157,15 +200,27 @@ impl Frames {
                 }
             }
             debug_assert!(self.is_empty(f), "reusing a table that maps something");
+            #[cfg(debug_assertions)]
+            self.owned.take(f);
             return Ok(f);
         }
-        let f = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if (f as usize) < MAX_FRAMES {
-            return Ok(f);
+        // Never past the end (a counter that kept counting failures would wrap to the root).
+        let fresh = self.next.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| ((n as usize) < MAX_FRAMES).then_some(n + 1),
+        );
+        match fresh {
+            Ok(f) => {
+                #[cfg(debug_assertions)]
+                self.owned.take(f);
+                Ok(f)
+            }
+            Err(_) => {
+                self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                Err(exhausted())
+            }
         }
-        // Stays past the end: every later fresh allocation fails the same way.
-        self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        Err(exhausted())
     }
 
     /// Gives back a frame that never became reachable (its entries are all zero): reusable now.
@@ -174,6 +229,8 @@ impl Frames {
             self.is_empty(frame),
             "releasing a table that maps something"
         );
+        #[cfg(debug_assertions)]
+        self.owned.give(frame);
         self.free.lock().clean.push(frame);
         self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
@@ -193,6 +250,10 @@ impl Frames {
     pub fn retire_all(&self, frames: Vec<Retired>) {
         if frames.is_empty() {
             return;
+        }
+        #[cfg(debug_assertions)]
+        for r in &frames {
+            self.owned.give(r.frame);
         }
         self.live
             .fetch_sub(frames.len(), std::sync::atomic::Ordering::AcqRel);
@@ -291,5 +352,25 @@ mod tests {
         let g = frames.alloc(0).unwrap();
         assert_eq!(g, f, "no clean frame is free, so the dirty one is reused");
         assert!(frames.is_empty(g), "a dirty frame came back with entries");
+    }
+
+    /// Past the end of the arena every fresh allocation fails (and keeps failing: the counter
+    /// of fresh frames must not wrap round to the root's), and a frame given back is reused.
+    #[test]
+    fn an_exhausted_arena_refuses_and_reuses_what_is_given_back() {
+        let frames = Frames::new(0x7f00_0000_0000).unwrap();
+        let mut last = 0;
+        for _ in 0..MAX_FRAMES {
+            last = frames.alloc(0).unwrap();
+        }
+        for _ in 0..1000 {
+            assert!(matches!(
+                frames.alloc(0x1234_5000),
+                Err(Error::NoTableMemory { iova: 0x1234_5000 })
+            ));
+        }
+        assert_eq!(frames.live(), MAX_FRAMES);
+        frames.release(last);
+        assert_eq!(frames.alloc(0).unwrap(), last);
     }
 }

@@ -160,6 +160,7 @@ impl<F: Format> PageTable<F> {
     /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
     #[inline]
     pub fn map(&self, iova: u64, phys: u64, len: u64, access: Access, mmio: bool) -> Result<()> {
+        self.check_space(iova, len)?;
         let _walking = epoch::pin();
         if len == PAGE && (iova | phys) % PAGE == 0 {
             let leaf = F::leaf(phys, 0, access, mmio);
@@ -168,6 +169,23 @@ impl<F: Format> PageTable<F> {
             }
         }
         self.map_general(iova, phys, len, access, mmio)
+    }
+
+    /// `[iova, iova+len)` inside the 2^IAS input space: the walk uses the address's index bits
+    /// only, so an address above it would reach the entries of the one it aliases.
+    #[inline]
+    fn check_space(&self, iova: u64, len: u64) -> Result<()> {
+        let space = 1u64 << F::IAS;
+        if iova < space && len <= space - iova {
+            return Ok(());
+        }
+        Err(Error::OutOfBounds {
+            kind: "iova",
+            start: iova,
+            len,
+            limit_start: 0,
+            limit_len: space,
+        })
     }
 
     /// [`map`](Self::map) of any range, pinned by the caller; out of line, so that the one-page
@@ -186,8 +204,9 @@ impl<F: Format> PageTable<F> {
         if result.is_err() {
             // Only leaves this call made are in [iova, iova+done): no split is possible. Tables
             // made for it stay until a reclaim finds them empty.
-            let undone = self.unmap_range(iova, done);
-            debug_assert_eq!(undone, done);
+            // (Fewer only if an unmap of an overlapping range raced this map: the callers'
+            // race, which leaves the table consistent either way.)
+            self.unmap_range(iova, done);
         }
         result
     }
@@ -309,6 +328,7 @@ impl<F: Format> PageTable<F> {
     /// unmap covered are unlinked and wait on the freelist for the next flush.
     #[inline]
     pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
+        self.check_space(iova, len)?;
         if len == PAGE && iova % PAGE == 0 {
             let _walking = epoch::pin();
             if let Some(n) = self.unmap_page_fast(iova) {

@@ -174,3 +174,37 @@ fn a_page_mapped_into_a_subtree_being_detached_leaves_the_table_consistent() {
         assert_eq!(t.live_frames(), 1, "a table was left behind");
     });
 }
+
+/// A level-1 table holds 511 blocks and a hole. One thread maps the hole's 2 MiB as 4 KiB pages,
+/// which installs a new last-level table into it; another unmaps the whole 1 GiB, which detaches
+/// the level-1 table whole once its scan finds every entry a leaf, the new table included. The
+/// mapper whose path broke takes out the table it installed; the detach retires the tables whose
+/// links it clears. Whatever the order, each table is retired once: after the cleanup only the
+/// root is live (a table retired twice would count one frame too few).
+#[test]
+fn a_table_installed_into_a_subtree_being_detached_is_retired_once() {
+    const SZ_1G: u64 = 1 << 30;
+    const BASE_1G: u64 = 1 << 30;
+    model(|| {
+        let t = Arc::new(PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap());
+        let hole = BASE_1G + SZ_1G - SZ_2M;
+        t.map(BASE_1G, 0x4000_0000, SZ_1G - SZ_2M, RW, false)
+            .unwrap();
+        let mapper = {
+            let t = t.clone();
+            loom::thread::spawn(move || t.map(hole, 0x1_0000_1000, SZ_2M, RW, false))
+        };
+        let unmapped = t.unmap(BASE_1G, SZ_1G).unwrap();
+        mapper.join().unwrap().expect("the hole was free");
+        assert!(
+            unmapped == SZ_1G || unmapped == SZ_1G - SZ_2M,
+            "{unmapped:#x}"
+        );
+        assert_eq!(t.translate(BASE_1G), None, "the unmap left a block");
+        // Whatever of the racing map survived, take it out; then only the root stays.
+        t.unmap(hole, SZ_2M).unwrap();
+        t.reclaim();
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 1, "a table retired twice, or left behind");
+    });
+}

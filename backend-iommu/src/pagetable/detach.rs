@@ -16,12 +16,19 @@
 //! mapper of the empty-table unlink, and the same Dekker pattern settles it: either the scan sees
 //! its leaf, or the mapper's re-read sees the mark (and it retreats and retries). A map into a
 //! range an unmap is removing at the same time is the callers' race: the table stays consistent
-//! (nothing unreachable stays mapped, no table is lost), whichever of them goes first.
+//! (nothing unreachable stays mapped, no table is lost or freed twice), whichever goes first.
+//!
+//! Freed twice is the danger: the links *inside* a detached subtree still look live, and a
+//! thread already inside it (a mapper taking out a table it installed there, another unmap of an
+//! overlapping range) may try to take a table out through one of them. So the detach retires the
+//! top table (its link is the marked entry, which only the marker changes) and, below it, only
+//! the tables whose link it clears itself with a compare-and-swap: whoever clears a link retires
+//! what it pointed at, and only one can.
 
 use super::{PageTable, Walk, ROOT, UNLINKING};
 use crate::format::{index, level_size, Format, Pte};
 use crate::frames::{Retired, Table};
-use crate::sync::{fence, Ordering::SeqCst};
+use crate::sync::{fence, AtomicU64, Ordering::SeqCst};
 
 impl<F: Format> PageTable<F> {
     /// Detaches the largest table on the walk to `va` whose whole span starts at `va`, lies in
@@ -59,26 +66,43 @@ impl<F: Format> PageTable<F> {
         }
         // The unlinker's half of the Dekker pattern: mark, fence, then look.
         fence(SeqCst);
-        let mut tables = Vec::new();
-        if !self.all_leaves(phys, level - 1, &mut tables) {
+        let mut links = Vec::new();
+        if !self.all_leaves(phys, level - 1, &mut links) {
             slot.store(cur, SeqCst);
             return false;
         }
-        // Only the marker changes a marked entry.
+        // Only the marker changes a marked entry: the top table is this call's to retire.
         slot.store(0, SeqCst);
-        self.freelist.lock().extend(
-            tables
-                .into_iter()
-                .map(|frame| Retired { frame, dirty: true }),
-        );
+        let mut retired = vec![Retired {
+            frame: self.frames.frame_at(phys),
+            dirty: true,
+        }];
+        // A table below is retired by whoever takes its link out, and only by them: a mapper
+        // that installed it under the detached table (and takes it out when its path check
+        // fails), or another unmap racing this one over the same range, may reach the same link
+        // through the detached tables. The compare-and-swap decides; the loser leaves it.
+        for (link, pte, child) in links {
+            if link.compare_exchange(pte, 0, SeqCst, SeqCst).is_ok() {
+                retired.push(Retired {
+                    frame: self.frames.frame_at(child),
+                    dirty: true,
+                });
+            }
+        }
+        self.freelist.lock().extend(retired);
         self.pending.store(true, SeqCst);
         true
     }
 
     /// Whether every entry of the level-`level` table at `phys`, and of every table below it, is
-    /// a leaf; collects the tables' frames into `tables`. Depth is at most three.
-    fn all_leaves(&self, phys: u64, level: usize, tables: &mut Vec<u32>) -> bool {
-        tables.push(self.frames.frame_at(phys));
+    /// a leaf; collects the links between those tables into `links` (the entry, the value read,
+    /// the table it points at). Depth is at most three.
+    fn all_leaves<'a>(
+        &'a self,
+        phys: u64,
+        level: usize,
+        links: &mut Vec<(&'a AtomicU64, u64, u64)>,
+    ) -> bool {
         for e in self.frames.table_at(phys) {
             let pte = e.load(SeqCst);
             if pte & UNLINKING != 0 {
@@ -87,7 +111,8 @@ impl<F: Format> PageTable<F> {
             match F::decode(pte, level) {
                 Pte::Leaf { .. } => {}
                 Pte::Table(below) if level > 0 => {
-                    if !self.all_leaves(below, level - 1, tables) {
+                    links.push((e, pte, below));
+                    if !self.all_leaves(below, level - 1, links) {
                         return false;
                     }
                 }
@@ -149,5 +174,84 @@ mod tests {
             t.translate(SZ_1G + 2 * SZ_2M).map(|l| l.phys),
             Some(0x5000_0000)
         );
+    }
+
+    /// A mapper installs a prefilled last-level table into a hole of a level-1 table; before its
+    /// path check, an unmap of the whole 1 GiB detaches the subtree with that table in it. The
+    /// mapper's retreat must not retire the table the detach already took (one frame would
+    /// then be handed to two tables).
+    #[test]
+    fn a_table_installed_under_a_detached_one_is_retired_once() {
+        use crate::format::Format;
+        use crate::pagetable::descend::Run;
+        use crate::sync::{fence, Ordering::SeqCst};
+        let t = table();
+        t.map(SZ_1G, 0x4000_0000, SZ_1G - SZ_2M, RW, false).unwrap();
+        assert_eq!(t.live_frames(), 3);
+        let va = 2 * SZ_1G - SZ_2M;
+        let bits = VtdSecondLevel::leaf(0, 0, RW, false);
+        let leaf = |k: usize| (0x1_0000_1000 + k as u64 * SZ_4K) | bits;
+        let pinned = crossbeam_epoch::pin();
+        // The mapper, up to its fence: a new table, prefilled, installed.
+        let run = Run {
+            first: 0,
+            n: 512,
+            leaf: &leaf,
+        };
+        let d = t.descend(va, 0, true, Some(run)).unwrap().unwrap();
+        assert!(d.filled);
+        // The unmap takes the whole subtree, the mapper's table included.
+        assert_eq!(t.unmap(SZ_1G, SZ_1G).unwrap(), SZ_1G);
+        // The mapper resumes: its path broke, so it withdraws and takes out what it installed.
+        fence(SeqCst);
+        assert!(!t.path_intact(&d.path, 0));
+        crate::pagetable::withdraw(&d.table[..512], leaf);
+        t.abandon(&d.path, 0);
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 2, "root and level-2 table");
+        drop(pinned);
+        for _ in 0..256 {
+            crossbeam_epoch::pin().flush();
+        }
+        let got: Vec<u32> = (0..3).map(|_| t.frames().alloc(0).unwrap()).collect();
+        assert!(
+            got[0] != got[1] && got[1] != got[2] && got[0] != got[2],
+            "a frame handed out twice: {got:?}"
+        );
+    }
+
+    /// Two unmaps over one subtree (the callers' race): the second walked into it before the
+    /// first detached it whole, and then tries to detach a table inside it. It finds the link
+    /// gone and takes nothing, so no table is retired twice.
+    #[test]
+    fn an_unmap_inside_a_detached_subtree_takes_nothing() {
+        let t = table();
+        t.map(SZ_1G, SZ_1G + SZ_4K, SZ_1G, RW, false).unwrap();
+        let _pinned = crossbeam_epoch::pin();
+        let late = t.walk(SZ_1G + SZ_2M);
+        assert_eq!(t.unmap(SZ_1G, SZ_1G).unwrap(), SZ_1G);
+        assert_eq!(t.detach_covered(&late, SZ_1G + SZ_2M, SZ_2M), None);
+        t.release_freelist();
+        assert_eq!(t.live_frames(), 2, "root and level-2 table");
+    }
+
+    /// The walk uses an address's index bits only: an address at or above 2^48 would reach the
+    /// entries of the one it aliases, and one near 2^64 would overflow the unlink's range.
+    #[test]
+    fn addresses_above_the_input_space_are_refused() {
+        let t = table();
+        t.map(SZ_1G, 0x4000_0000, SZ_4K, RW, false).unwrap();
+        let above = SZ_1G + (1 << 48);
+        assert!(matches!(
+            t.unmap(above, SZ_4K),
+            Err(p2p_core::Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            t.map(above, 0x5000_0000, SZ_4K, RW, false),
+            Err(p2p_core::Error::OutOfBounds { .. })
+        ));
+        assert!(t.unmap(0xffff_ffff_ffff_e000, SZ_4K).is_err());
+        assert!(t.unmap((1 << 48) - SZ_4K, 2 * SZ_4K).is_err());
+        assert_eq!(t.translate(SZ_1G).map(|l| l.phys), Some(0x4000_0000));
     }
 }
