@@ -119,6 +119,13 @@ impl std::fmt::Debug for Frames {
     }
 }
 
+/// Frames whose memory a new arena touches at once (256 KiB): a domain's first tables.
+const PREFAULTED: usize = 64;
+
+/// Collector runs an allocation waits for when the arena is used up and retired frames may come
+/// back (each lets the epoch advance once if no walk holds it).
+const COLLECT_TRIES: usize = 8;
+
 /// `MAX_FRAMES` zeroed frames. A zeroed allocation (`calloc`): the pages are the kernel's zero
 /// pages until written, so reserving the arena costs one `mmap`.
 #[cfg(not(loom))]
@@ -139,9 +146,15 @@ impl Frames {
     /// Frames at physical addresses from `base` (4 KiB aligned) up; fails with
     /// [`Error::NoTableMemory`] if the address space for them cannot be reserved.
     pub fn new(base: u64) -> Result<Self> {
+        let arena = zeroed_arena()?;
+        // The first tables' pages are touched now, so that a new domain's first maps do not
+        // each take a page fault for the kernel's zero page (a store of the zero already there).
+        for table in arena.iter().take(PREFAULTED) {
+            table[0].store(0, Ordering::Relaxed);
+        }
         Ok(Self {
             base,
-            arena: zeroed_arena()?,
+            arena,
             next: AtomicU32::new(0),
             free: Arc::default(),
             live: AtomicUsize::new(0),
@@ -185,42 +198,63 @@ impl Frames {
         {
             return Err(exhausted());
         }
-        let reused = {
-            let mut free = self.free.lock();
-            match free.clean.pop() {
-                Some(f) => Some((f, false)),
-                None => free.dirty.pop().map(|f| (f, true)),
-            }
-        };
-        if let Some((f, dirty)) = reused {
-            if dirty {
-                // Nobody can read it any more (its epoch has passed): plain stores do.
-                for e in self.table(f) {
-                    e.store(0, Ordering::Relaxed);
-                }
-            }
-            debug_assert!(self.is_empty(f), "reusing a table that maps something");
-            #[cfg(debug_assertions)]
-            self.owned.take(f);
-            return Ok(f);
-        }
-        // Never past the end (a counter that kept counting failures would wrap to the root).
-        let fresh = self.next.fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |n| ((n as usize) < MAX_FRAMES).then_some(n + 1),
-        );
-        match fresh {
-            Ok(f) => {
+        let taken = self
+            .reused()
+            .or_else(|| self.fresh())
+            .or_else(|| self.reused_after_collecting());
+        match taken {
+            Some(f) => {
                 #[cfg(debug_assertions)]
                 self.owned.take(f);
                 Ok(f)
             }
-            Err(_) => {
+            None => {
                 self.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 Err(exhausted())
             }
         }
+    }
+
+    /// A frame from the free lists, zeroed: a clean one first, else a dirty one.
+    fn reused(&self) -> Option<u32> {
+        let (f, dirty) = {
+            let mut free = self.free.lock();
+            match free.clean.pop() {
+                Some(f) => (f, false),
+                None => (free.dirty.pop()?, true),
+            }
+        };
+        if dirty {
+            // Nobody can read it any more (its epoch has passed): plain stores do.
+            for e in self.table(f) {
+                e.store(0, Ordering::Relaxed);
+            }
+        }
+        debug_assert!(self.is_empty(f), "reusing a table that maps something");
+        Some(f)
+    }
+
+    /// A frame never handed out, if the arena has one. Never past the end: a counter that kept
+    /// counting failures would wrap round to the root's frame.
+    fn fresh(&self) -> Option<u32> {
+        self.next
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| ((n as usize) < MAX_FRAMES).then_some(n + 1),
+            )
+            .ok()
+    }
+
+    /// The arena is used up: frames retired but not yet past their epoch may come back if the
+    /// collector runs (Linux's flush-and-retry). A few collector runs, then none.
+    #[cold]
+    #[inline(never)]
+    fn reused_after_collecting(&self) -> Option<u32> {
+        (0..COLLECT_TRIES).find_map(|_| {
+            epoch::flush();
+            self.reused()
+        })
     }
 
     /// Gives back a frame that never became reachable (its entries are all zero): reusable now.
@@ -268,6 +302,7 @@ impl Frames {
                 }
             }
         });
+        epoch::flush();
     }
 
     /// Frames in use (retired frames waiting for their epoch count as free).

@@ -8,6 +8,12 @@
 //! old entry, it read the ticket before the invalidation, so its fill fails; if it read the
 //! cleared entry, it has nothing to fill. Either way no fill can bring back a translation a
 //! strict unmap removed (every access is sequentially consistent).
+//!
+//! Dropping everything (a lazy drain, an invalidation of more pages than the cache has slots) is
+//! one increment of the cache's *epoch*, not a write to every slot: an entry is usable only if it
+//! was filled in the current epoch (each slot keeps the epoch its fill's ticket read, a full
+//! 64-bit word, so it never wraps), so a clear makes every entry, and every fill whose ticket
+//! predates it, unusable at once.
 
 use crate::sync::{spin, AtomicU64, Ordering::SeqCst};
 use p2p_core::access::Access;
@@ -33,11 +39,22 @@ struct Slot {
     tag: AtomicU64,
     /// Physical page address | access bits (bit 0 read, bit 1 write).
     data: AtomicU64,
+    /// The cache's epoch when the fill's ticket was taken: the entry is usable only in it.
+    epoch: AtomicU64,
 }
 
-/// What [`Iotlb::fill_ticket`] saw of a slot before the walk; [`Iotlb::fill`] needs it unchanged.
+/// What [`Iotlb::fill_ticket`] saw of a slot, and the epoch, before the walk; [`Iotlb::fill`]
+/// needs the slot unchanged and tags the entry with that epoch.
 #[derive(Debug, Clone, Copy)]
-pub struct FillTicket(u64);
+pub struct FillTicket {
+    tag: u64,
+    epoch: u64,
+}
+
+/// The epoch, on a cache line of its own: every lookup reads it, only clears write it.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Epoch(AtomicU64);
 
 /// One thread's share of the counters, on a cache line of its own: threads translating and
 /// unmapping side by side never write the same line to count.
@@ -83,6 +100,7 @@ impl IotlbStats {
 #[derive(Debug)]
 pub struct Iotlb {
     slots: Box<[Slot]>,
+    epoch: Epoch,
     stats: IotlbStats,
 }
 
@@ -90,6 +108,7 @@ impl Default for Iotlb {
     fn default() -> Self {
         Self {
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            epoch: Epoch::default(),
             stats: IotlbStats::default(),
         }
     }
@@ -117,7 +136,8 @@ impl Iotlb {
         let t1 = s.tag.load(SeqCst);
         if t1 & (VALID | BUSY) == VALID && t1 & PAGE_MASK == page_bits(page) {
             let d = s.data.load(SeqCst);
-            if s.tag.load(SeqCst) == t1 {
+            let filled_in = s.epoch.load(SeqCst);
+            if s.tag.load(SeqCst) == t1 && filled_in == self.epoch.0.load(SeqCst) {
                 bump(&self.stats.mine().hits);
                 return Some((d & !0xfff, Access::from_bits_truncate((d & 0b11) as u8)));
             }
@@ -128,7 +148,10 @@ impl Iotlb {
 
     /// Reads the slot of `iova` before a walk that may fill it.
     pub fn fill_ticket(&self, iova: u64) -> FillTicket {
-        FillTicket(self.slots[slot_of(iova >> 12)].tag.load(SeqCst))
+        FillTicket {
+            tag: self.slots[slot_of(iova >> 12)].tag.load(SeqCst),
+            epoch: self.epoch.0.load(SeqCst),
+        }
     }
 
     /// Caches a translation found by a walk that started after `ticket` was taken; skipped if
@@ -136,7 +159,7 @@ impl Iotlb {
     pub fn fill(&self, ticket: FillTicket, iova: u64, phys_page: u64, access: Access) {
         let page = iova >> 12;
         let s = &self.slots[slot_of(page)];
-        let t0 = ticket.0;
+        let t0 = ticket.tag;
         if t0 & BUSY != 0
             || s.tag
                 .compare_exchange(t0, t0 | BUSY, SeqCst, SeqCst)
@@ -146,13 +169,14 @@ impl Iotlb {
         }
         let bits = u64::from(access.bits()) & 0b11;
         s.data.store(phys_page | bits, SeqCst);
+        s.epoch.store(ticket.epoch, SeqCst);
         let version = t0 & !(VERSION_ONE - 1);
         s.tag.store(version | page_bits(page) | VALID, SeqCst);
     }
 
     /// Invalidates one slot: bumps its version (so that no fill that read it before succeeds)
-    /// and drops its entry if `page` is `None` or the entry caches `page`.
-    fn invalidate_slot(&self, s: &Slot, page: Option<u64>) {
+    /// and drops its entry if it caches `page`.
+    fn invalidate_slot(&self, s: &Slot, page: u64) {
         loop {
             let t = s.tag.load(SeqCst);
             if t & BUSY != 0 {
@@ -160,7 +184,7 @@ impl Iotlb {
                 spin();
                 continue;
             }
-            let drop_entry = page.is_none_or(|p| t & PAGE_MASK == page_bits(p));
+            let drop_entry = t & PAGE_MASK == page_bits(page);
             let keep = if drop_entry {
                 0
             } else {
@@ -180,7 +204,7 @@ impl Iotlb {
         if (iova & 0xfff) + len <= 4096 {
             // One page (a strict unmap of a DMA-API page): its slot alone.
             let page = iova >> 12;
-            return self.invalidate_slot(&self.slots[slot_of(page)], Some(page));
+            return self.invalidate_slot(&self.slots[slot_of(page)], page);
         }
         self.invalidate_pages(iova, len);
     }
@@ -190,25 +214,24 @@ impl Iotlb {
     fn invalidate_pages(&self, iova: u64, len: u64) {
         let pages = len.div_ceil(4096);
         if pages >= SLOTS as u64 {
-            return self.clear_slots();
+            return self.next_epoch();
         }
         for p in 0..pages {
             let page = (iova >> 12) + p;
-            self.invalidate_slot(&self.slots[slot_of(page)], Some(page));
+            self.invalidate_slot(&self.slots[slot_of(page)], page);
         }
     }
 
     /// Drops everything.
     pub fn clear(&self) {
         bump(&self.stats.mine().invalidations);
-        self.clear_slots();
+        self.next_epoch();
     }
 
-    /// Invalidates every slot.
-    fn clear_slots(&self) {
-        for s in self.slots.iter() {
-            self.invalidate_slot(s, None);
-        }
+    /// Makes every entry, and every fill whose ticket was taken before, unusable: the next
+    /// epoch.
+    fn next_epoch(&self) {
+        self.epoch.0.fetch_add(1, SeqCst);
     }
 
     /// (hits, misses, invalidations).

@@ -68,4 +68,12 @@ pub(crate) mod epoch {
         #[cfg(loom)]
         drop(f);
     }
+
+    /// Hands this thread's deferred work to the collector and lets it advance the epoch and run
+    /// what is due: without it, work waits for the thread's next 128 pins, and an unmap of a
+    /// large range retires hundreds of tables at once.
+    pub(crate) fn flush() {
+        #[cfg(not(loom))]
+        crossbeam_epoch::pin().flush();
+    }
 }

@@ -86,3 +86,32 @@ fn a_lazy_drain_leaves_nothing_stale() {
         assert_eq!(d.dma_translate(Iova(IOVA)), None);
     });
 }
+
+/// Strict, a range of as many pages as the IOTLB has slots: its invalidation is the epoch's
+/// increment, not a write to each slot. A walk that started before it, whatever it fills
+/// afterwards, fills an entry of the old epoch, which no lookup uses.
+#[test]
+fn a_fill_never_outlives_a_strict_unmap_that_clears_the_whole_iotlb() {
+    const LEN: u64 = 4 * 4096; // the loom build's IOTLB has 4 slots
+    model(|| {
+        let d = Arc::new(SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict).unwrap());
+        d.map(Iova(IOVA), PhysAddr(0x10_0000), LEN, RW).unwrap();
+        let device = {
+            let d = d.clone();
+            loom::thread::spawn(move || {
+                if let Some(t) = d.dma_translate(Iova(IOVA + 4096)) {
+                    assert_eq!(t.phys, PhysAddr(0x10_1000));
+                }
+            })
+        };
+        assert_eq!(d.unmap(Iova(IOVA), LEN).unwrap(), LEN);
+        device.join().unwrap();
+        for page in 0..4 {
+            assert_eq!(
+                d.dma_translate(Iova(IOVA + page * 4096)),
+                None,
+                "page {page} stale after the unmap"
+            );
+        }
+    });
+}
