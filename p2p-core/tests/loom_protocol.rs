@@ -11,8 +11,9 @@
 //!
 //! The models run with a preemption bound of 3 (a few hundred interleavings each, well under a
 //! second). `LOOM_MAX_PREEMPTIONS=100` makes the search exhaustive (3,000–6,000 interleavings a
-//! model, about a second in all). `LOOM_LOG=trace LOOM_LOCATION=1 LOOM_MAX_PREEMPTIONS=3` prints
-//! every operation of every interleaving, the failing one last.
+//! model for models 1–5, about a second in all; model 6, with a set-up on each thread, about 13
+//! seconds). `LOOM_LOG=trace LOOM_LOCATION=1 LOOM_MAX_PREEMPTIONS=3` prints every operation of
+//! every interleaving, the failing one last.
 //!
 //! The test doubles (`TestExporter`, `TestDomain`, `TestImporter`, `TestPlatform`) keep their
 //! state under `parking_lot` locks that loom does not see. Running them is safe: none of those
@@ -39,6 +40,11 @@
 //! 5. [`forced_revoke_vs_pinned_establish`]: a non-ODP importer's `map` (which pins) races a
 //!    forced revoke that kills pinned mappings. Nothing is live while the memory is revoked, and
 //!    afterwards nothing is live at all: the map either failed or was torn down.
+//! 6. [`sequence_reuse_vs_invalidation`]: dropping a mapping and setting up another of the same
+//!    range (which may take the dropped one's sequence from its shard's spares) races a move,
+//!    during which the mover sets up a mapping of a range the move does not cover (which may
+//!    take it too). A sequence a running invalidation holds must never be handed out: the
+//!    mover's own set-up would wait for the mover forever.
 #![cfg(loom)]
 
 use loom::thread;
@@ -553,6 +559,129 @@ fn forced_revoke_vs_pinned_establish() {
             }
             Err(e) => assert!(matches!(e, Error::Revoked(_)), "{e}"),
         }
+        rig.assert_observer_order();
+        rig.assert_nothing_left();
+    });
+}
+
+/// Model 6: a registry shard hands a removed entry's sequence to a later entry only when no
+/// running invalidation holds it (`Inner::remove` checks that the entry and its caller are its
+/// only holders). Thread A drops a live mapping of page 1, then maps page 1 again: the new
+/// entry may take the dropped one's sequence. The main thread moves pages 0–3 and, while its
+/// invalidation is still running, maps page 8, which the move does not cover: that entry may
+/// take the dropped sequence too.
+///
+/// If A drops the first mapping after the move began, the move holds its sequence odd. Were that
+/// sequence handed out anyway, a new entry would start odd, held by an invalidation that does
+/// not cover it: the mover's set-up of page 8 would wait in `read_begin` for the mover itself
+/// (loom reports the endless spin as a model exceeding its maximum number of branches). A's
+/// set-up of page 1 taking it would go unnoticed: the move covers page 1, so that set-up waits
+/// for the move's end either way. What must hold instead:
+///
+/// - nothing over pages 0–3 is live while the memory moves (as in model 1), and the mapping of
+///   page 8 is set up during the move without waiting for it;
+/// - afterwards the new mapping of page 1, if live, points at where the memory is now (it was
+///   torn down, or its set-up retried, if it raced the move), and the mapping of page 8 is live
+///   and points there too;
+/// - the move's report counts only mappings of pages 0–3 (at most one: A never has two at
+///   once), and matches the teardowns the observer heard; the mapping of page 8 was never torn
+///   down by it;
+/// - both new mappings' sequences are even, and stay so, once the move has ended.
+///
+/// Runs with [`check`]'s default bound like the others; exhaustive with
+/// `LOOM_MAX_PREEMPTIONS=100` in about 13 seconds (release build, one core).
+#[test]
+fn sequence_reuse_vs_invalidation() {
+    check(|| {
+        let rig = Arc::new(Rig::new());
+        let r = range(1, 1);
+        let moved = range(0, 4);
+        let outside = range(8, 1);
+        let first = rig.map(r).expect("maps");
+        let first_id = first.id();
+        let remapper = {
+            let rig = rig.clone();
+            thread::spawn(move || {
+                drop(first);
+                rig.map(r).expect("a map that races one move succeeds")
+            })
+        };
+        let guard = rig
+            .neg
+            .begin_invalidation(rig.exporter.id(), moved, InvalidationKind::Move)
+            .expect("nothing pinned, the importer stops");
+        rig.assert_nothing_live(moved);
+        rig.gpu.migrate_to_host();
+        // Still inside the invalidation: a range it does not cover is set up at once.
+        let bystander = rig
+            .map(outside)
+            .expect("a map of a range no invalidation covers succeeds");
+        assert!(
+            bystander.is_live(),
+            "a mapping no invalidation covers is not live"
+        );
+        let report = guard.end();
+        let second = remapper.join().expect("no panic");
+        let (second_id, bystander_id) = (second.id(), bystander.id());
+        assert!(
+            second_id != first_id && bystander_id != first_id && second_id != bystander_id,
+            "ids reused: {first_id} {second_id} {bystander_id}"
+        );
+
+        if second.is_live() {
+            rig.assert_points_at_now(&second);
+        }
+        assert!(
+            bystander.is_live(),
+            "the move tore down a range it does not cover"
+        );
+        rig.assert_points_at_now(&bystander);
+        rig.assert_domain_matches(&[&second, &bystander]);
+
+        let events = rig.recorder.events();
+        let invalidated: Vec<u64> = events
+            .iter()
+            .filter(|(_, s)| {
+                *s == Seen::TornDown(TeardownCause::Invalidated(InvalidationKind::Move))
+            })
+            .map(|&(id, _)| id)
+            .collect();
+        assert!(
+            invalidated
+                .iter()
+                .all(|&id| id == first_id || id == second_id),
+            "the move tore down a mapping outside its range: {events:?}"
+        );
+        assert!(
+            report.mappings <= 1,
+            "the move counted {} mappings; at most one of page 1 was ever live at once: {events:?}",
+            report.mappings
+        );
+        assert_eq!(
+            report.mappings,
+            invalidated.len(),
+            "the move's report and the observer disagree: {events:?}"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|(id, _)| *id == bystander_id)
+                .map(|&(_, s)| s)
+                .collect::<Vec<_>>(),
+            vec![Seen::Established],
+            "the mapping of page 8: {events:?}"
+        );
+
+        // Nothing runs any more: every sequence is even and stays so.
+        for m in [&second, &bystander] {
+            let seq = m.read_begin();
+            assert_eq!(seq % 2, 0, "mapping {}: odd sequence {seq}", m.id());
+            assert!(!m.read_retry(seq), "mapping {}: the sequence moved", m.id());
+        }
+        assert_eq!(rig.neg.registry().invalidations_running(), 0);
+
+        drop(second);
+        drop(bystander);
         rig.assert_observer_order();
         rig.assert_nothing_left();
     });
