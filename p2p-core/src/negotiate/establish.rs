@@ -1,6 +1,7 @@
 //! Turning a plan into resources: grant, IOVA range and page-table entries, scatter list. All or
 //! nothing: every error path gives back what it took.
 
+use super::domain_cache::DomainRef;
 use super::registry::{unmap_flush_free, MappedPieces, Resources};
 use super::sg::{merge_inline, Segments};
 use super::{Plan, Strategy};
@@ -14,13 +15,13 @@ use crate::traits::{
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
-/// Builds the resources of a mapping of `range` under `plan`.
+/// Builds the resources of a mapping of `range` under `plan`, in the importer's `domain`.
 pub(crate) fn build(
     platform: &dyn Platform,
     plan: &Plan,
-    exporter: &dyn MemoryExporter,
-    importer: &dyn DmaImporter,
+    (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
     range: AddrRange<Offset>,
+    domain: DomainRef,
 ) -> Result<Resources> {
     if let Strategy::Refused(why) = &plan.strategy {
         // Refused plans touch nothing: no grant, no IOVA.
@@ -30,7 +31,6 @@ pub(crate) fn build(
             refusal: why.clone(),
         });
     }
-    let domain = platform.domain(importer.device())?;
     let (grant, chunks) = exporter
         .export_with_chunks(range, plan.pin)
         .inspect_err(|err| {
@@ -40,7 +40,7 @@ pub(crate) fn build(
                 tracing::info!(exporter = %plan.exporter, importer = %plan.importer, %range, %err, "grant refused");
             }
         })?;
-    let built = with_grant(platform, plan, &grant, chunks, importer, &domain);
+    let built = with_grant(platform, plan, &grant, chunks, importer, &**domain);
     match built {
         Ok((mapped, segments, bounce)) => Ok(Resources {
             strategy: plan.strategy.clone(),
@@ -80,7 +80,7 @@ fn with_grant(
     grant: &ExportGrant,
     chunks: ChunkList,
     importer: &dyn DmaImporter,
-    domain: &Arc<dyn IommuDomain>,
+    domain: &dyn IommuDomain,
 ) -> Result<Built> {
     let caps = importer.caps();
     let len = grant.range.len();
@@ -90,8 +90,7 @@ fn with_grant(
             (None, exact(pieces, &chunks, grant, len)?, None)
         }
         Strategy::ViaIommu => {
-            let (mapped, pieces) =
-                map_exact(&**domain, &chunks, grant, len, importer, plan.access)?;
+            let (mapped, pieces) = map_exact(domain, &chunks, grant, len, importer, plan.access)?;
             (Some(mapped), pieces, None)
         }
         Strategy::Bounce => {
@@ -101,7 +100,7 @@ fn with_grant(
                 .chunks(&bgrant)
                 .and_then(|hchunks| match domain.kind() {
                     DomainKind::Translated => {
-                        map_exact(&**domain, &hchunks, &bgrant, len, importer, plan.access)
+                        map_exact(domain, &hchunks, &bgrant, len, importer, plan.access)
                             .map(|(m, p)| (Some(m), p))
                     }
                     DomainKind::Identity => bus_pieces(&hchunks, importer)

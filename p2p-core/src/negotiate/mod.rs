@@ -40,6 +40,7 @@
 
 mod address_space;
 mod decide;
+mod domain_cache;
 mod establish;
 mod invalidation;
 mod mapping;

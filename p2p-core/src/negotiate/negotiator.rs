@@ -1,15 +1,17 @@
 //! The negotiator: plans (cached), establishes mappings, and runs the invalidation protocol.
 
+use super::domain_cache::DomainRef;
 use super::plan_cache::{CacheStats, PlanCache};
 use super::registry::{Entry, Registry, Resources, State};
 use super::{decide, establish, Facts, Mapping, Plan, Policy, ReasonList, Sequence, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
+use crate::pci::PciAddr;
 use crate::topology::Topology;
 use crate::traits::{
-    DmaImporter, ImporterFlags, IntoDynExporter, IntoDynImporter, InvalidationKind, MemoryExporter,
-    Platform,
+    DmaImporter, ExporterId, ImporterFlags, IntoDynExporter, IntoDynImporter, InvalidationKind,
+    MemoryExporter, Platform,
 };
 use std::sync::Arc;
 
@@ -231,15 +233,21 @@ impl Negotiator {
         mut plan_for: impl FnMut(u32) -> Result<Arc<Plan>>,
     ) -> Result<Mapping> {
         let id = self.registry.next_id();
-        let seq = {
+        let generation = self.platform.topology_generation();
+        let (seq, mut domain) = {
             let mut inner = self.registry.shard_for(exporter.id()).lock();
             let seq = inner.fresh_sequence();
             inner.insert(id, Entry::building(owned, range, access, seq.clone()));
-            seq
+            (seq, inner.domains.get(importer.device(), generation))
         };
         let published = self.publish(id, &seq, exporter, |attempt| {
             let plan = plan_for(attempt)?;
-            let res = establish::build(&*self.platform, &plan, exporter, importer, range)?;
+            let domain = match domain.take() {
+                Some(d) => d,
+                None => self.domain_ref(exporter.id(), importer.device())?,
+            };
+            let res =
+                establish::build(&*self.platform, &plan, (exporter, importer), range, domain)?;
             Ok((plan, res))
         });
         match published {
@@ -255,6 +263,19 @@ impl Negotiator {
                 Err(e)
             }
         }
+    }
+
+    /// `device`'s domain as `exporter`'s registry shard wraps it (see the `domain_cache`
+    /// module): from the shard, or from the platform the first time in a topology generation.
+    /// The platform is asked outside the shard's lock.
+    fn domain_ref(&self, exporter: ExporterId, device: PciAddr) -> Result<DomainRef> {
+        let generation = self.platform.topology_generation();
+        let shard = self.registry.shard_for(exporter);
+        if let Some(d) = shard.lock().domains.get(device, generation) {
+            return Ok(d);
+        }
+        let domain = self.platform.domain(device)?;
+        Ok(shard.lock().domains.insert(device, generation, domain))
     }
 
     /// The reader side of the protocol for entry `id` (state [`State::Building`]): reads the
@@ -356,12 +377,13 @@ impl Negotiator {
         };
         let published = self.publish(mapping.id, &mapping.seq, &*exporter, |_| {
             let plan = self.cached_plan(&*exporter, &*importer, access, policy)?;
+            let domain = self.domain_ref(exporter.id(), importer.device())?;
             let res = establish::build(
                 &*self.platform,
                 &plan,
-                &*exporter,
-                &*importer,
+                (&*exporter, &*importer),
                 mapping.range,
+                domain,
             )?;
             Ok((plan, res))
         });

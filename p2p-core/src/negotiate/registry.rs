@@ -1,6 +1,7 @@
 //! The mapping registry: every live mapping, indexed by exporter, and the resources each
 //! holds (grant, IOVA range, bounce buffer).
 
+use super::domain_cache::{DomainCache, DomainRef};
 use super::sg::Segments;
 use super::FxHasher;
 use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
@@ -28,7 +29,8 @@ pub(crate) struct Resources {
     pub strategy: Strategy,
     pub grant: ExportGrant,
     pub bounce: Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
-    pub domain: Arc<dyn IommuDomain>,
+    /// The importer's domain, as its shard wraps it (see the `domain_cache` module).
+    pub domain: DomainRef,
     pub iova: Option<AddrRange<Iova>>,
     /// The pieces of `iova` mapped by one `map` call each (one per chunk), unmapped the same way
     /// (as dma-debug expects every unmap to match its map).
@@ -48,7 +50,7 @@ impl Resources {
         };
         let mut unmapped = 0;
         if let Some(iova) = self.iova {
-            keep(unmap_flush_free(&*self.domain, iova, &self.mapped).map(|n| unmapped = n));
+            keep(unmap_flush_free(&**self.domain, iova, &self.mapped).map(|n| unmapped = n));
         }
         if let Some((host, g)) = &self.bounce {
             keep(host.release(g));
@@ -199,6 +201,8 @@ pub(crate) struct Inner {
     /// Sequences of removed entries that nothing else held, for new entries to take instead of
     /// allocating one each (at most [`SPARE_SEQUENCES`]).
     spare: Vec<Arc<Sequence>>,
+    /// The importers' domains, wrapped once for this shard's mappings.
+    pub domains: DomainCache,
 }
 
 /// Sequences a shard keeps for reuse: enough for the mappings a burst of threads sets up and
