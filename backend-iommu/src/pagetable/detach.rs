@@ -23,12 +23,14 @@
 //! overlapping range) may try to take a table out through one of them. So the detach retires the
 //! top table (its link is the marked entry, which only the marker changes) and, below it, only
 //! the tables whose link it clears itself with a compare-and-swap: whoever clears a link retires
-//! what it pointed at, and only one can.
+//! what it pointed at, and only one can. A link a reclaim has marked meanwhile is waited for
+//! (the reclaim finds the table full and puts the link back), or the table would be left in no
+//! one's hands.
 
 use super::{PageTable, Walk, ROOT, UNLINKING};
 use crate::format::{index, level_size, Format, Pte};
 use crate::frames::{Retired, Table};
-use crate::sync::{fence, AtomicU64, Ordering::SeqCst};
+use crate::sync::{fence, spin, AtomicU64, Ordering::SeqCst};
 
 impl<F: Format> PageTable<F> {
     /// Detaches the largest table on the walk to `va` whose whole span starts at `va`, lies in
@@ -82,7 +84,7 @@ impl<F: Format> PageTable<F> {
         // fails), or another unmap racing this one over the same range, may reach the same link
         // through the detached tables. The compare-and-swap decides; the loser leaves it.
         for (link, pte, child) in links {
-            if link.compare_exchange(pte, 0, SeqCst, SeqCst).is_ok() {
+            if take_link(link, pte) {
                 retired.push(Retired {
                     frame: self.frames.frame_at(child),
                     dirty: true,
@@ -120,6 +122,20 @@ impl<F: Format> PageTable<F> {
             }
         }
         true
+    }
+}
+
+/// Clears `link` if it still holds `pte`: whether this call took the table below. A link an
+/// unlinker has marked (a reclaim deciding whether the table is empty) is waited for: the
+/// unlinker puts it back or clears it without waiting on anyone, and a failed take while it was
+/// marked would leave the table in no one's hands.
+fn take_link(link: &AtomicU64, pte: u64) -> bool {
+    loop {
+        match link.compare_exchange(pte, 0, SeqCst, SeqCst) {
+            Ok(_) => return true,
+            Err(cur) if cur == pte | UNLINKING => spin(),
+            Err(_) => return false,
+        }
     }
 }
 
