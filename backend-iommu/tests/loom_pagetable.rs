@@ -241,3 +241,37 @@ fn a_reclaim_racing_a_detach_leaves_no_table_behind() {
         );
     });
 }
+
+/// Two unmaps over one subtree (the callers' race: both claim the range): one detaches the
+/// whole 1 GiB, the other the 2 MiB of small pages inside it, which it may reach through the
+/// detached tables. Whoever clears a table's link retires it, and only one can: every table is
+/// retired once and nothing stays mapped.
+#[test]
+fn overlapping_unmaps_that_detach_retire_each_table_once() {
+    const SZ_1G: u64 = 1 << 30;
+    const BASE_1G: u64 = 1 << 30;
+    model(|| {
+        let t = Arc::new(PageTable::<VtdSecondLevel>::new(0x7f00_0000_0000).unwrap());
+        let small = BASE_1G + SZ_1G - SZ_2M;
+        t.map(BASE_1G, 0x4000_0000, SZ_1G - SZ_2M, RW, false)
+            .unwrap();
+        t.map(small, 0x1_0000_1000, SZ_2M, RW, false).unwrap();
+        let inner = {
+            let t = t.clone();
+            loom::thread::spawn(move || t.unmap(small, SZ_2M).unwrap())
+        };
+        let whole = t.unmap(BASE_1G, SZ_1G).unwrap();
+        let inner = inner.join().unwrap();
+        assert!(whole == SZ_1G || whole == SZ_1G - SZ_2M, "{whole:#x}");
+        assert!(inner <= SZ_2M, "{inner:#x}");
+        assert_eq!(t.translate(BASE_1G), None);
+        assert_eq!(t.translate(small), None);
+        t.reclaim();
+        t.release_freelist();
+        assert_eq!(
+            t.live_frames(),
+            1,
+            "a table was left behind, or retired twice"
+        );
+    });
+}
