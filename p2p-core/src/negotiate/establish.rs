@@ -22,7 +22,7 @@ pub(crate) fn build(
     (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
     range: AddrRange<Offset>,
     domain: DomainRef,
-) -> Result<Resources> {
+) -> Result<Box<Resources>> {
     if let Strategy::Refused(why) = &plan.strategy {
         // Refused plans touch nothing: no grant, no IOVA.
         return Err(Error::Refused {
@@ -42,7 +42,9 @@ pub(crate) fn build(
         })?;
     let built = with_grant(platform, plan, &grant, chunks, importer, &**domain);
     match built {
-        Ok((mapped, segments, bounce)) => Ok(Resources {
+        // Boxed here, where it is built: the registry keeps it boxed, and a `Resources` moved
+        // through the `Result`s on the way is a copy of a few hundred bytes each time.
+        Ok((mapped, segments, bounce)) => Ok(Box::new(Resources {
             strategy: plan.strategy.clone(),
             grant,
             bounce,
@@ -50,7 +52,7 @@ pub(crate) fn build(
             iova: mapped.as_ref().map(|m| m.range),
             mapped: mapped.map(|m| m.pieces).unwrap_or_default(),
             segments,
-        }),
+        })),
         Err(e) => {
             release_quietly(exporter, &grant);
             Err(e)

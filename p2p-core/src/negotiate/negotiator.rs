@@ -288,7 +288,7 @@ impl Negotiator {
         id: u64,
         seq: &Sequence,
         exporter: &dyn MemoryExporter,
-        mut build: impl FnMut(u32) -> Result<(Arc<Plan>, Resources)>,
+        mut build: impl FnMut(u32) -> Result<(Arc<Plan>, Box<Resources>)>,
     ) -> Result<Arc<Plan>> {
         for attempt in 0..MAX_ATTEMPTS {
             let begin = seq.read_begin();
@@ -302,7 +302,7 @@ impl Negotiator {
                 let (importer, segments, bytes) =
                     (e.importer.device(), res.segments.len(), e.range.len());
                 e.pinned = plan.pin;
-                e.state = State::Live(Box::new(res));
+                e.state = State::Live(res);
                 self.registry.notify_established(&inner, id);
                 drop(inner);
                 tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");

@@ -41,7 +41,7 @@ pub(crate) struct Resources {
 impl Resources {
     /// Unmaps, flushes, frees the IOVA range and releases the grants. Every step runs even if
     /// an earlier one failed; the first error is returned. Returns the bytes unmapped.
-    pub fn teardown(self, exporter: &dyn MemoryExporter) -> Result<u64> {
+    pub fn teardown(self: Box<Self>, exporter: &dyn MemoryExporter) -> Result<u64> {
         let mut first: Option<crate::Error> = None;
         let mut keep = |r: Result<()>| {
             if let Err(e) = r {
