@@ -82,16 +82,16 @@ pub(crate) fn unmap_flush_free(
             }
         }
     }
-    let steps = [
-        domain.iotlb_sync(&gather),
-        domain.flush(),
-        domain.free_iova(iova.start(), iova.len()),
-    ];
-    for step in steps {
+    // One step at a time, not an array of their results: an `Error` is large, and the array
+    // was copied on every unmap.
+    let mut keep = |step: Result<()>| {
         if let Err(e) = step {
             first.get_or_insert(e);
         }
-    }
+    };
+    keep(domain.iotlb_sync(&gather));
+    keep(domain.flush());
+    keep(domain.free_iova(iova.start(), iova.len()));
     first.map_or(Ok(unmapped), Err)
 }
 
