@@ -157,7 +157,8 @@ impl<F: Format> PageTable<F> {
         Ok(self.descend(iova, level, create, NO_RUN)?.map(|d| d.table))
     }
 
-    /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped.
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)`; on failure nothing of it stays mapped. A
+    /// range outside the 2^IAS input space is refused with [`Error::OutOfBounds`].
     #[inline]
     pub fn map(&self, iova: u64, phys: u64, len: u64, access: Access, mmio: bool) -> Result<()> {
         self.check_space(iova, len)?;
@@ -325,7 +326,8 @@ impl<F: Format> PageTable<F> {
     /// Unmaps `[iova, iova+len)`, returning the bytes unmapped: it crosses leaves of any size and
     /// stops at the first hole. A range whose ends would cut a larger leaf is refused with
     /// [`Error::WouldSplit`] naming the leaf, and nothing is unmapped. Tables whose whole span the
-    /// unmap covered are unlinked and wait on the freelist for the next flush.
+    /// unmap covered are unlinked and wait on the freelist for the next flush. A range outside the
+    /// 2^IAS input space is refused with [`Error::OutOfBounds`].
     #[inline]
     pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
         self.check_space(iova, len)?;
@@ -344,13 +346,8 @@ impl<F: Format> PageTable<F> {
         if len == 0 {
             return Ok(0);
         }
-        let Some(end) = iova.checked_add(len) else {
-            return Err(Error::AddressOverflow {
-                kind: "iova",
-                addr: iova,
-                len,
-            });
-        };
+        // `unmap` checked the range lies in the 2^IAS input space: no overflow.
+        let end = iova + len;
         let _walking = epoch::pin();
         let split = |page_start: u64, page_size: u64| Error::WouldSplit {
             iova,
