@@ -124,11 +124,12 @@ fn unmap_still_stops_at_a_hole_and_refuses_a_split() {
 }
 
 /// One thread translates as the device would (IOTLB, then a walk that fills it) in a loop while
-/// another maps one IOVA to a new page, unmaps it, and checks that the unmapped IOVA no longer
-/// translates through the IOTLB.
-fn strict_unmap_is_never_undone_by_a_racing_fill<F: Format>(budget: Duration) {
+/// another maps `len` bytes at one IOVA to new pages, unmaps them, and checks that the unmapped
+/// IOVA no longer translates through the IOTLB. One page is invalidated slot by slot; 1 MiB
+/// (as many pages as the IOTLB has slots) by the IOTLB's epoch.
+fn strict_unmap_is_never_undone_by_a_racing_fill<F: Format>(budget: Duration, len: u64) {
     let d = Arc::new(strict::<F>());
-    let iova = d.alloc_iova(SZ_4K, u64::MAX).unwrap();
+    let iova = d.alloc_iova(len, u64::MAX).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (d, stop) = (d.clone(), stop.clone());
@@ -142,8 +143,8 @@ fn strict_unmap_is_never_undone_by_a_racing_fill<F: Format>(budget: Duration) {
     let mut rounds = 0u64;
     while rounds < 2_000 || start.elapsed() < budget {
         let phys = PhysAddr(0x1000_0000 + (rounds % 4096) * SZ_4K);
-        d.map(iova, phys, SZ_4K, RW).unwrap();
-        assert_eq!(d.unmap(iova, SZ_4K).unwrap(), SZ_4K);
+        d.map(iova, phys, len, RW).unwrap();
+        assert_eq!(d.unmap(iova, len).unwrap(), len);
         let stale = d.dma_translate(Iova(iova.0));
         assert_eq!(
             stale,
@@ -159,12 +160,20 @@ fn strict_unmap_is_never_undone_by_a_racing_fill<F: Format>(budget: Duration) {
 
 #[test]
 fn strict_unmap_is_never_undone_by_a_racing_fill_vtd() {
-    strict_unmap_is_never_undone_by_a_racing_fill::<VtdSecondLevel>(Duration::from_secs(1));
+    strict_unmap_is_never_undone_by_a_racing_fill::<VtdSecondLevel>(Duration::from_secs(1), SZ_4K);
 }
 
 #[test]
 fn strict_unmap_is_never_undone_by_a_racing_fill_arm() {
-    strict_unmap_is_never_undone_by_a_racing_fill::<ArmLpaeS2>(Duration::from_secs(1));
+    strict_unmap_is_never_undone_by_a_racing_fill::<ArmLpaeS2>(Duration::from_secs(1), SZ_4K);
+}
+
+#[test]
+fn a_strict_unmap_that_clears_the_whole_iotlb_is_never_undone_by_a_racing_fill() {
+    strict_unmap_is_never_undone_by_a_racing_fill::<VtdSecondLevel>(
+        Duration::from_secs(1),
+        1 << 20,
+    );
 }
 
 /// A map that fails for want of a table frame must not free the tables an earlier lazy unmap
