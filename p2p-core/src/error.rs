@@ -428,6 +428,15 @@ pub enum Error {
         /// The exporter.
         exporter: ExporterId,
     },
+    /// The registry shard holding an exporter's mappings has no room for another (it indexes
+    /// them by a 32-bit slot).
+    #[error("no room for another mapping of {exporter}: its registry shard holds {limit}")]
+    TooManyMappings {
+        /// The exporter.
+        exporter: ExporterId,
+        /// The mappings the shard can hold.
+        limit: u64,
+    },
 }
 
 /// The text of an OS error: the standard library's (which names the number), else the number's.

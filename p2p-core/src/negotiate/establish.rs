@@ -92,8 +92,8 @@ fn with_grant(
             (None, exact(pieces, &chunks, grant, len)?, None)
         }
         Strategy::ViaIommu => {
-            let (mapped, pieces) = map_exact(domain, &chunks, grant, len, importer, plan.access)?;
-            (Some(mapped), pieces, None)
+            let (mapped, piece) = map_exact(domain, &chunks, grant, len, importer, plan.access)?;
+            (Some(mapped), smallvec![piece], None)
         }
         Strategy::Bounce => {
             let host = platform.host_memory();
@@ -103,7 +103,7 @@ fn with_grant(
                 .and_then(|hchunks| match domain.kind() {
                     DomainKind::Translated => {
                         map_exact(domain, &hchunks, &bgrant, len, importer, plan.access)
-                            .map(|(m, p)| (Some(m), p))
+                            .map(|(m, p)| (Some(m), smallvec![p]))
                     }
                     DomainKind::Identity => bus_pieces(&hchunks, importer)
                         .and_then(|p| exact(p, &hchunks, &bgrant, len))
@@ -169,8 +169,8 @@ fn exact(pieces: Pieces, chunks: &[Chunk], grant: &ExportGrant, len: u64) -> Res
     Ok(out)
 }
 
-/// [`map_into`] then [`exact`]: the chunks mapped into `domain`, the pieces cut to the `len`
-/// bytes at `grant`'s start. All or nothing: if the cut fails, the map is given back.
+/// [`map_into`], then its one IOVA piece cut to the `len` bytes at `grant`'s start (as
+/// [`exact`] cuts pieces). All or nothing: if the cut fails, the map is given back.
 fn map_exact(
     domain: &dyn IommuDomain,
     chunks: &[Chunk],
@@ -178,15 +178,29 @@ fn map_exact(
     len: u64,
     importer: &dyn DmaImporter,
     access: Access,
-) -> Result<(Mapped, Pieces)> {
-    let (mapped, pieces) = map_into(domain, chunks, importer, access)?;
-    match exact(pieces, chunks, grant, len) {
-        Ok(p) => Ok((mapped, p)),
-        Err(e) => {
-            undo_map(domain, &mapped);
-            Err(e)
+) -> Result<(Mapped, (DmaAddr, u64))> {
+    let (mapped, total) = map_into(domain, chunks, importer, access)?;
+    let first = chunks.first().map_or(grant.range.start().0, |c| c.offset.0);
+    let err = match grant.range.start().0.checked_sub(first) {
+        Some(skip) if skip <= total && total - skip >= len => {
+            let start = DmaAddr(mapped.range.start().raw() + skip);
+            return Ok((mapped, (start, len)));
         }
-    }
+        Some(skip) => Error::OutOfBounds {
+            kind: "chunks",
+            start: grant.range.start().0,
+            len,
+            limit_start: first,
+            limit_len: total.saturating_sub(skip),
+        },
+        None => Error::Misaligned {
+            what: "first chunk offset (after the grant's start)",
+            value: first,
+            align: 4096,
+        },
+    };
+    undo_map(domain, &mapped);
+    Err(err)
 }
 
 /// Gives back a whole `map_into` (unmap, flush, free) when a later step fails.
@@ -221,21 +235,71 @@ fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Pieces> {
         .collect()
 }
 
-/// Maps the chunks' CPU physical pages into one contiguous IOVA range below the importer's mask.
-/// The chunks are mapped back to back by one `map_pieces` (each chunk one piece, with MMIO
-/// attributes for device memory), so that each can be unmapped as it was mapped.
+/// Maps the chunks' CPU physical pages into one contiguous IOVA range below the importer's mask;
+/// returns it with its length. The chunks are mapped back to back by one `map_pieces` (each
+/// chunk one piece, with MMIO attributes for device memory), so that each can be unmapped as it
+/// was mapped.
 fn map_into(
     domain: &dyn IommuDomain,
     chunks: &[Chunk],
     importer: &dyn DmaImporter,
     access: Access,
-) -> Result<(Mapped, Pieces)> {
+) -> Result<(Mapped, u64)> {
     let Some(page) = domain.page_sizes().min_page() else {
         return Err(Error::WrongDomainKind {
             op: "map",
             kind: "page-size-less",
         });
     };
+    let total = checked_total(chunks, page)?;
+    let limit = domain
+        .aperture()
+        .last()
+        .map_or(0, |a| a.0)
+        .min(importer.caps().dma_mask);
+    let iova = domain.alloc_iova(total, limit)?;
+    let range = AddrRange::new(iova, total)?;
+    // Inline for up to two chunks: a one-chunk mapping allocates nothing here. One pass builds
+    // both the pieces to map and where each lands.
+    let mut pieces: SmallVec<[MapPiece; 2]> = SmallVec::new();
+    let mut mapped = MappedPieces::new();
+    let mut at = iova.0;
+    for c in chunks {
+        pieces.push(MapPiece {
+            phys: c.phys,
+            len: c.len,
+            attrs: if c.mmio {
+                MapAttrs::MMIO
+            } else {
+                MapAttrs::empty()
+            },
+            file: c.file.clone(),
+        });
+        mapped.push((Iova(at), c.len));
+        at += c.len;
+    }
+    if let Err(e) = domain.map_pieces(iova, &pieces, access) {
+        // map_pieces took back what it mapped: only the allocation is left to give back.
+        undo_map(
+            domain,
+            &Mapped {
+                range,
+                pieces: MappedPieces::new(),
+            },
+        );
+        return Err(e);
+    }
+    Ok((
+        Mapped {
+            range,
+            pieces: mapped,
+        },
+        total,
+    ))
+}
+
+/// The chunks' total length, each checked to be whole `page`s at a `page`-aligned address.
+fn checked_total(chunks: &[Chunk], page: u64) -> Result<u64> {
     let mut total = 0u64;
     for c in chunks {
         if !c.phys.is_aligned(page) {
@@ -264,52 +328,5 @@ fn map_into(
     if total == 0 {
         return Err(Error::EmptyRange { what: "mapping" });
     }
-    let limit = domain
-        .aperture()
-        .last()
-        .map_or(0, |a| a.0)
-        .min(importer.caps().dma_mask);
-    let iova = domain.alloc_iova(total, limit)?;
-    let range = AddrRange::new(iova, total)?;
-    // Inline for up to two chunks: a one-chunk mapping allocates nothing here.
-    let pieces: SmallVec<[MapPiece; 2]> = chunks
-        .iter()
-        .map(|c| MapPiece {
-            phys: c.phys,
-            len: c.len,
-            attrs: if c.mmio {
-                MapAttrs::MMIO
-            } else {
-                MapAttrs::empty()
-            },
-            file: c.file.clone(),
-        })
-        .collect();
-    if let Err(e) = domain.map_pieces(iova, &pieces, access) {
-        // map_pieces took back what it mapped: only the allocation is left to give back.
-        undo_map(
-            domain,
-            &Mapped {
-                range,
-                pieces: MappedPieces::new(),
-            },
-        );
-        return Err(e);
-    }
-    let mut at = iova.0;
-    let mapped = chunks
-        .iter()
-        .map(|c| {
-            let piece = (Iova(at), c.len);
-            at += c.len;
-            piece
-        })
-        .collect();
-    Ok((
-        Mapped {
-            range,
-            pieces: mapped,
-        },
-        smallvec![(DmaAddr(iova.raw()), total)],
-    ))
+    Ok(total)
 }

@@ -2,7 +2,7 @@
 //! range to stop, tears their mappings down, moves or revokes the memory, and ends the
 //! invalidation (Linux's `invalidate_range_start` / `invalidate_range_end` around a migration).
 
-use super::registry::State;
+use super::registry::{Key, State};
 use super::{Negotiator, TeardownCause};
 use crate::addr::{AddrRange, Offset};
 use crate::error::{Error, Result};
@@ -138,10 +138,13 @@ impl Negotiator {
         let _span = tracing::debug_span!("invalidate", %exporter, %range, ?kind, force).entered();
         // 1. Under the lock: refuse pinned ranges (unless forced), then make every overlapping
         // sequence odd.
-        let (token, ids) = {
+        let (token, keys) = {
             let mut inner = self.registry.shard_for(exporter).lock();
-            let ids = inner.overlapping(exporter, &range);
-            let pinned = ids.iter().map(|id| &inner.entries[id]).find(|e| e.pinned);
+            let keys = inner.overlapping(exporter, &range);
+            let pinned = keys
+                .iter()
+                .filter_map(|&k| inner.entries.get(k))
+                .find(|e| e.pinned);
             if let (Some(e), false) = (pinned, force) {
                 let importer = e.importer.device();
                 tracing::info!(%exporter, %range, %importer, "invalidation refused: pinned");
@@ -160,8 +163,8 @@ impl Negotiator {
             report: InvalidationReport::default(),
         };
         // 2. Outside the lock: tell each live mapping's importer, then tear the mapping down.
-        for id in ids {
-            self.invalidate_one(id, exporter, range, kind, force, &mut guard.report)?;
+        for key in keys {
+            self.invalidate_one(key, exporter, range, kind, force, &mut guard.report)?;
         }
         tracing::info!(
             %exporter,
@@ -183,7 +186,7 @@ impl Negotiator {
     /// mapping torn down anyway.
     fn invalidate_one(
         &self,
-        id: u64,
+        key: Key,
         exporter: ExporterId,
         range: AddrRange<Offset>,
         kind: InvalidationKind,
@@ -192,13 +195,14 @@ impl Negotiator {
     ) -> Result<()> {
         let (importer, seq) = {
             let inner = self.registry.shard_for(exporter).lock();
-            match inner.entries.get(&id) {
+            match inner.entries.get(key) {
                 Some(e) if matches!(e.state, State::Live(_)) => {
                     (e.importer.clone(), e.seq.current())
                 }
                 _ => return Ok(()),
             }
         };
+        let id = key.id;
         let notice = Invalidation {
             mapping: id,
             exporter,
@@ -222,14 +226,14 @@ impl Negotiator {
             let mut inner = self.registry.shard_for(exporter).lock();
             let live = inner
                 .entries
-                .get(&id)
+                .get(key)
                 .is_some_and(|e| matches!(e.state, State::Live(_)));
             if !live {
                 return Ok(());
             }
             self.registry
-                .notify_torn_down(&inner, id, TeardownCause::Invalidated(kind));
-            let e = inner.entries.get_mut(&id).ok_or(Error::Invalidated(id))?;
+                .notify_torn_down(&inner, key, TeardownCause::Invalidated(kind));
+            let e = inner.entries.get_mut(key).ok_or(Error::Invalidated(id))?;
             // Its grant is released below: it pins nothing any more.
             e.pinned = false;
             match std::mem::replace(&mut e.state, State::Invalidated(kind)) {

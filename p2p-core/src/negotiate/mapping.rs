@@ -1,6 +1,6 @@
 //! The RAII mapping handle.
 
-use super::registry::{Shard, State};
+use super::registry::{Key, Shard, State};
 use super::{Segment, Sequence, Strategy, TeardownCause};
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::{Error, Result};
@@ -32,7 +32,8 @@ const SYNC_STEP: usize = 64 << 10;
 /// [`Negotiator::refault`](super::Negotiator::refault). Readers follow the interval-notifier
 /// pattern with [`read_begin`](Self::read_begin) / [`read_retry`](Self::read_retry).
 pub struct Mapping {
-    pub(crate) id: u64,
+    /// Its id and slot in its shard.
+    pub(crate) key: Key,
     /// Whose memory: the registry keeps the mapping in this exporter's shard.
     pub(crate) exporter: ExporterId,
     /// The exporter's shard of the registry (not the registry: see [`Shard`]).
@@ -46,7 +47,7 @@ pub struct Mapping {
 impl std::fmt::Debug for Mapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mapping")
-            .field("id", &self.id)
+            .field("id", &self.key.id)
             .field("range", &self.range)
             .field("seq", &self.seq)
             .finish_non_exhaustive()
@@ -56,7 +57,7 @@ impl std::fmt::Debug for Mapping {
 impl Mapping {
     /// The mapping's id in the registry.
     pub fn id(&self) -> u64 {
-        self.id
+        self.key.id
     }
 
     /// The exporter range it covers.
@@ -136,10 +137,10 @@ impl Mapping {
         ) -> Result<()>,
     ) -> Result<()> {
         let inner = self.shard.lock();
-        let entry = inner.entries.get(&self.id);
+        let entry = inner.entries.get(self.key);
         let (exp, res) = match entry.map(|e| (&e.exporter, &e.state)) {
             Some((exp, State::Live(res))) => (exp, res),
-            _ => return Err(Error::Invalidated(self.id)),
+            _ => return Err(Error::Invalidated(self.key.id)),
         };
         let Some((host, bounce)) = &res.bounce else {
             return Ok(());
@@ -174,9 +175,9 @@ impl Mapping {
 
     fn with_live<T>(&self, f: impl FnOnce(&super::registry::Resources) -> T) -> Result<T> {
         let inner = self.shard.lock();
-        match inner.entries.get(&self.id).map(|e| &e.state) {
+        match inner.entries.get(self.key).map(|e| &e.state) {
             Some(State::Live(r)) => Ok(f(r)),
-            _ => Err(Error::Invalidated(self.id)),
+            _ => Err(Error::Invalidated(self.key.id)),
         }
     }
 }
@@ -186,14 +187,14 @@ impl Drop for Mapping {
         let mut inner = self.shard.lock();
         // The observer hears of the teardown under the lock, in registry order.
         self.shard
-            .notify_torn_down(&inner, self.id, TeardownCause::Dropped);
-        let entry = inner.remove(self.id);
+            .notify_torn_down(&inner, self.key, TeardownCause::Dropped);
+        let entry = inner.remove(self.key);
         drop(inner);
         let Some(e) = entry else { return };
-        tracing::debug!(mapping = self.id, exporter = %e.exporter.id(), importer = %e.importer.device(), live = matches!(e.state, State::Live(_)), "dropped");
+        tracing::debug!(mapping = self.key.id, exporter = %e.exporter.id(), importer = %e.importer.device(), live = matches!(e.state, State::Live(_)), "dropped");
         if let State::Live(res) = e.state {
             if let Err(err) = res.teardown(&*e.exporter) {
-                tracing::warn!(mapping = self.id, %err, "teardown of a dropped mapping failed");
+                tracing::warn!(mapping = self.key.id, %err, "teardown of a dropped mapping failed");
             }
         }
     }

@@ -41,6 +41,7 @@
 mod address_space;
 mod decide;
 mod domain_cache;
+mod entries;
 mod establish;
 mod invalidation;
 mod mapping;

@@ -2,7 +2,7 @@
 
 use super::domain_cache::DomainRef;
 use super::plan_cache::{CacheStats, PlanCache};
-use super::registry::{Entry, Registry, Resources, State};
+use super::registry::{Entry, Key, Registry, Resources, State};
 use super::{decide, establish, Facts, Mapping, Plan, Policy, ReasonList, Sequence, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
@@ -234,13 +234,13 @@ impl Negotiator {
     ) -> Result<Mapping> {
         let id = self.registry.next_id();
         let generation = self.platform.topology_generation();
-        let (seq, mut domain) = {
+        let (key, seq, mut domain) = {
             let mut inner = self.registry.shard_for(exporter.id()).lock();
             let seq = inner.fresh_sequence();
-            inner.insert(id, Entry::building(owned, range, access, seq.clone()));
-            (seq, inner.domains.get(importer.device(), generation))
+            let key = inner.insert(Entry::building(id, owned, range, access, seq.clone()))?;
+            (key, seq, inner.domains.get(importer.device(), generation))
         };
-        let published = self.publish(id, &seq, exporter, |attempt| {
+        let published = self.publish(key, &seq, exporter, |attempt| {
             let plan = plan_for(attempt)?;
             let domain = match domain.take() {
                 Some(d) => d,
@@ -252,14 +252,14 @@ impl Negotiator {
         });
         match published {
             Ok(_) => Ok(Mapping {
-                id,
+                key,
                 exporter: exporter.id(),
                 shard: self.registry.shard(exporter.id()).clone(),
                 seq,
                 range,
             }),
             Err(e) => {
-                self.registry.shard_for(exporter.id()).lock().remove(id);
+                self.registry.shard_for(exporter.id()).lock().remove(key);
                 Err(e)
             }
         }
@@ -285,25 +285,26 @@ impl Negotiator {
     /// (the caller decides what it becomes) and nothing built is kept.
     fn publish(
         &self,
-        id: u64,
+        key: Key,
         seq: &Sequence,
         exporter: &dyn MemoryExporter,
         mut build: impl FnMut(u32) -> Result<(Arc<Plan>, Box<Resources>)>,
     ) -> Result<Arc<Plan>> {
+        let id = key.id;
         for attempt in 0..MAX_ATTEMPTS {
             let begin = seq.read_begin();
             let (plan, res) = build(attempt)?;
             let mut inner = self.registry.shard_for(exporter.id()).lock();
-            let still_there = inner.entries.contains_key(&id);
+            let still_there = inner.entries.get(key).is_some();
             if still_there && !seq.read_retry(begin) {
-                let Some(e) = inner.entries.get_mut(&id) else {
+                let Some(e) = inner.entries.get_mut(key) else {
                     return Err(Error::Invalidated(id));
                 };
                 let (importer, segments, bytes) =
                     (e.importer.device(), res.segments.len(), e.range.len());
                 e.pinned = plan.pin;
                 e.state = State::Live(res);
-                self.registry.notify_established(&inner, id);
+                self.registry.notify_established(&inner, key);
                 drop(inner);
                 tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");
                 return Ok(plan);
@@ -330,7 +331,7 @@ impl Negotiator {
                 .shard_for(exporter.id())
                 .lock()
                 .entries
-                .get(&id)
+                .get(key)
                 .map_or_else(String::new, |e| e.range.to_string()),
             attempts: MAX_ATTEMPTS,
         })
@@ -344,8 +345,8 @@ impl Negotiator {
             let mut inner = self.registry.shard_for(mapping.exporter).lock();
             let e = inner
                 .entries
-                .get_mut(&mapping.id)
-                .ok_or(Error::Invalidated(mapping.id))?;
+                .get_mut(mapping.key)
+                .ok_or(Error::Invalidated(mapping.key.id))?;
             match e.state {
                 State::Live(_) => {
                     let (exp, imp, acc) = (e.exporter.clone(), e.importer.clone(), e.access);
@@ -354,13 +355,13 @@ impl Negotiator {
                 }
                 State::Invalidated(InvalidationKind::Revoke) => {
                     return Err(Error::CannotRefault {
-                        mapping: mapping.id,
+                        mapping: mapping.key.id,
                         reason: "the memory was revoked",
                     })
                 }
                 State::Building => {
                     return Err(Error::CannotRefault {
-                        mapping: mapping.id,
+                        mapping: mapping.key.id,
                         reason: "a re-fault is already running",
                     })
                 }
@@ -368,14 +369,14 @@ impl Negotiator {
             }
             if !e.importer.caps().flags.contains(ImporterFlags::ODP) {
                 return Err(Error::CannotRefault {
-                    mapping: mapping.id,
+                    mapping: mapping.key.id,
                     reason: "the importer has no ODP",
                 });
             }
             e.state = State::Building;
             (e.exporter.clone(), e.importer.clone(), e.access)
         };
-        let published = self.publish(mapping.id, &mapping.seq, &*exporter, |_| {
+        let published = self.publish(mapping.key, &mapping.seq, &*exporter, |_| {
             let plan = self.cached_plan(&*exporter, &*importer, access, policy)?;
             let domain = self.domain_ref(exporter.id(), importer.device())?;
             let res = establish::build(
@@ -389,16 +390,16 @@ impl Negotiator {
         });
         match &published {
             Ok(plan) => {
-                tracing::debug!(mapping = mapping.id, strategy = %plan.strategy, "re-faulted")
+                tracing::debug!(mapping = mapping.key.id, strategy = %plan.strategy, "re-faulted")
             }
             Err(err) => {
-                tracing::debug!(mapping = mapping.id, %err, "re-fault failed");
+                tracing::debug!(mapping = mapping.key.id, %err, "re-fault failed");
                 if let Some(e) = self
                     .registry
                     .shard_for(mapping.exporter)
                     .lock()
                     .entries
-                    .get_mut(&mapping.id)
+                    .get_mut(mapping.key)
                 {
                     e.state = State::Invalidated(InvalidationKind::Move);
                 }

@@ -2,10 +2,11 @@
 //! holds (grant, IOVA range, bounce buffer).
 
 use super::domain_cache::{DomainCache, DomainRef};
+use super::entries::Entries;
+pub(crate) use super::entries::{Entry, Key};
 use super::sg::Segments;
 use super::FxHasher;
 use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
-use crate::access::Access;
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
 use crate::pci::PciAddr;
@@ -114,26 +115,6 @@ struct Active {
     held: Vec<Arc<Sequence>>,
 }
 
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub exporter: Arc<dyn MemoryExporter>,
-    pub importer: Arc<dyn DmaImporter>,
-    pub range: AddrRange<Offset>,
-    pub access: Access,
-    pub pinned: bool,
-    pub seq: Arc<Sequence>,
-    pub state: State,
-    /// Its place in its exporter's list (see [`Inner::heads`]); set by [`Inner::insert`].
-    links: Links,
-}
-
-/// An entry's neighbours in its exporter's list, newest first.
-#[derive(Debug, Default, Clone, Copy)]
-struct Links {
-    newer: Option<u64>,
-    older: Option<u64>,
-}
-
 /// The registry is split into shards by exporter, each under its own lock: threads working on
 /// different exporters never meet on a lock. Every step of the invalidation protocol for one
 /// exporter happens in that exporter's shard, so the protocol holds per shard as it did for the
@@ -162,8 +143,8 @@ impl Shard {
 
     /// Tells the observer that live entry `id` is going away; called under this shard's lock
     /// (`inner` is its guard) before the entry leaves the live state.
-    pub(crate) fn notify_torn_down(&self, inner: &Inner, id: u64, cause: TeardownCause) {
-        if let (Some(o), Some(ev)) = (&self.observer, live_event(&self.observer, inner, id)) {
+    pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
+        if let (Some(o), Some(ev)) = (&self.observer, live_event(&self.observer, inner, key)) {
             o.torn_down(&ev, cause);
         }
     }
@@ -173,28 +154,27 @@ impl Shard {
 fn live_event(
     observer: &Option<Arc<dyn MappingObserver>>,
     inner: &Inner,
-    id: u64,
+    key: Key,
 ) -> Option<MappingEvent> {
     observer.as_ref()?;
-    let e = inner.entries.get(&id)?;
+    let e = inner.entries.get(key)?;
     match &e.state {
-        State::Live(res) => Some(e.event(id, res)),
+        State::Live(res) => Some(e.event(res)),
         _ => None,
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
-    /// Keyed by id with an Fx hash (ids come from a counter, not an adversary): a lookup is a
-    /// multiply, where the B-tree it replaced walked nodes on every insert and remove.
-    pub entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
-    /// Each exporter's newest entry: the head of a list threaded through its entries' [`Links`],
-    /// the index an invalidation searches. Linking and unlinking cost a few Fx lookups and
-    /// never allocate, where the B-tree of (exporter, start, id) it replaced walked and
-    /// rebalanced nodes, and allocated and freed one whenever a shard went from no mapping to
-    /// one and back. A search walks the exporter's entries, as the B-tree's did all of those
-    /// starting below the range's end.
-    heads: HashMap<ExporterId, u64, BuildHasherDefault<FxHasher>>,
+    /// The entries, by slot (see the `entries` module).
+    pub entries: Entries,
+    /// Each exporter's newest entry (its slot): the head of a list threaded through its
+    /// entries' `newer` / `older` links, the index an invalidation searches. Linking and
+    /// unlinking cost an Fx lookup and never allocate, where the B-tree of (exporter, start, id)
+    /// it replaced walked and rebalanced nodes, and allocated and freed one whenever a shard
+    /// went from no mapping to one and back. A search walks the exporter's entries, as the
+    /// B-tree's did all of those starting below the range's end.
+    heads: HashMap<ExporterId, u32, BuildHasherDefault<FxHasher>>,
     /// Invalidations running now (few: one per exporter being moved or revoked).
     active: Vec<Active>,
     next_token: u64,
@@ -212,22 +192,31 @@ const SPARE_SEQUENCES: usize = 64;
 impl Inner {
     /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
     /// held odd until that invalidation ends (Linux defers such an insertion the same way), so
-    /// its builder waits in `read_begin` instead of reading memory that is moving.
-    pub fn insert(&mut self, id: u64, mut entry: Entry) -> u64 {
+    /// its builder waits in `read_begin` instead of reading memory that is moving. Fails only
+    /// if the shard holds 2^32 entries.
+    pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
         let exporter = entry.exporter.id();
+        if self.entries.is_full() {
+            return Err(crate::Error::TooManyMappings {
+                exporter,
+                limit: Entries::CAPACITY,
+            });
+        }
         for a in self.active.iter_mut() {
             if a.exporter == exporter && a.range.overlaps(&entry.range) {
                 entry.seq.begin_invalidate();
                 a.held.push(entry.seq.clone());
             }
         }
-        let older = self.heads.insert(exporter, id);
-        if let Some(e) = older.and_then(|o| self.entries.get_mut(&o)) {
-            e.links.newer = Some(id);
+        let older = self.heads.get(&exporter).copied();
+        entry.newer = None;
+        entry.older = older;
+        let key = self.entries.insert(entry);
+        self.heads.insert(exporter, key.slot);
+        if let Some(e) = older.and_then(|o| self.entries.at_mut(o)) {
+            e.newer = Some(key.slot);
         }
-        entry.links = Links { newer: None, older };
-        self.entries.insert(id, entry);
-        id
+        Ok(key)
     }
 
     /// Begins an invalidation of `range`: every overlapping entry's sequence goes odd (and
@@ -237,12 +226,13 @@ impl Inner {
         &mut self,
         exporter: ExporterId,
         range: AddrRange<Offset>,
-    ) -> (u64, Vec<u64>) {
-        let ids = self.overlapping(exporter, &range);
-        let held = ids
+    ) -> (u64, Vec<Key>) {
+        let keys = self.overlapping(exporter, &range);
+        let held = keys
             .iter()
-            .map(|id| {
-                let seq = self.entries[id].seq.clone();
+            .filter_map(|&k| self.entries.get(k))
+            .map(|e| {
+                let seq = e.seq.clone();
                 seq.begin_invalidate();
                 seq
             })
@@ -255,7 +245,7 @@ impl Inner {
             range,
             held,
         });
-        (token, ids)
+        (token, keys)
     }
 
     /// Ends the invalidation `token`: the sequences it held go even again (unless another
@@ -281,16 +271,16 @@ impl Inner {
     /// references are taken only under this lock, from entries, so none can appear after the
     /// check; a stale count can only be too high, which frees a sequence that could have been
     /// reused.
-    pub fn remove(&mut self, id: u64) -> Option<Entry> {
-        let e = self.entries.remove(&id)?;
-        let Links { newer, older } = e.links;
-        if let Some(o) = older.and_then(|o| self.entries.get_mut(&o)) {
-            o.links.newer = newer;
+    pub fn remove(&mut self, key: Key) -> Option<Entry> {
+        let e = self.entries.remove(key)?;
+        let (newer, older) = (e.newer, e.older);
+        if let Some(o) = older.and_then(|o| self.entries.at_mut(o)) {
+            o.newer = newer;
         }
         match (newer, older) {
             (Some(n), _) => {
-                if let Some(n) = self.entries.get_mut(&n) {
-                    n.links.older = older;
+                if let Some(n) = self.entries.at_mut(n) {
+                    n.older = older;
                 }
             }
             (None, Some(o)) => {
@@ -306,21 +296,20 @@ impl Inner {
         Some(e)
     }
 
-    /// Ids of the mappings of `exporter` that overlap `range`, in order of range start (then
+    /// Keys of the mappings of `exporter` that overlap `range`, in order of range start (then
     /// id), so that invalidations tear down in the same order whatever the set-up order was.
-    pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<u64> {
+    pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<Key> {
         let mut found = Vec::new();
         let mut at = self.heads.get(&exporter).copied();
-        // Every id in the list is an entry: insert links it, remove unlinks it.
-        while let Some(e) = at.and_then(|id| self.entries.get(&id).map(|e| (id, e))) {
-            let (id, e) = e;
+        // Every slot in the list holds an entry: insert links it, remove unlinks it.
+        while let Some((slot, e)) = at.and_then(|s| self.entries.at(s).map(|e| (s, e))) {
             if e.range.overlaps(range) {
-                found.push((e.range.start(), id));
+                found.push((e.range.start(), Key { slot, id: e.id }));
             }
-            at = e.links.older;
+            at = e.older;
         }
-        found.sort_unstable();
-        found.into_iter().map(|(_, id)| id).collect()
+        found.sort_unstable_by_key(|&(start, key)| (start, key.id));
+        found.into_iter().map(|(_, key)| key).collect()
     }
 
     /// How many invalidations are running.
@@ -370,42 +359,6 @@ thread_local! {
     static IDS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
 }
 
-impl Entry {
-    /// A new entry of `range` being built (pinning nothing until it is published: an
-    /// invalidation meanwhile makes the set-up start over, and its grant, pinned or not, is
-    /// taken at the new place).
-    pub fn building(
-        (exporter, importer): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
-        range: AddrRange<Offset>,
-        access: Access,
-        seq: Arc<Sequence>,
-    ) -> Self {
-        Self {
-            exporter,
-            importer,
-            range,
-            access,
-            pinned: false,
-            seq,
-            state: State::Building,
-            links: Links::default(),
-        }
-    }
-
-    /// The observer's view of this entry with `res` as its resources.
-    pub fn event(&self, id: u64, res: &Resources) -> MappingEvent {
-        MappingEvent {
-            mapping: id,
-            importer: self.importer.device(),
-            exporter: self.exporter.id(),
-            range: self.range,
-            segments: res.segments.to_vec(),
-            access: self.access,
-            strategy: res.strategy.clone(),
-        }
-    }
-}
-
 impl Registry {
     pub(crate) fn with_observer(observer: Option<Arc<dyn MappingObserver>>) -> Self {
         Self {
@@ -449,22 +402,22 @@ impl Registry {
     }
 
     /// The observer's view of a live entry, if anyone observes.
-    pub(crate) fn live_event(&self, inner: &Inner, id: u64) -> Option<MappingEvent> {
-        live_event(&self.observer, inner, id)
+    pub(crate) fn live_event(&self, inner: &Inner, key: Key) -> Option<MappingEvent> {
+        live_event(&self.observer, inner, key)
     }
 
-    /// Tells the observer that entry `id` went live. Called with the registry lock held (`inner`
-    /// is its guard), so the observer sees events in registry order.
-    pub(crate) fn notify_established(&self, inner: &Inner, id: u64) {
-        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, id)) {
+    /// Tells the observer that entry `key` went live. Called with the registry lock held
+    /// (`inner` is its guard), so the observer sees events in registry order.
+    pub(crate) fn notify_established(&self, inner: &Inner, key: Key) {
+        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, key)) {
             o.established(&ev);
         }
     }
 
-    /// Tells the observer that live entry `id` is going away; called under the registry lock
+    /// Tells the observer that live entry `key` is going away; called under the registry lock
     /// before the entry leaves the live state.
-    pub(crate) fn notify_torn_down(&self, inner: &Inner, id: u64, cause: TeardownCause) {
-        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, id)) {
+    pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
+        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, key)) {
             o.torn_down(&ev, cause);
         }
     }
@@ -494,7 +447,8 @@ impl Registry {
         inner
             .overlapping(exporter, &range)
             .into_iter()
-            .map(|id| info(id, &inner.entries[&id]))
+            .filter_map(|key| inner.entries.get(key))
+            .map(info)
             .collect()
     }
 
@@ -508,7 +462,7 @@ impl Registry {
                 inner
                     .entries
                     .iter()
-                    .map(|(&id, e)| info(id, e))
+                    .map(|(_, e)| info(e))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -517,9 +471,9 @@ impl Registry {
     }
 }
 
-fn info(id: u64, e: &Entry) -> MappingInfo {
+fn info(e: &Entry) -> MappingInfo {
     MappingInfo {
-        id,
+        id: e.id,
         exporter: e.exporter.id(),
         range: e.range,
         importer: e.importer.device(),

@@ -1,0 +1,219 @@
+//! A registry shard's entries: a slab of slots, each entry found by its [`Key`] (its slot, and
+//! its id to tell it from a later entry in the same slot), and each exporter's entries threaded
+//! into a list through their slots.
+//!
+//! A set-up and a drop each insert and remove one entry, and publish, invalidate and the handle's
+//! accessors each look one up: by slot that is an index and a compare, where the hash map it
+//! replaced hashed, probed and moved entries on every insert and remove.
+
+use super::registry::{Resources, State};
+use super::{MappingEvent, Sequence};
+use crate::access::Access;
+use crate::addr::{AddrRange, Offset};
+use crate::traits::{DmaImporter, MemoryExporter};
+use std::sync::Arc;
+
+/// Where an entry is: its slot and its mapping id. A key whose id no longer matches its slot's
+/// entry (the mapping was removed and the slot reused) finds nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Key {
+    pub slot: u32,
+    pub id: u64,
+}
+
+/// One registered mapping.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The mapping's id (unique in the registry).
+    pub id: u64,
+    pub exporter: Arc<dyn MemoryExporter>,
+    pub importer: Arc<dyn DmaImporter>,
+    pub range: AddrRange<Offset>,
+    pub access: Access,
+    pub pinned: bool,
+    pub seq: Arc<Sequence>,
+    pub state: State,
+    /// Its neighbours (slots) in its exporter's list, newest first: set by the registry's
+    /// `Inner::insert`, unlinked by its `remove`.
+    pub(super) newer: Option<u32>,
+    pub(super) older: Option<u32>,
+}
+
+impl Entry {
+    /// A new entry `id` of `range` being built (pinning nothing until it is published: an
+    /// invalidation meanwhile makes the set-up start over, and its grant, pinned or not, is
+    /// taken at the new place).
+    pub fn building(
+        id: u64,
+        (exporter, importer): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
+        range: AddrRange<Offset>,
+        access: Access,
+        seq: Arc<Sequence>,
+    ) -> Self {
+        Self {
+            id,
+            exporter,
+            importer,
+            range,
+            access,
+            pinned: false,
+            seq,
+            state: State::Building,
+            newer: None,
+            older: None,
+        }
+    }
+
+    /// The observer's view of this entry with `res` as its resources.
+    pub fn event(&self, res: &Resources) -> MappingEvent {
+        MappingEvent {
+            mapping: self.id,
+            importer: self.importer.device(),
+            exporter: self.exporter.id(),
+            range: self.range,
+            segments: res.segments.to_vec(),
+            access: self.access,
+            strategy: res.strategy.clone(),
+        }
+    }
+}
+
+/// The slab.
+#[derive(Debug, Default)]
+pub(crate) struct Entries {
+    slots: Vec<Option<Entry>>,
+    /// Empty slots, the most recently emptied last (reused first: its line is likely cached).
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Entries {
+    /// The most entries a slab holds: every slot must fit a key's 32 bits.
+    pub const CAPACITY: u64 = 1 << 32;
+
+    /// Whether [`insert`](Self::insert) has no slot left to give.
+    pub fn is_full(&self) -> bool {
+        self.len as u64 >= Self::CAPACITY
+    }
+
+    /// Puts `entry` in a free slot (or a new one) and returns its key. The caller checks
+    /// [`is_full`](Self::is_full) first.
+    pub fn insert(&mut self, entry: Entry) -> Key {
+        let id = entry.id;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                // Below CAPACITY, so every slot in use or free fits 32 bits.
+                let slot = self.slots.len() as u32;
+                self.slots.push(Some(entry));
+                slot
+            }
+        };
+        self.len += 1;
+        Key { slot, id }
+    }
+
+    /// The entry at `key`, if it is still there.
+    pub fn get(&self, key: Key) -> Option<&Entry> {
+        self.at(key.slot).filter(|e| e.id == key.id)
+    }
+
+    /// The entry at `key`, if it is still there, to change.
+    pub fn get_mut(&mut self, key: Key) -> Option<&mut Entry> {
+        self.at_mut(key.slot).filter(|e| e.id == key.id)
+    }
+
+    /// Whatever entry is in `slot`.
+    pub fn at(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Whatever entry is in `slot`, to change.
+    pub fn at_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// Takes the entry at `key` out, if it is still there; its slot becomes free.
+    pub fn remove(&mut self, key: Key) -> Option<Entry> {
+        let cell = self.slots.get_mut(key.slot as usize)?;
+        if cell.as_ref()?.id != key.id {
+            return None;
+        }
+        let e = cell.take();
+        self.free.push(key.slot);
+        self.len -= 1;
+        e
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Every entry with its key, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Key, &Entry)> {
+        self.slots
+            .iter()
+            .zip(0u32..)
+            .filter_map(|(cell, slot)| cell.as_ref().map(|e| (Key { slot, id: e.id }, e)))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::testing::{TestHostMemory, TestImporter};
+    use crate::traits::ImporterCaps;
+
+    fn entry(id: u64) -> Entry {
+        let importer = TestImporter::new("0000:01:00.0".parse().unwrap(), ImporterCaps::default());
+        Entry::building(
+            id,
+            (
+                Arc::new(TestHostMemory::new(1 << 20, 1 << 16)),
+                Arc::new(importer),
+            ),
+            AddrRange::new(Offset(0), 4096).unwrap(),
+            Access::READ,
+            Arc::default(),
+        )
+    }
+
+    /// A key finds its entry until it is removed, and never the later entry that reuses its
+    /// slot; removing twice removes once.
+    #[test]
+    fn a_key_outlives_its_entry_without_finding_the_next_one() {
+        let mut s = Entries::default();
+        let a = s.insert(entry(1));
+        let b = s.insert(entry(2));
+        assert_ne!(a.slot, b.slot);
+        assert_eq!(s.get(a).map(|e| e.id), Some(1));
+        assert_eq!(s.remove(a).map(|e| e.id), Some(1));
+        assert!(s.remove(a).is_none());
+        let c = s.insert(entry(3));
+        assert_eq!(c.slot, a.slot, "the freed slot is reused");
+        assert!(s.get(a).is_none() && s.get_mut(a).is_none() && s.remove(a).is_none());
+        assert_eq!(s.get(c).map(|e| e.id), Some(3));
+        assert_eq!(s.len(), 2);
+        let ids: Vec<u64> = s
+            .iter()
+            .map(|(k, e)| {
+                assert_eq!(k.id, e.id);
+                e.id
+            })
+            .collect();
+        assert_eq!(ids, [3, 2]);
+    }
+
+    /// Keys out of range find nothing.
+    #[test]
+    fn keys_out_of_range_find_nothing() {
+        let mut s = Entries::default();
+        let k = Key { slot: 7, id: 1 };
+        assert!(s.get(k).is_none() && s.remove(k).is_none() && s.at_mut(7).is_none());
+        assert_eq!(s.len(), 0);
+    }
+}
