@@ -428,6 +428,15 @@ pub enum Error {
         /// The exporter.
         exporter: ExporterId,
     },
+    /// An exporter's grant book has no room for another outstanding grant (it numbers them by a
+    /// 32-bit slot).
+    #[error("no room for another grant of {exporter}: it holds {limit} already")]
+    TooManyGrants {
+        /// The exporter.
+        exporter: ExporterId,
+        /// The grants it can hold.
+        limit: u64,
+    },
     /// The registry shard holding an exporter's mappings has no room for another (it indexes
     /// them by a 32-bit slot).
     #[error("no room for another mapping of {exporter}: its registry shard holds {limit}")]

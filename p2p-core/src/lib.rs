@@ -78,6 +78,7 @@ pub mod pci;
 pub mod rand;
 pub mod range_alloc;
 pub mod reference;
+mod slab;
 mod sync;
 pub mod testing;
 pub mod topology;

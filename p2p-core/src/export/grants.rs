@@ -6,11 +6,10 @@
 
 use crate::addr::{align_up, AddrRange, Offset};
 use crate::error::{Error, Result};
-use crate::negotiate::FxHasher;
 use crate::range_alloc::alloc_top_down;
+use crate::slab::Slab;
 use crate::traits::{ExportGrant, ExporterId};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::BTreeMap;
 
 const ALIGN: u64 = 4096;
 
@@ -52,10 +51,10 @@ pub struct GrantBook {
     exporter: ExporterId,
     size: u64,
     next: u64,
-    /// Grant id → what it holds, under an Fx hash (ids grow by one and no adversary picks them;
-    /// SipHash cost more than the rest of a lookup): an insert and a remove per mapping cost a
-    /// multiply each, where a B-tree walked and rebalanced nodes.
-    grants: HashMap<u64, Held, BuildHasherDefault<FxHasher>>,
+    /// What each outstanding grant holds, in slots: a grant's id is its slot in the low 32 bits
+    /// and a count of the grants made before it above, so a lookup is an index and a compare,
+    /// and an old grant of a reused slot is told apart by its count (see [`grant_slot`]).
+    grants: Slab<Held>,
     /// Ranges handed out by `allocate`: start → length.
     carved: BTreeMap<u64, u64>,
     /// Where `allocate` carves: the first and last byte.
@@ -70,7 +69,7 @@ impl GrantBook {
             exporter,
             size,
             next: 0,
-            grants: HashMap::default(),
+            grants: Slab::default(),
             carved: BTreeMap::new(),
             pool: size.checked_sub(1).map(|last| (0, last)),
             window: None,
@@ -162,11 +161,19 @@ impl GrantBook {
     }
 
     fn insert(&mut self, range: AddrRange<Offset>, pin: bool, carved: bool) -> Result<ExportGrant> {
+        let Some(slot) = self.grants.next_slot() else {
+            return Err(Error::TooManyGrants {
+                exporter: self.exporter,
+                limit: Slab::<Held>::CAPACITY,
+            });
+        };
         let window = self.take_window(range)?;
         self.next += 1;
         let grant = ExportGrant {
             exporter: self.exporter,
-            id: self.next,
+            // The count wraps after 2^32 grants: a grant kept that long and released after its
+            // slot was reused that many times would also need the same range to pass `held`.
+            id: (self.next << 32) | u64::from(slot),
             range,
             pinned: pin,
         };
@@ -175,7 +182,9 @@ impl GrantBook {
             window,
             carved,
         };
-        self.grants.insert(grant.id, held);
+        if self.grants.insert(held).is_none() {
+            unreachable!("next_slot named a free slot");
+        }
         Ok(grant)
     }
 
@@ -209,8 +218,8 @@ impl GrantBook {
 
     fn held(&self, grant: &ExportGrant) -> Result<&Held> {
         // A match, not `ok_or`: the error would be built and dropped on every lookup.
-        match self.grants.get(&grant.id) {
-            Some(h) if h.grant.exporter == grant.exporter => Ok(h),
+        match self.grants.get(grant_slot(grant.id)) {
+            Some(h) if h.grant.id == grant.id && h.grant.exporter == grant.exporter => Ok(h),
             _ => Err(Error::UnknownGrant {
                 exporter: self.exporter,
                 grant: grant.id,
@@ -235,7 +244,7 @@ impl GrantBook {
     /// (released twice, or another exporter's).
     pub fn release(&mut self, grant: &ExportGrant) -> Result<()> {
         self.held(grant)?;
-        let Some(h) = self.grants.remove(&grant.id) else {
+        let Some(h) = self.grants.remove_if(grant_slot(grant.id), |_| true) else {
             unreachable!("checked above")
         };
         if h.carved {
@@ -254,6 +263,11 @@ impl GrantBook {
     pub fn live(&self) -> usize {
         self.grants.len()
     }
+}
+
+/// The slot a grant id names (its low 32 bits).
+fn grant_slot(id: u64) -> u32 {
+    id as u32
 }
 
 #[cfg(test)]
@@ -282,6 +296,24 @@ mod tests {
         let c = book.export(r(0, 0x10000), false).unwrap();
         assert_eq!(book.window_slot(&c).unwrap(), None);
         book.release(&b).unwrap();
+    }
+
+    /// A released grant whose slot a later grant took is unknown, and releasing it again leaves
+    /// the later grant alone.
+    #[test]
+    fn a_released_grant_stays_unknown_after_its_slot_is_reused() {
+        let mut book = GrantBook::new(ExporterId::fresh(), 1 << 20);
+        let a = book.export(r(0, 0x1000), false).unwrap();
+        book.release(&a).unwrap();
+        let b = book.export(r(0, 0x1000), false).unwrap();
+        assert_eq!(grant_slot(a.id), grant_slot(b.id), "b took a's slot");
+        assert_ne!(a.id, b.id);
+        assert!(matches!(book.release(&a), Err(Error::UnknownGrant { .. })));
+        assert!(matches!(book.get(&a), Err(Error::UnknownGrant { .. })));
+        assert_eq!(book.get(&b).unwrap(), &b);
+        assert_eq!(book.live(), 1);
+        book.release(&b).unwrap();
+        assert_eq!(book.live(), 0);
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! A registry shard's entries: a slab of slots, each entry found by its [`Key`] (its slot, and
-//! its id to tell it from a later entry in the same slot), and each exporter's entries threaded
-//! into a list through their slots.
+//! A registry shard's entries: a [`Slab`], each entry found by its [`Key`] (its slot, and its id
+//! to tell it from a later entry in the same slot), and each exporter's entries threaded into a
+//! list through their slots.
 //!
 //! A set-up and a drop each insert and remove one entry, and publish, invalidate and the handle's
-//! accessors each look one up: by slot that is an index and a compare, where the hash map it
-//! replaced hashed, probed and moved entries on every insert and remove.
+//! accessors each look one up: by slot that is an index and a compare.
 
 use super::registry::{Resources, State};
 use super::{MappingEvent, Sequence};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
+use crate::slab::Slab;
 use crate::traits::{DmaImporter, MemoryExporter};
 use std::sync::Arc;
 
@@ -80,85 +80,54 @@ impl Entry {
 
 /// The slab.
 #[derive(Debug, Default)]
-pub(crate) struct Entries {
-    slots: Vec<Option<Entry>>,
-    /// Empty slots, the most recently emptied last (reused first: its line is likely cached).
-    free: Vec<u32>,
-    len: usize,
-}
+pub(crate) struct Entries(Slab<Entry>);
 
 impl Entries {
-    /// The most entries a slab holds: every slot must fit a key's 32 bits.
-    pub const CAPACITY: u64 = 1 << 32;
-
     /// Whether [`insert`](Self::insert) has no slot left to give.
     pub fn is_full(&self) -> bool {
-        self.len as u64 >= Self::CAPACITY
+        self.0.next_slot().is_none()
     }
 
-    /// Puts `entry` in a free slot (or a new one) and returns its key. The caller checks
-    /// [`is_full`](Self::is_full) first.
-    pub fn insert(&mut self, entry: Entry) -> Key {
+    /// Puts `entry` in a free slot and returns its key; `None` (and the entry dropped) if the
+    /// slab is full, which the caller checks first with [`is_full`](Self::is_full).
+    pub fn insert(&mut self, entry: Entry) -> Option<Key> {
         let id = entry.id;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(entry);
-                slot
-            }
-            None => {
-                // Below CAPACITY, so every slot in use or free fits 32 bits.
-                let slot = self.slots.len() as u32;
-                self.slots.push(Some(entry));
-                slot
-            }
-        };
-        self.len += 1;
-        Key { slot, id }
+        self.0.insert(entry).map(|slot| Key { slot, id })
     }
 
     /// The entry at `key`, if it is still there.
     pub fn get(&self, key: Key) -> Option<&Entry> {
-        self.at(key.slot).filter(|e| e.id == key.id)
+        self.0.get(key.slot).filter(|e| e.id == key.id)
     }
 
     /// The entry at `key`, if it is still there, to change.
     pub fn get_mut(&mut self, key: Key) -> Option<&mut Entry> {
-        self.at_mut(key.slot).filter(|e| e.id == key.id)
+        self.0.get_mut(key.slot).filter(|e| e.id == key.id)
     }
 
     /// Whatever entry is in `slot`.
     pub fn at(&self, slot: u32) -> Option<&Entry> {
-        self.slots.get(slot as usize)?.as_ref()
+        self.0.get(slot)
     }
 
     /// Whatever entry is in `slot`, to change.
     pub fn at_mut(&mut self, slot: u32) -> Option<&mut Entry> {
-        self.slots.get_mut(slot as usize)?.as_mut()
+        self.0.get_mut(slot)
     }
 
     /// Takes the entry at `key` out, if it is still there; its slot becomes free.
     pub fn remove(&mut self, key: Key) -> Option<Entry> {
-        let cell = self.slots.get_mut(key.slot as usize)?;
-        if cell.as_ref()?.id != key.id {
-            return None;
-        }
-        let e = cell.take();
-        self.free.push(key.slot);
-        self.len -= 1;
-        e
+        self.0.remove_if(key.slot, |e| e.id == key.id)
     }
 
     /// How many entries there are.
     pub fn len(&self) -> usize {
-        self.len
+        self.0.len()
     }
 
     /// Every entry with its key, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (Key, &Entry)> {
-        self.slots
-            .iter()
-            .zip(0u32..)
-            .filter_map(|(cell, slot)| cell.as_ref().map(|e| (Key { slot, id: e.id }, e)))
+        self.0.iter().map(|(slot, e)| (Key { slot, id: e.id }, e))
     }
 }
 
@@ -187,13 +156,13 @@ mod tests {
     #[test]
     fn a_key_outlives_its_entry_without_finding_the_next_one() {
         let mut s = Entries::default();
-        let a = s.insert(entry(1));
-        let b = s.insert(entry(2));
+        let a = s.insert(entry(1)).unwrap();
+        let b = s.insert(entry(2)).unwrap();
         assert_ne!(a.slot, b.slot);
         assert_eq!(s.get(a).map(|e| e.id), Some(1));
         assert_eq!(s.remove(a).map(|e| e.id), Some(1));
         assert!(s.remove(a).is_none());
-        let c = s.insert(entry(3));
+        let c = s.insert(entry(3)).unwrap();
         assert_eq!(c.slot, a.slot, "the freed slot is reused");
         assert!(s.get(a).is_none() && s.get_mut(a).is_none() && s.remove(a).is_none());
         assert_eq!(s.get(c).map(|e| e.id), Some(3));
@@ -214,6 +183,7 @@ mod tests {
         let mut s = Entries::default();
         let k = Key { slot: 7, id: 1 };
         assert!(s.get(k).is_none() && s.remove(k).is_none() && s.at_mut(7).is_none());
+        assert!(!s.is_full());
         assert_eq!(s.len(), 0);
     }
 }

@@ -10,6 +10,7 @@ use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
 use crate::addr::{AddrRange, Iova, Offset};
 use crate::error::Result;
 use crate::pci::PciAddr;
+use crate::slab::Slab;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::traits::{
     DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, IotlbGather,
@@ -199,7 +200,7 @@ impl Inner {
         if self.entries.is_full() {
             return Err(crate::Error::TooManyMappings {
                 exporter,
-                limit: Entries::CAPACITY,
+                limit: Slab::<Entry>::CAPACITY,
             });
         }
         for a in self.active.iter_mut() {
@@ -211,7 +212,9 @@ impl Inner {
         let older = self.heads.get(&exporter).copied();
         entry.newer = None;
         entry.older = older;
-        let key = self.entries.insert(entry);
+        let Some(key) = self.entries.insert(entry) else {
+            unreachable!("checked that a slot is free");
+        };
         self.heads.insert(exporter, key.slot);
         if let Some(e) = older.and_then(|o| self.entries.at_mut(o)) {
             e.newer = Some(key.slot);
