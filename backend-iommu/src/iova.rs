@@ -21,9 +21,10 @@ const CLASSES: usize = 6;
 const MAG: usize = 127;
 /// Full magazines the depot keeps per class before freeing to the tree.
 const DEPOT: usize = 32;
-/// Ranges an empty magazine is refilled with at once: eight 4 KiB pages are one cache line of
-/// last-level page-table entries.
-const REFILL: u64 = 8;
+/// Ranges an empty magazine is refilled with at once: sixteen 4 KiB pages are two cache lines of
+/// last-level page-table entries, the pair an adjacent-line prefetcher fetches together (so two
+/// threads' runs never share a pair either).
+const REFILL: u64 = 16;
 
 /// The shared tree and depot.
 #[derive(Debug)]
