@@ -3,7 +3,7 @@
 
 use super::domain_cache::DomainRef;
 use super::registry::{unmap_flush_free, MappedPieces, Resources};
-use super::sg::{merge_inline, Segments};
+use super::sg::{merge_inline, split, Segments};
 use super::{Plan, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
@@ -92,8 +92,10 @@ fn with_grant(
             (None, exact(pieces, &chunks, grant, len)?, None)
         }
         Strategy::ViaIommu => {
-            let (mapped, piece) = map_exact(domain, &chunks, grant, len, importer, plan.access)?;
-            (Some(mapped), smallvec![piece], None)
+            // One contiguous IOVA range: split, not merged.
+            let (mapped, (start, len)) =
+                map_exact(domain, &chunks, grant, len, importer, plan.access)?;
+            return Ok((Some(mapped), split(start, len, caps.max_segment), None));
         }
         Strategy::Bounce => {
             let host = platform.host_memory();

@@ -24,6 +24,19 @@ pub fn merge_segments(
     merge_inline(pieces, max_segment).into_vec()
 }
 
+/// One contiguous range `[addr, addr + len)` as segments of at most `max_segment` bytes (0: no
+/// limit): what [`merge_inline`] makes of a single piece, without its merging loop.
+pub(crate) fn split(addr: DmaAddr, len: u64, max_segment: u64) -> Segments {
+    if max_segment == 0 || len <= max_segment {
+        let mut out = Segments::new();
+        if len > 0 {
+            out.push(Segment { addr, len });
+        }
+        return out;
+    }
+    merge_inline([(addr, len)], max_segment)
+}
+
 /// [`merge_segments`] into a list that holds one segment without allocating.
 pub(crate) fn merge_inline(
     pieces: impl IntoIterator<Item = (DmaAddr, u64)>,
@@ -91,6 +104,12 @@ mod tests {
     }
 
     proptest! {
+        /// `split` of one piece is what `merge_inline` makes of it.
+        #[test]
+        fn split_is_merge_of_one_piece(addr in 0u64..1 << 40, len in 0u64..1 << 24, max in prop_oneof![Just(0u64), 1u64..1 << 20]) {
+            prop_assert_eq!(split(DmaAddr(addr), len, max), merge_inline([(DmaAddr(addr), len)], max));
+        }
+
         #[test]
         fn covers_the_same_bytes_within_the_limit(
             pieces in proptest::collection::vec((0u64..64, 1u64..8), 0..20),
