@@ -295,18 +295,14 @@ impl Negotiator {
             let begin = seq.read_begin();
             let (plan, res) = build(attempt)?;
             let mut inner = self.registry.shard_for(exporter.id()).lock();
-            let still_there = inner.entries.get(key).is_some();
-            if still_there && !seq.read_retry(begin) {
-                let Some(e) = inner.entries.get_mut(key) else {
-                    return Err(Error::Invalidated(id));
-                };
-                let (importer, segments, bytes) =
-                    (e.importer.device(), res.segments.len(), e.range.len());
+            let entry = inner.entries.get_mut(key);
+            let still_there = entry.is_some();
+            if let Some(e) = entry.filter(|_| !seq.read_retry(begin)) {
+                // The fields are read only if someone listens.
+                tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), importer = %e.importer.device(), bytes = e.range.len(), segments = res.segments.len(), pinned = plan.pin, "established");
                 e.pinned = plan.pin;
                 e.state = State::Live(res);
                 self.registry.notify_established(&inner, key);
-                drop(inner);
-                tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");
                 return Ok(plan);
             }
             drop(inner);

@@ -145,19 +145,17 @@ impl Shard {
     /// Tells the observer that live entry `id` is going away; called under this shard's lock
     /// (`inner` is its guard) before the entry leaves the live state.
     pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
-        if let (Some(o), Some(ev)) = (&self.observer, live_event(&self.observer, inner, key)) {
-            o.torn_down(&ev, cause);
+        // The observer first: without one, no event is looked up (every drop comes here).
+        if let Some(o) = &self.observer {
+            if let Some(ev) = live_event(inner, key) {
+                o.torn_down(&ev, cause);
+            }
         }
     }
 }
 
-/// The observer's view of a live entry, if anyone observes.
-fn live_event(
-    observer: &Option<Arc<dyn MappingObserver>>,
-    inner: &Inner,
-    key: Key,
-) -> Option<MappingEvent> {
-    observer.as_ref()?;
+/// The observer's view of a live entry.
+fn live_event(inner: &Inner, key: Key) -> Option<MappingEvent> {
     let e = inner.entries.get(key)?;
     match &e.state {
         State::Live(res) => Some(e.event(res)),
@@ -404,24 +402,24 @@ impl Registry {
         })
     }
 
-    /// The observer's view of a live entry, if anyone observes.
-    pub(crate) fn live_event(&self, inner: &Inner, key: Key) -> Option<MappingEvent> {
-        live_event(&self.observer, inner, key)
-    }
-
     /// Tells the observer that entry `key` went live. Called with the registry lock held
     /// (`inner` is its guard), so the observer sees events in registry order.
     pub(crate) fn notify_established(&self, inner: &Inner, key: Key) {
-        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, key)) {
-            o.established(&ev);
+        // The observer first: without one, no event is looked up (every set-up comes here).
+        if let Some(o) = &self.observer {
+            if let Some(ev) = live_event(inner, key) {
+                o.established(&ev);
+            }
         }
     }
 
     /// Tells the observer that live entry `key` is going away; called under the registry lock
     /// before the entry leaves the live state.
     pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
-        if let (Some(o), Some(ev)) = (&self.observer, self.live_event(inner, key)) {
-            o.torn_down(&ev, cause);
+        if let Some(o) = &self.observer {
+            if let Some(ev) = live_event(inner, key) {
+                o.torn_down(&ev, cause);
+            }
         }
     }
 
