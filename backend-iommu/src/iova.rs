@@ -302,7 +302,7 @@ impl IovaAllocator {
 
     /// Refills this thread's empty magazine with a run of [`REFILL`] ranges of class `c` carved
     /// from one allocation, and returns the first. A thread then works in IOVAs of its own: the
-    /// page-table entries of two threads' IOVAs do not share a cache line (8 entries a line), so
+    /// page-table entries of two threads' IOVAs do not share a pair of cache lines (see [`REFILL`]), so
     /// their maps and unmaps do not bounce it between cores. `None` if the tree has no such run
     /// under `limit` (the caller then allocates one range).
     fn refill(&self, c: usize, size: u64, limit: u64) -> Option<u64> {

@@ -69,3 +69,50 @@ fn threads_sharing_a_plan_cache_agree_with_a_cold_negotiation() {
         "{s:?}"
     );
 }
+
+/// Threads that come and go (a server that makes a thread per request): every hit is counted,
+/// including those of threads that have exited, across waves of short-lived threads.
+#[test]
+fn hits_of_exited_threads_still_count() {
+    let topo = presets::acs_switch().unwrap();
+    let neg = Arc::new(Negotiator::new(Arc::new(TestPlatform::new(
+        topo.clone(),
+        DomainKind::Translated,
+    ))));
+    let gpu = TestExporter::new(
+        &topo,
+        "0000:03:00.0".parse().unwrap(),
+        1 << 20,
+        64,
+        MemoryKind::MOVABLE,
+    );
+    let gpu = Arc::new(gpu.unwrap());
+    let nic = Arc::new(TestImporter::new(
+        "0000:05:00.0".parse().unwrap(),
+        ImporterCaps::default(),
+    ));
+    const WAVES: usize = 25;
+    const PER_THREAD: usize = 7;
+    for wave in 0..WAVES {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (neg, gpu, nic) = (neg.clone(), gpu.clone(), nic.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        neg.negotiate(&*gpu, &*nic, Access::READ, &Policy::default())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = neg.cache_stats();
+        assert_eq!(
+            s.hits + s.misses,
+            ((wave + 1) * 2 * PER_THREAD) as u64,
+            "wave {wave}: {s:?}"
+        );
+    }
+}

@@ -105,6 +105,42 @@ thread_local! {
     };
 }
 
+/// Threads' hit counters of one cache.
+#[derive(Debug, Default)]
+struct Counters {
+    live: Vec<Arc<HitCounter>>,
+    /// Hits counted by threads that have exited (their counters folded in and dropped).
+    retired: u64,
+}
+
+impl Counters {
+    /// Folds in and drops the counters of threads that have exited (the thread's memo held the
+    /// other reference), so that a process that keeps making threads keeps few counters.
+    fn retire_exited(&mut self) {
+        let mut retired = 0;
+        self.live.retain(|c| {
+            let gone = Arc::strong_count(c) == 1;
+            if gone {
+                // Pairs with the exited thread's release of its reference: its last counts are
+                // visible.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+                retired += c.0.load(Ordering::Relaxed);
+            }
+            !gone
+        });
+        self.retired += retired;
+    }
+
+    fn sum(&self) -> u64 {
+        self.retired
+            + self
+                .live
+                .iter()
+                .map(|c| c.0.load(Ordering::Relaxed))
+                .sum::<u64>()
+    }
+}
+
 static NEXT_CACHE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A negotiator's plan cache.
@@ -113,8 +149,9 @@ pub(crate) struct PlanCache {
     id: u64,
     shared: Mutex<Shared>,
     misses: AtomicU64,
-    /// Every thread's hit counter for this cache.
-    hit_counters: Mutex<Vec<Arc<HitCounter>>>,
+    /// The hit counter of every thread that has one for this cache and still runs, and the hits
+    /// of those that exited (see [`register_counter`](Self::register_counter)).
+    hit_counters: Mutex<Counters>,
 }
 
 impl Default for PlanCache {
@@ -235,7 +272,11 @@ impl PlanCache {
     /// is held across the lock).
     fn register_counter(&self) {
         let c = Arc::new(HitCounter(AtomicU64::new(1)));
-        self.hit_counters.lock().push(c.clone());
+        {
+            let mut counters = self.hit_counters.lock();
+            counters.retire_exited();
+            counters.live.push(c.clone());
+        }
         MEMO.with(|m| m.borrow_mut().counters.push((self.id, c)));
     }
 
@@ -243,15 +284,37 @@ impl PlanCache {
     pub fn stats(&self) -> CacheStats {
         let s = self.shared.lock();
         CacheStats {
-            hits: self
-                .hit_counters
-                .lock()
-                .iter()
-                .map(|c| c.0.load(Ordering::Relaxed))
-                .sum(),
+            hits: self.hit_counters.lock().sum(),
             misses: self.misses.load(Ordering::Relaxed),
             entries: s.plans.len(),
             evictions: s.evictions,
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Counters of exited threads (held by the cache alone) are folded into `retired` and
+    /// dropped; a running thread's stays; the sum is unchanged.
+    #[test]
+    fn exited_threads_counters_are_folded_in() {
+        let running = Arc::new(HitCounter(AtomicU64::new(5)));
+        let held_by_thread = running.clone();
+        let mut c = Counters {
+            live: vec![
+                Arc::new(HitCounter(AtomicU64::new(3))),
+                running,
+                Arc::new(HitCounter(AtomicU64::new(4))),
+            ],
+            retired: 1,
+        };
+        assert_eq!(c.sum(), 13);
+        c.retire_exited();
+        assert_eq!(c.live.len(), 1);
+        assert!(Arc::ptr_eq(&c.live[0], &held_by_thread));
+        assert_eq!(c.retired, 8);
+        assert_eq!(c.sum(), 13);
     }
 }
