@@ -83,13 +83,13 @@ impl Entry {
 pub(crate) struct Entries(Slab<Entry>);
 
 impl Entries {
-    /// Whether [`insert`](Self::insert) has no slot left to give.
-    pub fn is_full(&self) -> bool {
-        self.0.next_slot().is_none()
+    /// The slot the next [`insert`](Self::insert) fills; `None` if there is none left.
+    pub fn next_slot(&self) -> Option<u32> {
+        self.0.next_slot()
     }
 
-    /// Puts `entry` in a free slot and returns its key; `None` (and the entry dropped) if the
-    /// slab is full, which the caller checks first with [`is_full`](Self::is_full).
+    /// Puts `entry` in the slot [`next_slot`](Self::next_slot) named and returns its key; `None`
+    /// (and the entry dropped) if the slab is full, which the caller checks first.
     pub fn insert(&mut self, entry: Entry) -> Option<Key> {
         let id = entry.id;
         self.0.insert(entry).map(|slot| Key { slot, id })
@@ -183,7 +183,7 @@ mod tests {
         let mut s = Entries::default();
         let k = Key { slot: 7, id: 1 };
         assert!(s.get(k).is_none() && s.remove(k).is_none() && s.at_mut(7).is_none());
-        assert!(!s.is_full());
+        assert_eq!(s.next_slot(), Some(0));
         assert_eq!(s.len(), 0);
     }
 }

@@ -173,7 +173,13 @@ pub(crate) struct Inner {
     /// it replaced walked and rebalanced nodes, and allocated and freed one whenever a shard
     /// went from no mapping to one and back. A search walks the exporter's entries, as the
     /// B-tree's did all of those starting below the range's end.
-    heads: HashMap<ExporterId, u32, BuildHasherDefault<FxHasher>>,
+    ///
+    /// An exporter whose last mapping went keeps its key with `None`, so that mapping and
+    /// dropping one page at a time changes a value instead of inserting and removing a key;
+    /// the `None`s are swept out when they outnumber the rest (see [`Inner::emptied`]).
+    heads: HashMap<ExporterId, Option<u32>, BuildHasherDefault<FxHasher>>,
+    /// How many of `heads` are `None`.
+    empty_heads: usize,
     /// Invalidations running now (few: one per exporter being moved or revoked).
     active: Vec<Active>,
     next_token: u64,
@@ -183,6 +189,9 @@ pub(crate) struct Inner {
     /// The importers' domains, wrapped once for this shard's mappings.
     pub domains: DomainCache,
 }
+
+/// Exporters without mappings a shard keeps in its index before sweeping them out.
+const EMPTY_HEADS_KEPT: usize = 32;
 
 /// Sequences a shard keeps for reuse: enough for the mappings a burst of threads sets up and
 /// drops at once; beyond it, a removed entry's sequence is freed.
@@ -195,25 +204,38 @@ impl Inner {
     /// if the shard holds 2^32 entries.
     pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
         let exporter = entry.exporter.id();
-        if self.entries.is_full() {
+        let Some(slot) = self.entries.next_slot() else {
             return Err(crate::Error::TooManyMappings {
                 exporter,
                 limit: Slab::<Entry>::CAPACITY,
             });
-        }
+        };
         for a in self.active.iter_mut() {
             if a.exporter == exporter && a.range.overlaps(&entry.range) {
                 entry.seq.begin_invalidate();
                 a.held.push(entry.seq.clone());
             }
         }
-        let older = self.heads.get(&exporter).copied();
+        // One lookup of the exporter's head, which becomes the new entry's slot.
+        let older = match self.heads.get_mut(&exporter) {
+            Some(head) => {
+                let older = head.replace(slot);
+                if older.is_none() {
+                    self.empty_heads -= 1;
+                }
+                older
+            }
+            None => {
+                self.heads.insert(exporter, Some(slot));
+                None
+            }
+        };
         entry.newer = None;
         entry.older = older;
-        let Some(key) = self.entries.insert(entry) else {
-            unreachable!("checked that a slot is free");
+        let key = match self.entries.insert(entry) {
+            Some(key) if key.slot == slot => key,
+            _ => unreachable!("next_slot named the slot insert fills"),
         };
-        self.heads.insert(exporter, key.slot);
         if let Some(e) = older.and_then(|o| self.entries.at_mut(o)) {
             e.newer = Some(key.slot);
         }
@@ -285,11 +307,9 @@ impl Inner {
                 }
             }
             (None, Some(o)) => {
-                self.heads.insert(e.exporter.id(), o);
+                self.heads.insert(e.exporter.id(), Some(o));
             }
-            (None, None) => {
-                self.heads.remove(&e.exporter.id());
-            }
+            (None, None) => self.emptied(e.exporter.id()),
         }
         if Arc::strong_count(&e.seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
             self.spare.push(e.seq.clone());
@@ -297,11 +317,26 @@ impl Inner {
         Some(e)
     }
 
+    /// `exporter`'s list is empty: its head becomes `None`, and once the `None`s are more than
+    /// [`EMPTY_HEADS_KEPT`] and half of all heads, they are swept out (exporters come and go in
+    /// a long-running process; each sweep is paid for by as many drops as it removes).
+    fn emptied(&mut self, exporter: ExporterId) {
+        if let Some(head) = self.heads.get_mut(&exporter) {
+            if head.take().is_some() {
+                self.empty_heads += 1;
+            }
+        }
+        if self.empty_heads > EMPTY_HEADS_KEPT && self.empty_heads * 2 > self.heads.len() {
+            self.heads.retain(|_, head| head.is_some());
+            self.empty_heads = 0;
+        }
+    }
+
     /// Keys of the mappings of `exporter` that overlap `range`, in order of range start (then
     /// id), so that invalidations tear down in the same order whatever the set-up order was.
     pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<Key> {
         let mut found = Vec::new();
-        let mut at = self.heads.get(&exporter).copied();
+        let mut at = self.heads.get(&exporter).copied().flatten();
         // Every slot in the list holds an entry: insert links it, remove unlinks it.
         while let Some((slot, e)) = at.and_then(|s| self.entries.at(s).map(|e| (s, e))) {
             if e.range.overlaps(range) {
@@ -527,6 +562,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Exporters that come and go through one shard: each maps a range and drops it. The
+    /// index keeps the emptied exporters' keys only up to a bound, and a search still finds
+    /// exactly the live mappings (one long-lived exporter keeps two throughout).
+    #[test]
+    fn emptied_exporters_are_swept_from_the_index() {
+        use crate::testing::{TestHostMemory, TestImporter};
+        let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(
+            "0000:01:00.0".parse().unwrap(),
+            crate::traits::ImporterCaps::default(),
+        ));
+        let range = |page: u64| AddrRange::new(Offset(page * 4096), 4096).unwrap();
+        let entry = |id, exporter: &Arc<dyn MemoryExporter>, page| {
+            let devices = (exporter.clone(), importer.clone());
+            Entry::building(
+                id,
+                devices,
+                range(page),
+                crate::Access::READ,
+                Arc::default(),
+            )
+        };
+        let mut inner = Inner::default();
+        let keeper: Arc<dyn MemoryExporter> = Arc::new(TestHostMemory::new(1 << 20, 0));
+        let kept = [
+            inner.insert(entry(1, &keeper, 0)).unwrap(),
+            inner.insert(entry(2, &keeper, 3)).unwrap(),
+        ];
+        for n in 0..500u64 {
+            let e: Arc<dyn MemoryExporter> = Arc::new(TestHostMemory::new(1 << 20, 0));
+            let k = inner.insert(entry(10 + n, &e, n % 7)).unwrap();
+            assert_eq!(inner.overlapping(e.id(), &range(n % 7)), [k]);
+            assert!(inner.remove(k).is_some());
+            assert!(inner.overlapping(e.id(), &range(n % 7)).is_empty());
+            assert!(
+                inner.heads.len() <= 2 * EMPTY_HEADS_KEPT + 2,
+                "after {n}: {} heads",
+                inner.heads.len()
+            );
+            let all = AddrRange::new(Offset(0), 1 << 20).unwrap();
+            assert_eq!(inner.overlapping(keeper.id(), &all), kept);
+        }
+        assert_eq!(inner.entries.len(), 2);
     }
 
     /// One thread on one registry gets 1, 2, 3, ...: the ids a program's event log shows do not
