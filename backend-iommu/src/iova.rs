@@ -23,7 +23,8 @@ const MAG: usize = 127;
 const DEPOT: usize = 32;
 /// Ranges an empty magazine is refilled with at once: sixteen 4 KiB pages are two cache lines of
 /// last-level page-table entries, the pair an adjacent-line prefetcher fetches together (so two
-/// threads' runs never share a pair either).
+/// threads working in freshly carved runs never share a pair either; freed ranges can still
+/// reach another thread through the depot).
 const REFILL: u64 = 16;
 
 /// The shared tree and depot.
@@ -493,13 +494,18 @@ mod tests {
 
     #[test]
     fn exhaustion_flushes_the_caches_and_retries() {
-        let a = IovaAllocator::new(0, 8 << 12);
-        let xs: Vec<u64> = (0..8).map(|_| a.alloc(0x1000, u64::MAX).unwrap()).collect();
+        // Two refill runs' worth of pages: the singles come from refills, not the tree.
+        let pages = 2 * REFILL;
+        let a = IovaAllocator::new(0, pages << 12);
+        let xs: Vec<u64> = (0..pages)
+            .map(|_| a.alloc(0x1000, u64::MAX).unwrap())
+            .collect();
         for &x in &xs {
             a.free(x, 0x1000);
         }
-        // The tree is empty (all cached as 1-page entries); an 8-page request needs them merged.
-        assert_eq!(a.alloc(8 << 12, u64::MAX).unwrap(), 0);
+        // The tree is empty (all cached as 1-page entries); a request for all of it needs them
+        // merged.
+        assert_eq!(a.alloc(pages << 12, u64::MAX).unwrap(), 0);
     }
 
     #[test]

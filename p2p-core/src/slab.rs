@@ -4,12 +4,22 @@
 //! lookup an index, where a hash map hashed, probed and moved on every insert and remove.
 //!
 //! Slots are 32-bit: the callers build keys from them. A slot says nothing about which value is
-//! in it now; each caller pairs it with an id the value carries and checks it on lookup.
+//! in it now; each slot therefore counts its occupants (its *generation*, from 1), and a caller
+//! pairs the slot with the generation, or with an id the value carries, and checks it on
+//! lookup. A slot whose generation would wrap is retired instead of reused, so a (slot,
+//! generation) pair names one value for the life of the slab.
+
+/// A slot: its value, if any, and the generation of that value (or of the next one).
+#[derive(Debug)]
+struct Cell<T> {
+    value: Option<T>,
+    generation: u32,
+}
 
 /// Values by slot.
 #[derive(Debug)]
 pub(crate) struct Slab<T> {
-    slots: Vec<Option<T>>,
+    cells: Vec<Cell<T>>,
     /// Empty slots, the most recently emptied last (reused first: its line is likely cached).
     free: Vec<u32>,
     len: usize,
@@ -18,7 +28,7 @@ pub(crate) struct Slab<T> {
 impl<T> Default for Slab<T> {
     fn default() -> Self {
         Self {
-            slots: Vec::new(),
+            cells: Vec::new(),
             free: Vec::new(),
             len: 0,
         }
@@ -30,43 +40,62 @@ impl<T> Slab<T> {
     pub const CAPACITY: u64 = 1 << 32;
 
     /// The slot the next [`insert`](Self::insert) fills, or `None` if the slab is full.
+    #[inline]
     pub fn next_slot(&self) -> Option<u32> {
         match self.free.last() {
             Some(&slot) => Some(slot),
-            None => u32::try_from(self.slots.len()).ok(),
+            None => u32::try_from(self.cells.len()).ok(),
         }
+    }
+
+    /// The generation the value in `slot` has, or the next value put there will have (1 for a
+    /// slot not made yet).
+    #[inline]
+    pub fn generation(&self, slot: u32) -> u32 {
+        self.cells.get(slot as usize).map_or(1, |c| c.generation)
     }
 
     /// Puts `value` in the slot [`next_slot`](Self::next_slot) named; `None` (and `value`
     /// dropped) if the slab is full.
+    #[inline]
     pub fn insert(&mut self, value: T) -> Option<u32> {
         let slot = self.next_slot()?;
         match self.free.pop() {
-            Some(_) => self.slots[slot as usize] = Some(value),
-            None => self.slots.push(Some(value)),
+            Some(_) => self.cells[slot as usize].value = Some(value),
+            None => self.cells.push(Cell {
+                value: Some(value),
+                generation: 1,
+            }),
         }
         self.len += 1;
         Some(slot)
     }
 
     /// The value in `slot`, if any.
+    #[inline]
     pub fn get(&self, slot: u32) -> Option<&T> {
-        self.slots.get(slot as usize)?.as_ref()
+        self.cells.get(slot as usize)?.value.as_ref()
     }
 
     /// The value in `slot`, if any, to change.
+    #[inline]
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
-        self.slots.get_mut(slot as usize)?.as_mut()
+        self.cells.get_mut(slot as usize)?.value.as_mut()
     }
 
-    /// Takes the value out of `slot` if `is_it` says it is the one meant; the slot becomes free.
+    /// Takes the value out of `slot` if `is_it` says it is the one meant; the slot becomes free
+    /// for the next generation, or is retired if its generation would wrap.
+    #[inline]
     pub fn remove_if(&mut self, slot: u32, is_it: impl FnOnce(&T) -> bool) -> Option<T> {
-        let cell = self.slots.get_mut(slot as usize)?;
-        if !is_it(cell.as_ref()?) {
+        let cell = self.cells.get_mut(slot as usize)?;
+        if !is_it(cell.value.as_ref()?) {
             return None;
         }
-        let value = cell.take();
-        self.free.push(slot);
+        let value = cell.value.take();
+        cell.generation = cell.generation.wrapping_add(1);
+        if cell.generation != 0 {
+            self.free.push(slot);
+        }
         self.len -= 1;
         value
     }
@@ -78,10 +107,17 @@ impl<T> Slab<T> {
 
     /// Every value with its slot, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.slots
+        // Slots fit 32 bits (at most CAPACITY cells), so the cast keeps them whole.
+        self.cells
             .iter()
-            .zip(0u32..)
-            .filter_map(|(cell, slot)| cell.as_ref().map(|v| (slot, v)))
+            .enumerate()
+            .filter_map(|(slot, c)| c.value.as_ref().map(|v| (slot as u32, v)))
+    }
+
+    /// Sets `slot`'s generation, for tests of what happens when it wraps.
+    #[cfg(test)]
+    pub(crate) fn set_generation(&mut self, slot: u32, generation: u32) {
+        self.cells[slot as usize].generation = generation;
     }
 }
 
@@ -117,6 +153,24 @@ mod tests {
                 prop_assert_eq!(all, want);
             }
         }
+    }
+
+    /// Each occupant of a slot has the next generation; a slot whose generation would wrap is
+    /// retired, never handed out again.
+    #[test]
+    fn generations_count_occupants_and_a_wrapping_slot_is_retired() {
+        let mut slab = Slab::default();
+        assert_eq!(slab.generation(0), 1);
+        let s = slab.insert('a').unwrap();
+        assert_eq!(slab.generation(s), 1);
+        slab.remove_if(s, |_| true).unwrap();
+        assert_eq!(slab.generation(s), 2);
+        assert_eq!(slab.insert('b'), Some(s));
+        slab.set_generation(s, u32::MAX);
+        slab.remove_if(s, |_| true).unwrap();
+        assert_eq!(slab.next_slot(), Some(1), "the wrapped slot is not reused");
+        assert_eq!(slab.insert('c'), Some(1));
+        assert_eq!(slab.len(), 1);
     }
 
     /// `remove_if` leaves a value its predicate refuses.

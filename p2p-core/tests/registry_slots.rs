@@ -48,8 +48,8 @@ fn page(i: u64) -> AddrRange<Offset> {
 
 /// Mappings A (page 0) and B (page 1) are covered by an invalidation of pages 0–1. While the
 /// NIC handles A's notice, B is dropped and C (page 8, outside the invalidation) is set up: C
-/// takes B's slot. The invalidation must tear down A only; C stays live and its NIC hears of
-/// nothing but A.
+/// takes B's slot (a shard reuses the slot freed last). The invalidation must tear down A only;
+/// C stays live and its NIC hears of nothing but A.
 #[test]
 fn an_invalidation_skips_a_slot_reused_after_it_collected_the_keys() {
     let topo = presets::workstation().unwrap();
@@ -109,4 +109,52 @@ fn an_invalidation_skips_a_slot_reused_after_it_collected_the_keys() {
     assert_eq!(told, [a.id()]);
     let ids: Vec<u64> = neg.registry().all().iter().map(|m| m.id).collect();
     assert_eq!(ids, [a.id(), c.id()]);
+}
+
+/// Ids and slots are per registry: a mapping of one negotiator has the key of another's
+/// mapping of the same exporter. Re-faulting it through the other negotiator is refused and
+/// leaves that negotiator's mapping as it was.
+#[test]
+fn a_refault_through_another_negotiator_is_refused() {
+    let topo = presets::workstation().unwrap();
+    let gpu = Arc::new(
+        TestExporter::new(
+            &topo,
+            "0000:03:00.0".parse().unwrap(),
+            1 << 20,
+            256,
+            MemoryKind::MOVABLE,
+        )
+        .unwrap(),
+    );
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        ..ImporterCaps::default()
+    };
+    let nic = Arc::new(TestImporter::new("0000:05:00.0".parse().unwrap(), caps));
+    let negotiator = || {
+        Negotiator::new(Arc::new(TestPlatform::new(
+            topo.clone(),
+            DomainKind::Translated,
+        )))
+    };
+    let (a, b) = (negotiator(), negotiator());
+    let p = Policy::default();
+    let on_a = a.map(&gpu, &nic, page(0), RW, &p).unwrap();
+    a.invalidate(gpu.id(), page(0), InvalidationKind::Move)
+        .unwrap();
+    let on_b = b.map(&gpu, &nic, page(3), RW, &p).unwrap();
+    assert_eq!(on_a.id(), on_b.id(), "the same id in both registries");
+    assert!(matches!(
+        b.refault(&on_a, &p),
+        Err(Error::CannotRefault { .. })
+    ));
+    assert!(on_b.is_live());
+    assert_eq!(on_b.range(), page(3));
+    assert!(!on_a.is_live());
+    assert!(
+        a.refault(&on_a, &p).is_ok(),
+        "its own negotiator re-faults it"
+    );
+    assert!(on_a.is_live());
 }

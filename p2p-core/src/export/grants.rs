@@ -50,10 +50,9 @@ struct Window {
 pub struct GrantBook {
     exporter: ExporterId,
     size: u64,
-    next: u64,
     /// What each outstanding grant holds, in slots: a grant's id is its slot in the low 32 bits
-    /// and a count of the grants made before it above, so a lookup is an index and a compare,
-    /// and an old grant of a reused slot is told apart by its count (see [`grant_slot`]).
+    /// and the slot's generation above, so a lookup is an index and a compare, and an old grant
+    /// of a reused slot is told apart by its generation (see [`grant_slot`]).
     grants: Slab<Held>,
     /// Ranges handed out by `allocate`: start → length.
     carved: BTreeMap<u64, u64>,
@@ -68,7 +67,6 @@ impl GrantBook {
         Self {
             exporter,
             size,
-            next: 0,
             grants: Slab::default(),
             carved: BTreeMap::new(),
             pool: size.checked_sub(1).map(|last| (0, last)),
@@ -168,12 +166,11 @@ impl GrantBook {
             });
         };
         let window = self.take_window(range)?;
-        self.next += 1;
         let grant = ExportGrant {
             exporter: self.exporter,
-            // The count wraps after 2^32 grants: a grant kept that long and released after its
-            // slot was reused that many times would also need the same range to pass `held`.
-            id: (self.next << 32) | u64::from(slot),
+            // The slot's generation never repeats (the slab retires a slot before it wraps), so
+            // no two grants of this book ever have the same id.
+            id: (u64::from(self.grants.generation(slot)) << 32) | u64::from(slot),
             range,
             pinned: pin,
         };
@@ -219,6 +216,7 @@ impl GrantBook {
     fn held(&self, grant: &ExportGrant) -> Result<&Held> {
         // A match, not `ok_or`: the error would be built and dropped on every lookup.
         match self.grants.get(grant_slot(grant.id)) {
+            // The id names one grant for the life of the book (slot and generation).
             Some(h) if h.grant.id == grant.id && h.grant.exporter == grant.exporter => Ok(h),
             _ => Err(Error::UnknownGrant {
                 exporter: self.exporter,
@@ -299,7 +297,8 @@ mod tests {
     }
 
     /// A released grant whose slot a later grant took is unknown, and releasing it again leaves
-    /// the later grant alone.
+    /// the later grant alone; so is one whose slot went round all its generations (the slot is
+    /// retired, never reused).
     #[test]
     fn a_released_grant_stays_unknown_after_its_slot_is_reused() {
         let mut book = GrantBook::new(ExporterId::fresh(), 1 << 20);
@@ -314,6 +313,18 @@ mod tests {
         assert_eq!(book.live(), 1);
         book.release(&b).unwrap();
         assert_eq!(book.live(), 0);
+        // The slot's last generation: released, the slot is retired and the next grant takes
+        // another, whose id is new too.
+        book.grants.set_generation(grant_slot(b.id), u32::MAX);
+        let last = book.export(r(0, 0x1000), false).unwrap();
+        assert_eq!(grant_slot(last.id), grant_slot(b.id));
+        book.release(&last).unwrap();
+        let next = book.export(r(0, 0x1000), false).unwrap();
+        assert_ne!(grant_slot(next.id), grant_slot(last.id));
+        for old in [&a, &b, &last] {
+            assert!(matches!(book.release(old), Err(Error::UnknownGrant { .. })));
+        }
+        book.release(&next).unwrap();
     }
 
     #[test]

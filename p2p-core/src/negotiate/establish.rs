@@ -260,7 +260,16 @@ fn map_into(
         .map_or(0, |a| a.0)
         .min(importer.caps().dma_mask);
     let iova = domain.alloc_iova(total, limit)?;
-    let range = AddrRange::new(iova, total)?;
+    let range = match AddrRange::new(iova, total) {
+        Ok(range) => range,
+        Err(e) => {
+            // A domain that handed out a range that wraps: give the allocation back.
+            if let Err(err) = domain.free_iova(iova, total) {
+                tracing::warn!(%err, "freeing an IOVA allocation that wraps failed");
+            }
+            return Err(e);
+        }
+    };
     // Inline for up to two chunks: a one-chunk mapping allocates nothing here. One pass builds
     // both the pieces to map and where each lands.
     let mut pieces: SmallVec<[MapPiece; 2]> = SmallVec::new();

@@ -278,7 +278,7 @@ impl Negotiator {
         Ok(shard.lock().domains.insert(device, generation, domain))
     }
 
-    /// The reader side of the protocol for entry `id` (state [`State::Building`]): reads the
+    /// The reader side of the protocol for entry `key` (state [`State::Building`]): reads the
     /// sequence, builds, and under the registry lock publishes the resources only if the
     /// sequence did not move; otherwise gives them back and starts over, at most
     /// [`MAX_ATTEMPTS`] times. Returns the plan published. On error the entry is left building
@@ -298,11 +298,17 @@ impl Negotiator {
             let entry = inner.entries.get_mut(key);
             let still_there = entry.is_some();
             if let Some(e) = entry.filter(|_| !seq.read_retry(begin)) {
-                // The fields are read only if someone listens.
-                tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), importer = %e.importer.device(), bytes = e.range.len(), segments = res.segments.len(), pinned = plan.pin, "established");
+                // What the debug line says, read only if someone listens; it is written after
+                // the lock is released.
+                let listened = tracing::enabled!(tracing::Level::DEBUG)
+                    .then(|| (e.importer.device(), e.range.len(), res.segments.len()));
                 e.pinned = plan.pin;
                 e.state = State::Live(res);
                 self.registry.notify_established(&inner, key);
+                drop(inner);
+                if let Some((importer, bytes, segments)) = listened {
+                    tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");
+                }
                 return Ok(plan);
             }
             drop(inner);
@@ -337,6 +343,14 @@ impl Negotiator {
     /// now, and new resources for the same range, published under the same protocol as an
     /// establish. Returns the plan. A live mapping is left as it is.
     pub fn refault(&self, mapping: &Mapping, policy: &Policy) -> Result<Plan> {
+        // Another negotiator's mapping: its key may name an entry here (ids and slots are per
+        // registry), which must not be rebuilt with that mapping's range and sequence.
+        if !Arc::ptr_eq(&mapping.shard, self.registry.shard(mapping.exporter)) {
+            return Err(Error::CannotRefault {
+                mapping: mapping.key.id,
+                reason: "the mapping is another negotiator's",
+            });
+        }
         let (exporter, importer, access) = {
             let mut inner = self.registry.shard_for(mapping.exporter).lock();
             let e = inner

@@ -296,6 +296,59 @@ impl PlanCache {
 mod tests {
     use super::*;
 
+    fn key() -> Key {
+        use crate::traits::{DomainKind, ExporterId, ExporterInfo, ImporterCaps, Residency};
+        let facts = Facts {
+            exporter: ExporterId(7),
+            info: ExporterInfo {
+                residency: Residency::Host { numa: 0 },
+                size: 4096,
+                movable: false,
+                pinnable: true,
+                bus_window: crate::addr::AddrRange::new(crate::addr::BusAddr(0), 4096).unwrap(),
+            },
+            importer: "0000:05:00.0".parse().unwrap(),
+            caps: ImporterCaps::default(),
+            domain: DomainKind::Translated,
+            access: crate::Access::READ,
+        };
+        (facts, Policy::default())
+    }
+
+    /// Threads that hit once each and exit, one after another: each registers a counter, and
+    /// registering retires the exited ones', so the cache holds at most the newest two while
+    /// every hit is still counted.
+    #[test]
+    fn registering_a_counter_retires_those_of_exited_threads() {
+        let cache = PlanCache::default();
+        let (facts, _) = key();
+        let plan = Plan {
+            exporter: facts.exporter,
+            importer: facts.importer,
+            access: facts.access,
+            strategy: super::super::Strategy::ViaIommu,
+            reasons: Vec::new(),
+            pin: false,
+            domain: facts.domain,
+            residency: facts.info.residency,
+            path: None,
+        };
+        // The first call makes the plan (a miss); every later one hits.
+        cache.get_or_make(1, key(), |_| Ok(plan.clone())).unwrap();
+        for _ in 0..20 {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..3 {
+                        cache.get_or_make(1, key(), |_| Ok(plan.clone())).unwrap();
+                    }
+                });
+            });
+            assert!(cache.hit_counters.lock().live.len() <= 2);
+        }
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (60, 1), "{stats:?}");
+    }
+
     /// Counters of exited threads (held by the cache alone) are folded into `retired` and
     /// dropped; a running thread's stays; the sum is unchanged.
     #[test]

@@ -142,7 +142,7 @@ impl Shard {
         self.lock.lock()
     }
 
-    /// Tells the observer that live entry `id` is going away; called under this shard's lock
+    /// Tells the observer that live entry `key` is going away; called under this shard's lock
     /// (`inner` is its guard) before the entry leaves the live state.
     pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
         // The observer first: without one, no event is looked up (every drop comes here).
@@ -244,7 +244,7 @@ impl Inner {
 
     /// Begins an invalidation of `range`: every overlapping entry's sequence goes odd (and
     /// stays so until [`end_invalidation`](Self::end_invalidation)), as does that of any entry
-    /// registered meanwhile. Returns the token that ends it and the overlapping ids.
+    /// registered meanwhile. Returns the token that ends it and the overlapping entries' keys.
     pub fn begin_invalidation(
         &mut self,
         exporter: ExporterId,
@@ -288,7 +288,7 @@ impl Inner {
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Removes entry `id`. The caller holds one reference to its sequence besides the entry's
+    /// Removes entry `key`. The caller holds one reference to its sequence besides the entry's
     /// (the mapping handle, or the set-up that failed); when no other exists, no running
     /// invalidation holds it (each holds one), so it is even and goes to the spares. New
     /// references are taken only under this lock, from entries, so none can appear after the
@@ -337,8 +337,20 @@ impl Inner {
     pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<Key> {
         let mut found = Vec::new();
         let mut at = self.heads.get(&exporter).copied().flatten();
-        // Every slot in the list holds an entry: insert links it, remove unlinks it.
+        // Every slot in the list holds an entry of this exporter: insert links it, remove
+        // unlinks it. The walk still stops at another's entry and after as many steps as there
+        // are entries, so that a broken link could not make it return another exporter's
+        // mappings or run forever.
+        let mut steps = self.entries.len();
         while let Some((slot, e)) = at.and_then(|s| self.entries.at(s).map(|e| (s, e))) {
+            if steps == 0 || e.exporter.id() != exporter {
+                debug_assert!(
+                    false,
+                    "{exporter}'s list reaches slot {slot}: a broken link"
+                );
+                break;
+            }
+            steps -= 1;
             if e.range.overlaps(range) {
                 found.push((e.range.start(), Key { slot, id: e.id }));
             }
@@ -606,6 +618,56 @@ mod tests {
             assert_eq!(inner.overlapping(keeper.id(), &all), kept);
         }
         assert_eq!(inner.entries.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// Inserts and removes in any order over three exporters (slots reused, heads emptied
+        /// and refilled): after every step, each exporter's search finds exactly its entries in
+        /// the model, in order of start then id, and `empty_heads` counts the `None` heads.
+        #[test]
+        fn the_index_matches_a_model(
+            ops in proptest::collection::vec(
+                (0..3usize, 0..8u64, proptest::bool::ANY, 0..64usize),
+                1..120,
+            ),
+        ) {
+            use crate::testing::{TestHostMemory, TestImporter};
+            let importer: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(
+                "0000:01:00.0".parse().unwrap(),
+                crate::traits::ImporterCaps::default(),
+            ));
+            let exporters: Vec<Arc<dyn MemoryExporter>> = (0..3)
+                .map(|_| Arc::new(TestHostMemory::new(1 << 20, 0)) as _)
+                .collect();
+            let all = AddrRange::new(Offset(0), 1 << 20).unwrap();
+            let mut inner = Inner::default();
+            let mut model: Vec<(Key, usize, u64)> = Vec::new();
+            for (n, (which, page, insert, pick)) in ops.into_iter().enumerate() {
+                if insert || model.is_empty() {
+                    let range = AddrRange::new(Offset(page * 4096), 4096).unwrap();
+                    let devices = (exporters[which].clone(), importer.clone());
+                    let e = Entry::building(n as u64 + 1, devices, range, crate::Access::READ, Arc::default());
+                    model.push((inner.insert(e).unwrap(), which, page));
+                } else {
+                    let (key, _, _) = model.remove(pick % model.len());
+                    proptest::prop_assert!(inner.remove(key).is_some());
+                    proptest::prop_assert!(inner.remove(key).is_none(), "removed twice");
+                }
+                for (i, e) in exporters.iter().enumerate() {
+                    let mut want: Vec<(u64, Key)> = model
+                        .iter()
+                        .filter(|m| m.1 == i)
+                        .map(|m| (m.2, m.0))
+                        .collect();
+                    want.sort_by_key(|&(page, key)| (page, key.id));
+                    let want: Vec<Key> = want.into_iter().map(|(_, k)| k).collect();
+                    proptest::prop_assert_eq!(inner.overlapping(e.id(), &all), want);
+                }
+                let nones = inner.heads.values().filter(|h| h.is_none()).count();
+                proptest::prop_assert_eq!(inner.empty_heads, nones);
+                proptest::prop_assert_eq!(inner.entries.len(), model.len());
+            }
+        }
     }
 
     /// One thread on one registry gets 1, 2, 3, ...: the ids a program's event log shows do not
