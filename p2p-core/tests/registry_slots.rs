@@ -46,27 +46,31 @@ fn page(i: u64) -> AddrRange<Offset> {
     AddrRange::new(Offset(i * 4096), 4096).unwrap()
 }
 
+/// A workstation with movable GPU memory at 0000:03:00.0, and an ODP importer's caps (nothing
+/// pinned: invalidations proceed).
+fn movable_gpu_and_odp_caps() -> (Topology, Arc<TestExporter>, ImporterCaps) {
+    let topo = presets::workstation().unwrap();
+    let gpu = TestExporter::new(
+        &topo,
+        "0000:03:00.0".parse().unwrap(),
+        1 << 20,
+        256,
+        MemoryKind::MOVABLE,
+    );
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        ..ImporterCaps::default()
+    };
+    (topo, Arc::new(gpu.unwrap()), caps)
+}
+
 /// Mappings A (page 0) and B (page 1) are covered by an invalidation of pages 0–1. While the
 /// NIC handles A's notice, B is dropped and C (page 8, outside the invalidation) is set up: C
 /// takes B's slot (a shard reuses the slot freed last). The invalidation must tear down A only;
 /// C stays live and its NIC hears of nothing but A.
 #[test]
 fn an_invalidation_skips_a_slot_reused_after_it_collected_the_keys() {
-    let topo = presets::workstation().unwrap();
-    let gpu = Arc::new(
-        TestExporter::new(
-            &topo,
-            "0000:03:00.0".parse().unwrap(),
-            1 << 20,
-            256,
-            MemoryKind::MOVABLE,
-        )
-        .unwrap(),
-    );
-    let caps = ImporterCaps {
-        flags: ImporterFlags::ODP | ImporterFlags::P2P,
-        ..ImporterCaps::default()
-    };
+    let (topo, gpu, caps) = movable_gpu_and_odp_caps();
     let nic = Arc::new(HookedNic {
         inner: TestImporter::new("0000:05:00.0".parse().unwrap(), caps),
         hook: Mutex::new(None),
@@ -116,21 +120,7 @@ fn an_invalidation_skips_a_slot_reused_after_it_collected_the_keys() {
 /// leaves that negotiator's mapping as it was.
 #[test]
 fn a_refault_through_another_negotiator_is_refused() {
-    let topo = presets::workstation().unwrap();
-    let gpu = Arc::new(
-        TestExporter::new(
-            &topo,
-            "0000:03:00.0".parse().unwrap(),
-            1 << 20,
-            256,
-            MemoryKind::MOVABLE,
-        )
-        .unwrap(),
-    );
-    let caps = ImporterCaps {
-        flags: ImporterFlags::ODP | ImporterFlags::P2P,
-        ..ImporterCaps::default()
-    };
+    let (topo, gpu, caps) = movable_gpu_and_odp_caps();
     let nic = Arc::new(TestImporter::new("0000:05:00.0".parse().unwrap(), caps));
     let negotiator = || {
         Negotiator::new(Arc::new(TestPlatform::new(
