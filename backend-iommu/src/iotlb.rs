@@ -51,15 +51,18 @@ pub struct FillTicket {
     epoch: u64,
 }
 
-/// The epoch, on a cache line of its own: every lookup reads it, only clears write it.
+/// The epoch, on a pair of cache lines of its own (128 bytes: adjacent-line prefetching pairs
+/// lines): every lookup reads it, only clears write it.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct Epoch(AtomicU64);
 
-/// One thread's share of the counters, on a cache line of its own: threads translating and
-/// unmapping side by side never write the same line to count.
+/// One thread's share of the counters, on a pair of cache lines of its own: threads translating
+/// and unmapping side by side never write the same line to count, nor lines an adjacent-line
+/// prefetcher pairs (threads take consecutive shards, so at 64 bytes two threads' shards were
+/// one pair).
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct StatShard {
     hits: StatCounter,
     misses: StatCounter,
