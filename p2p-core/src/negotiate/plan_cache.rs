@@ -277,7 +277,14 @@ impl PlanCache {
             counters.retire_exited();
             counters.live.push(c.clone());
         }
-        MEMO.with(|m| m.borrow_mut().counters.push((self.id, c)));
+        MEMO.with(|m| {
+            let counters = &mut m.borrow_mut().counters;
+            // A counter only this thread still holds belongs to a cache that was dropped (a
+            // live cache keeps every running thread's): forget it, so that a thread that goes
+            // through many negotiators keeps few counters.
+            counters.retain(|(_, c)| Arc::strong_count(c) > 1);
+            counters.push((self.id, c));
+        });
     }
 
     /// The counters.
@@ -347,6 +354,40 @@ mod tests {
         }
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses), (60, 1), "{stats:?}");
+    }
+
+    /// One thread going through many negotiators' caches, each dropped after use: the thread
+    /// keeps the counters of the live caches only, and the live cache still counts every hit.
+    #[test]
+    fn a_thread_forgets_the_counters_of_dropped_caches() {
+        let plan = |facts: &Facts| Plan {
+            exporter: facts.exporter,
+            importer: facts.importer,
+            access: facts.access,
+            strategy: super::super::Strategy::ViaIommu,
+            reasons: Vec::new(),
+            pin: false,
+            domain: facts.domain,
+            residency: facts.info.residency,
+            path: None,
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let kept = PlanCache::default();
+                kept.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
+                kept.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
+                for _ in 0..50 {
+                    let cache = PlanCache::default();
+                    cache.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
+                    cache.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
+                }
+                let held = MEMO.with(|m| m.borrow().counters.len());
+                assert!(held <= 2, "{held} counters held");
+                kept.get_or_make(1, key(), |_| unreachable!("cached"))
+                    .unwrap();
+                assert_eq!(kept.stats().hits, 2, "every hit of the live cache counted");
+            });
+        });
     }
 
     /// Counters of exited threads (held by the cache alone) are folded into `retired` and
