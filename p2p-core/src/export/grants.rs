@@ -23,6 +23,14 @@ struct Held {
     carved: bool,
 }
 
+impl Held {
+    /// Whether this is `grant`: the id names one grant for the life of the book (its slot and
+    /// the slot's generation), and the exporter tells another book's grant with the same id.
+    fn is(&self, grant: &ExportGrant) -> bool {
+        self.grant.id == grant.id && self.grant.exporter == grant.exporter
+    }
+}
+
 /// Window pages a grant holds: how many, and the first one where the window places grants.
 #[derive(Debug, Clone, Copy)]
 struct Hold {
@@ -216,12 +224,15 @@ impl GrantBook {
     fn held(&self, grant: &ExportGrant) -> Result<&Held> {
         // A match, not `ok_or`: the error would be built and dropped on every lookup.
         match self.grants.get(grant_slot(grant.id)) {
-            // The id names one grant for the life of the book (slot and generation).
-            Some(h) if h.grant.id == grant.id && h.grant.exporter == grant.exporter => Ok(h),
-            _ => Err(Error::UnknownGrant {
-                exporter: self.exporter,
-                grant: grant.id,
-            }),
+            Some(h) if h.is(grant) => Ok(h),
+            _ => Err(self.unknown(grant)),
+        }
+    }
+
+    fn unknown(&self, grant: &ExportGrant) -> Error {
+        Error::UnknownGrant {
+            exporter: self.exporter,
+            grant: grant.id,
         }
     }
 
@@ -241,9 +252,8 @@ impl GrantBook {
     /// Forgets a grant, freeing what it carved and its window pages; an error if it is unknown
     /// (released twice, or another exporter's).
     pub fn release(&mut self, grant: &ExportGrant) -> Result<()> {
-        self.held(grant)?;
-        let Some(h) = self.grants.remove_if(grant_slot(grant.id), |_| true) else {
-            unreachable!("checked above")
+        let Some(h) = self.grants.remove_if(grant_slot(grant.id), |h| h.is(grant)) else {
+            return Err(self.unknown(grant));
         };
         if h.carved {
             self.carved.remove(&h.grant.range.start().0);

@@ -241,14 +241,12 @@ impl Negotiator {
             (key, seq, inner.domains.get(importer.device(), generation))
         };
         let published = self.publish(key, &seq, exporter, |attempt| {
-            let plan = plan_for(attempt)?;
-            let domain = match domain.take() {
-                Some(d) => d,
-                None => self.domain_ref(exporter.id(), importer.device())?,
-            };
-            let res =
-                establish::build(&*self.platform, &plan, (exporter, importer), range, domain)?;
-            Ok((plan, res))
+            self.build(
+                plan_for(attempt)?,
+                (exporter, importer),
+                range,
+                domain.take(),
+            )
         });
         match published {
             Ok(_) => Ok(Mapping {
@@ -263,6 +261,23 @@ impl Negotiator {
                 Err(e)
             }
         }
+    }
+
+    /// One attempt's set-up: `plan`'s resources for `range`, in the importer's domain (`domain`,
+    /// if the caller has it already, or the shard's).
+    fn build(
+        &self,
+        plan: Arc<Plan>,
+        (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
+        range: AddrRange<Offset>,
+        domain: Option<DomainRef>,
+    ) -> Result<(Arc<Plan>, Box<Resources>)> {
+        let domain = match domain {
+            Some(d) => d,
+            None => self.domain_ref(exporter.id(), importer.device())?,
+        };
+        let res = establish::build(&*self.platform, &plan, (exporter, importer), range, domain)?;
+        Ok((plan, res))
     }
 
     /// `device`'s domain as `exporter`'s registry shard wraps it (see the `domain_cache`
@@ -388,15 +403,7 @@ impl Negotiator {
         };
         let published = self.publish(mapping.key, &mapping.seq, &*exporter, |_| {
             let plan = self.cached_plan(&*exporter, &*importer, access, policy)?;
-            let domain = self.domain_ref(exporter.id(), importer.device())?;
-            let res = establish::build(
-                &*self.platform,
-                &plan,
-                (&*exporter, &*importer),
-                mapping.range,
-                domain,
-            )?;
-            Ok((plan, res))
+            self.build(plan, (&*exporter, &*importer), mapping.range, None)
         });
         match &published {
             Ok(plan) => {

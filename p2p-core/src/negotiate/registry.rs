@@ -145,21 +145,24 @@ impl Shard {
     /// Tells the observer that live entry `key` is going away; called under this shard's lock
     /// (`inner` is its guard) before the entry leaves the live state.
     pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
-        // The observer first: without one, no event is looked up (every drop comes here).
-        if let Some(o) = &self.observer {
-            if let Some(ev) = live_event(inner, key) {
-                o.torn_down(&ev, cause);
-            }
-        }
+        tell(&self.observer, inner, key, |o, ev| o.torn_down(ev, cause));
     }
 }
 
-/// The observer's view of a live entry.
-fn live_event(inner: &Inner, key: Key) -> Option<MappingEvent> {
-    let e = inner.entries.get(key)?;
-    match &e.state {
-        State::Live(res) => Some(e.event(res)),
-        _ => None,
+/// Tells `observer` of live entry `key` with `what`. The observer is checked first: without
+/// one, no event is looked up (every set-up and drop comes here).
+fn tell(
+    observer: &Option<Arc<dyn MappingObserver>>,
+    inner: &Inner,
+    key: Key,
+    what: impl FnOnce(&dyn MappingObserver, &MappingEvent),
+) {
+    let Some(o) = observer else { return };
+    let Some(e) = inner.entries.get(key) else {
+        return;
+    };
+    if let State::Live(res) = &e.state {
+        what(&**o, &e.event(res));
     }
 }
 
@@ -452,22 +455,13 @@ impl Registry {
     /// Tells the observer that entry `key` went live. Called with the registry lock held
     /// (`inner` is its guard), so the observer sees events in registry order.
     pub(crate) fn notify_established(&self, inner: &Inner, key: Key) {
-        // The observer first: without one, no event is looked up (every set-up comes here).
-        if let Some(o) = &self.observer {
-            if let Some(ev) = live_event(inner, key) {
-                o.established(&ev);
-            }
-        }
+        tell(&self.observer, inner, key, |o, ev| o.established(ev));
     }
 
     /// Tells the observer that live entry `key` is going away; called under the registry lock
     /// before the entry leaves the live state.
     pub(crate) fn notify_torn_down(&self, inner: &Inner, key: Key, cause: TeardownCause) {
-        if let Some(o) = &self.observer {
-            if let Some(ev) = live_event(inner, key) {
-                o.torn_down(&ev, cause);
-            }
-        }
+        tell(&self.observer, inner, key, |o, ev| o.torn_down(ev, cause));
     }
 
     /// How many invalidations have begun and not ended (held [`Invalidating`](super::Invalidating)
