@@ -45,8 +45,9 @@ fn mixed_space(exporter: &Arc<dyn MemoryExporter>) -> Space {
     s
 }
 
-#[test]
-fn registering_mixed_pages_maps_each_run() {
+/// Movable GPU memory that cannot be pinned behind an ACS switch, and the mixed address space
+/// over it.
+fn mixed_space_rig() -> (Rig, Space) {
     let r = rig(
         presets::acs_switch().unwrap(),
         DomainKind::Translated,
@@ -55,6 +56,12 @@ fn registering_mixed_pages_maps_each_run() {
         false,
     );
     let space = mixed_space(&r.exporter);
+    (r, space)
+}
+
+#[test]
+fn registering_mixed_pages_maps_each_run() {
+    let (r, space) = mixed_space_rig();
     let (_, imp) = importer(odp(), 64);
     let va = AddrRange::new(VirtAddr(0x100 * SZ_4K), 9 * SZ_4K).unwrap();
     let reg = r
@@ -71,14 +78,7 @@ fn registering_mixed_pages_maps_each_run() {
 
 #[test]
 fn registering_device_pages_without_odp_says_why() {
-    let r = rig(
-        presets::acs_switch().unwrap(),
-        DomainKind::Translated,
-        1024,
-        true,
-        false,
-    );
-    let space = mixed_space(&r.exporter);
+    let (r, space) = mixed_space_rig();
     let (_, imp) = importer(ImporterFlags::P2P, 64);
     let va = AddrRange::new(VirtAddr(0x100 * SZ_4K), 9 * SZ_4K).unwrap();
     let err = r

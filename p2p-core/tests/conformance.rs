@@ -132,23 +132,34 @@ fn conformance_refuses_a_platform_whose_domain_kind_is_not_its_domains() {
     assert!(v.to_string().contains("domain_kind"), "{v}");
 }
 
+/// The exporter methods a test double below passes on to the host memory it wraps (`self.0`):
+/// each double writes only the methods it gets wrong.
+macro_rules! pass_on_to_host {
+    () => {
+        fn id(&self) -> ExporterId {
+            self.0.id()
+        }
+        fn info(&self) -> ExporterInfo {
+            self.0.info()
+        }
+        fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+            self.0.export(range, pin)
+        }
+        fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
+            self.0.allocate(len, pin)
+        }
+        fn release(&self, grant: &ExportGrant) -> Result<()> {
+            self.0.release(grant)
+        }
+    };
+}
+
 /// Host RAM whose chunks each name a file of their own: the second chunk's file differs.
 #[derive(Debug)]
 struct TwoFiles(TestHostMemory);
 
 impl MemoryExporter for TwoFiles {
-    fn id(&self) -> ExporterId {
-        self.0.id()
-    }
-    fn info(&self) -> ExporterInfo {
-        self.0.info()
-    }
-    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        self.0.export(range, pin)
-    }
-    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        self.0.allocate(len, pin)
-    }
+    pass_on_to_host!();
     fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         // Split into pages, each naming a freshly opened file: not one file for the grant.
         let mut out = ChunkList::new();
@@ -170,9 +181,6 @@ impl MemoryExporter for TwoFiles {
         }
         Ok(out)
     }
-    fn release(&self, grant: &ExportGrant) -> Result<()> {
-        self.0.release(grant)
-    }
 }
 
 #[test]
@@ -187,18 +195,7 @@ fn conformance_refuses_chunks_that_disagree_about_their_file() {
 struct ShiftedWithChunks(TestHostMemory);
 
 impl MemoryExporter for ShiftedWithChunks {
-    fn id(&self) -> ExporterId {
-        self.0.id()
-    }
-    fn info(&self) -> ExporterInfo {
-        self.0.info()
-    }
-    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
-        self.0.export(range, pin)
-    }
-    fn allocate(&self, len: u64, pin: bool) -> Result<ExportGrant> {
-        self.0.allocate(len, pin)
-    }
+    pass_on_to_host!();
     fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
         self.0.chunks(grant)
     }
@@ -217,9 +214,6 @@ impl MemoryExporter for ShiftedWithChunks {
             })
             .collect();
         Ok((g, shifted))
-    }
-    fn release(&self, grant: &ExportGrant) -> Result<()> {
-        self.0.release(grant)
     }
 }
 

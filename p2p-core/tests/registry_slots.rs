@@ -3,9 +3,11 @@
 //! covers under the lock, then visits them one at a time without it: a mapping dropped in
 //! between, whose slot a new mapping took, must be skipped, not mistaken for the newcomer.
 
+mod common;
+
+use common::movable_gpu_and_odp_caps;
 use p2p_core::prelude::*;
 use p2p_core::testing::*;
-use p2p_core::topology::presets;
 use std::sync::{Arc, Mutex};
 
 const RW: Access = Access::READ.union(Access::WRITE);
@@ -44,24 +46,6 @@ impl DmaImporter for HookedNic {
 
 fn page(i: u64) -> AddrRange<Offset> {
     AddrRange::new(Offset(i * 4096), 4096).unwrap()
-}
-
-/// A workstation with movable GPU memory at 0000:03:00.0, and an ODP importer's caps (nothing
-/// pinned: invalidations proceed).
-fn movable_gpu_and_odp_caps() -> (Topology, Arc<TestExporter>, ImporterCaps) {
-    let topo = presets::workstation().unwrap();
-    let gpu = TestExporter::new(
-        &topo,
-        "0000:03:00.0".parse().unwrap(),
-        1 << 20,
-        256,
-        MemoryKind::MOVABLE,
-    );
-    let caps = ImporterCaps {
-        flags: ImporterFlags::ODP | ImporterFlags::P2P,
-        ..ImporterCaps::default()
-    };
-    (topo, Arc::new(gpu.unwrap()), caps)
 }
 
 /// Mappings A (page 0) and B (page 1) are covered by an invalidation of pages 0–1. While the

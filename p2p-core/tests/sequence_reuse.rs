@@ -2,9 +2,11 @@
 //! allocation: the reuse must never hand out a sequence an invalidation still holds odd, and a
 //! reused sequence must still tell its new mapping of every invalidation.
 
+mod common;
+
+use common::movable_gpu_and_odp_caps;
 use p2p_core::prelude::*;
 use p2p_core::testing::*;
-use p2p_core::topology::presets;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,26 +21,14 @@ struct Rig {
 
 /// Movable GPU memory and an ODP importer: mappings pin nothing, so invalidations proceed.
 fn rig() -> Rig {
-    let topo = presets::workstation().unwrap();
-    let gpu = TestExporter::new(
-        &topo,
-        "0000:03:00.0".parse().unwrap(),
-        1 << 20,
-        256,
-        MemoryKind::MOVABLE,
-    )
-    .unwrap();
-    let caps = ImporterCaps {
-        flags: ImporterFlags::ODP | ImporterFlags::P2P,
-        ..ImporterCaps::default()
-    };
+    let (topo, gpu, caps) = movable_gpu_and_odp_caps();
     let nic = TestImporter::new("0000:05:00.0".parse().unwrap(), caps);
     Rig {
         neg: Arc::new(Negotiator::new(Arc::new(TestPlatform::new(
             topo,
             DomainKind::Translated,
         )))),
-        gpu: Arc::new(gpu),
+        gpu,
         nic: Arc::new(nic),
     }
 }

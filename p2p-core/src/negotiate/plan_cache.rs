@@ -322,14 +322,9 @@ mod tests {
         (facts, Policy::default())
     }
 
-    /// Threads that hit once each and exit, one after another: each registers a counter, and
-    /// registering retires the exited ones', so the cache holds at most the newest two while
-    /// every hit is still counted.
-    #[test]
-    fn registering_a_counter_retires_those_of_exited_threads() {
-        let cache = PlanCache::default();
-        let (facts, _) = key();
-        let plan = Plan {
+    /// A via-IOMMU plan for `facts`.
+    fn plan_for(facts: &Facts) -> Plan {
+        Plan {
             exporter: facts.exporter,
             importer: facts.importer,
             access: facts.access,
@@ -339,7 +334,16 @@ mod tests {
             domain: facts.domain,
             residency: facts.info.residency,
             path: None,
-        };
+        }
+    }
+
+    /// Threads that hit once each and exit, one after another: each registers a counter, and
+    /// registering retires the exited ones', so the cache holds at most the newest two while
+    /// every hit is still counted.
+    #[test]
+    fn registering_a_counter_retires_those_of_exited_threads() {
+        let cache = PlanCache::default();
+        let plan = plan_for(&key().0);
         // The first call makes the plan (a miss); every later one hits.
         cache.get_or_make(1, key(), |_| Ok(plan.clone())).unwrap();
         for _ in 0..20 {
@@ -360,26 +364,21 @@ mod tests {
     /// keeps the counters of the live caches only, and the live cache still counts every hit.
     #[test]
     fn a_thread_forgets_the_counters_of_dropped_caches() {
-        let plan = |facts: &Facts| Plan {
-            exporter: facts.exporter,
-            importer: facts.importer,
-            access: facts.access,
-            strategy: super::super::Strategy::ViaIommu,
-            reasons: Vec::new(),
-            pin: false,
-            domain: facts.domain,
-            residency: facts.info.residency,
-            path: None,
-        };
         std::thread::scope(|s| {
             s.spawn(|| {
                 let kept = PlanCache::default();
-                kept.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
-                kept.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
+                kept.get_or_make(1, key(), |(f, _)| Ok(plan_for(f)))
+                    .unwrap();
+                kept.get_or_make(1, key(), |(f, _)| Ok(plan_for(f)))
+                    .unwrap();
                 for _ in 0..50 {
                     let cache = PlanCache::default();
-                    cache.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
-                    cache.get_or_make(1, key(), |(f, _)| Ok(plan(f))).unwrap();
+                    cache
+                        .get_or_make(1, key(), |(f, _)| Ok(plan_for(f)))
+                        .unwrap();
+                    cache
+                        .get_or_make(1, key(), |(f, _)| Ok(plan_for(f)))
+                        .unwrap();
                 }
                 let held = MEMO.with(|m| m.borrow().counters.len());
                 assert!(held <= 2, "{held} counters held");

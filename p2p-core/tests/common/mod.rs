@@ -94,3 +94,15 @@ pub fn range(off: u64, len: u64) -> AddrRange<Offset> {
 pub fn total(segs: &[Segment]) -> u64 {
     segs.iter().map(|s| s.len).sum()
 }
+
+/// A workstation with movable GPU memory (1 MiB, a 256-page window) at 0000:03:00.0, and an
+/// ODP importer's caps: mappings pin nothing, so invalidations proceed.
+pub fn movable_gpu_and_odp_caps() -> (Topology, Arc<TestExporter>, ImporterCaps) {
+    let topo = p2p_core::topology::presets::workstation().unwrap();
+    let gpu = TestExporter::new(&topo, a(GPU), 1 << 20, 256, MemoryKind::MOVABLE);
+    let caps = ImporterCaps {
+        flags: ImporterFlags::ODP | ImporterFlags::P2P,
+        ..ImporterCaps::default()
+    };
+    (topo, Arc::new(gpu.unwrap()), caps)
+}
