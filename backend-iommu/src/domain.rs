@@ -10,8 +10,8 @@ use p2p_core::access::Access;
 use p2p_core::addr::{is_aligned, AddrRange, Iova, PhysAddr};
 use p2p_core::page::{PageSizes, SZ_4K};
 use p2p_core::traits::{
-    check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece, ReservedKind,
-    ReservedRegion, Translation,
+    check_map_args, unmap_and_free_in_steps, DomainKind, IommuDomain, IotlbGather, MapAttrs,
+    MapPiece, ReservedKind, ReservedRegion, Translation,
 };
 use p2p_core::{Error, Result};
 
@@ -348,6 +348,33 @@ impl<F: Format> IommuDomain for SoftIommu<F> {
     fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
         let top = self.aperture.last().map_or(0, |a| a.0);
         self.iova.alloc(len, limit.min(top)).map(Iova)
+    }
+
+    /// Strict: the steps in one pass, without a call per step (they are most of a mapping's
+    /// teardown). Lazy: the steps as the trait takes them.
+    fn unmap_and_free(&self, range: AddrRange<Iova>, pieces: &[(Iova, u64)]) -> Result<u64> {
+        if self.policy != FlushPolicy::Strict {
+            return unmap_and_free_in_steps(self, range, pieces);
+        }
+        let (mut first, mut unmapped) = (None, 0);
+        let mut gather = IotlbGather::default();
+        for &(at, len) in pieces {
+            match self.table.unmap(at.0, len) {
+                Ok(n) => {
+                    gather.add(at, n);
+                    unmapped += n;
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Some((iova, len)) = gather.span() {
+            self.invalidate(iova, len);
+        }
+        // Strict: every entry is invalidated, so the range can be handed out again now.
+        self.iova.free(range.start().0, range.len());
+        first.map_or(Ok(unmapped), Err)
     }
 
     fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The conformance suite against the software IOMMU in both page-table formats, strict and lazy,
-//! and against a deliberately broken domain (one whose unmap stops after the first run of
-//! leaves of one size, as `SoftIommu`'s once did), which it must catch.
+//! and against deliberately broken domains (one whose unmap stops after the first run of leaves
+//! of one size, as `SoftIommu`'s once did; one whose one-call teardown skips the IOTLB sync),
+//! which it must catch.
 
 use backend_iommu::{ArmLpaeS2, FlushPolicy, Format, SoftIommu, VtdSecondLevel};
 use p2p_core::access::Access;
@@ -8,7 +9,7 @@ use p2p_core::addr::{AddrRange, Iova, PhysAddr};
 use p2p_core::conformance::{check_domain, check_domain_with, DomainConfig};
 use p2p_core::page::PageSizes;
 use p2p_core::traits::{
-    DomainKind, IommuDomain, MapAttrs, ReservedKind, ReservedRegion, Translation,
+    DomainKind, IommuDomain, IotlbGather, MapAttrs, ReservedKind, ReservedRegion, Translation,
 };
 use p2p_core::Result;
 use std::sync::Arc;
@@ -183,4 +184,79 @@ fn conformance_soft_iommu_map_by_file_ignores_the_file() {
     };
     let d = soft::<VtdSecondLevel>(FlushPolicy::Strict)();
     check_map_by_file(&*d, &DomainConfig::strict(), file).unwrap_or_else(|v| panic!("{v}"));
+}
+
+/// `SoftIommu` whose `unmap_and_free` clears the entries and frees the range but never syncs the
+/// IOTLB: a device keeps reaching the pages.
+#[derive(Debug)]
+struct NoSync(SoftIommu<VtdSecondLevel>);
+
+impl IommuDomain for NoSync {
+    fn kind(&self) -> DomainKind {
+        self.0.kind()
+    }
+    fn aperture(&self) -> AddrRange<Iova> {
+        self.0.aperture()
+    }
+    fn page_sizes(&self) -> PageSizes {
+        self.0.page_sizes()
+    }
+    fn reserved_regions(&self) -> Vec<ReservedRegion> {
+        self.0.reserved_regions()
+    }
+    fn map_attrs(
+        &self,
+        iova: Iova,
+        phys: PhysAddr,
+        len: u64,
+        a: Access,
+        m: MapAttrs,
+    ) -> Result<()> {
+        self.0.map_attrs(iova, phys, len, a, m)
+    }
+    fn unmap(&self, iova: Iova, len: u64) -> Result<u64> {
+        self.0.unmap(iova, len)
+    }
+    fn translate(&self, iova: Iova) -> Option<Translation> {
+        self.0.translate(iova)
+    }
+    fn dma_translate(&self, iova: Iova) -> Option<Translation> {
+        self.0.dma_translate(iova)
+    }
+    fn flush(&self) -> Result<()> {
+        self.0.flush()
+    }
+    fn alloc_iova(&self, len: u64, limit: u64) -> Result<Iova> {
+        self.0.alloc_iova(len, limit)
+    }
+    fn free_iova(&self, iova: Iova, len: u64) -> Result<()> {
+        self.0.free_iova(iova, len)
+    }
+    fn unmap_gather(&self, iova: Iova, len: u64, gather: &mut IotlbGather) -> Result<u64> {
+        self.0.unmap_gather(iova, len, gather)
+    }
+    fn iotlb_sync(&self, gather: &IotlbGather) -> Result<()> {
+        self.0.iotlb_sync(gather)
+    }
+    fn unmap_and_free(&self, range: AddrRange<Iova>, pieces: &[(Iova, u64)]) -> Result<u64> {
+        let mut gather = IotlbGather::default();
+        let mut n = 0;
+        for &(at, len) in pieces {
+            n += self.0.unmap_gather(at, len, &mut gather)?;
+        }
+        self.0.free_iova(range.start(), range.len())?;
+        Ok(n)
+    }
+}
+
+#[test]
+fn conformance_catches_a_teardown_that_skips_the_sync() {
+    let broken = || match SoftIommu::<VtdSecondLevel>::new(FlushPolicy::Strict) {
+        Ok(d) => Arc::new(NoSync(d)) as Arc<dyn IommuDomain>,
+        Err(e) => panic!("SoftIommu::new: {e}"),
+    };
+    let v = check_domain(broken).expect_err("the teardown without a sync must be caught");
+    println!("check_domain on the broken domain: {v}");
+    assert!(v.rule.contains("unmap_and_free"), "{v}");
+    assert!(v.got.contains("dma_translate"), "{v}");
 }

@@ -247,3 +247,57 @@ fn map_sg_maps_a_scatter_list_contiguously_or_not_at_all() {
         Err(Error::EmptyRange { .. })
     ));
 }
+
+/// `unmap_and_free` (one pass when strict, the trait's steps when lazy) unmaps every piece,
+/// counts their bytes, stops at nothing on the way (a piece already unmapped counts 0), and
+/// gives the whole allocation back; a piece that would split a larger page fails it, after the
+/// other pieces were unmapped and the range freed.
+#[test]
+fn unmap_and_free_unmaps_every_piece_and_gives_the_range_back() {
+    for policy in [FlushPolicy::Strict, FlushPolicy::Lazy { batch: 2 }] {
+        let d = SoftIommu::<VtdSecondLevel>::new(policy).unwrap();
+        d.allocator().flush_caches();
+        let before = d.allocator().tree_free_bytes();
+        let len = 8 * SZ_4K;
+        let iova = d.alloc_iova(len, u64::MAX).unwrap();
+        let range = AddrRange::new(iova, len).unwrap();
+        let at = |page: u64| Iova(iova.0 + page * SZ_4K);
+        d.map(at(0), PhysAddr(0x10_0000), 2 * SZ_4K, RW).unwrap();
+        d.map(at(2), PhysAddr(0x40_0000), SZ_4K, RW).unwrap();
+        d.dma_translate(at(1)).unwrap();
+        let pieces = [(at(0), 2 * SZ_4K), (at(2), SZ_4K), (at(5), SZ_4K)];
+        assert_eq!(
+            d.unmap_and_free(range, &pieces).unwrap(),
+            3 * SZ_4K,
+            "{policy:?}"
+        );
+        d.flush_all().unwrap();
+        for page in 0..3 {
+            assert_eq!(d.dma_translate(at(page)), None, "{policy:?}: page {page}");
+        }
+        d.allocator().flush_caches();
+        assert_eq!(d.allocator().tree_free_bytes(), before, "{policy:?}");
+
+        // A 2 MiB leaf that a piece would cut: that piece fails, the others go, the range is
+        // given back.
+        let big = d.alloc_iova(4 << 20, u64::MAX).unwrap();
+        let range = AddrRange::new(big, 4 << 20).unwrap();
+        d.map(big, PhysAddr(0x20_0000), 2 << 20, RW).unwrap();
+        let next = Iova(big.0 + (2 << 20));
+        d.map(next, PhysAddr(0x60_0000), SZ_4K, RW).unwrap();
+        let err = d
+            .unmap_and_free(range, &[(big, SZ_4K), (next, SZ_4K)])
+            .unwrap_err();
+        assert!(matches!(err, Error::WouldSplit { .. }), "{policy:?}: {err}");
+        d.flush_all().unwrap();
+        assert_eq!(d.translate(next), None, "{policy:?}");
+        assert!(
+            d.translate(big).is_some(),
+            "{policy:?}: the refused piece stays"
+        );
+        d.unmap(big, 2 << 20).unwrap();
+        d.flush_all().unwrap();
+        d.allocator().flush_caches();
+        assert_eq!(d.allocator().tree_free_bytes(), before, "{policy:?}");
+    }
+}

@@ -94,6 +94,9 @@ impl<T: IommuDomain + ?Sized> IommuDomain for Arc<T> {
     fn iotlb_sync(&self, gather: &IotlbGather) -> Result<()> {
         (**self).iotlb_sync(gather)
     }
+    fn unmap_and_free(&self, range: AddrRange<Iova>, pieces: &[(Iova, u64)]) -> Result<u64> {
+        (**self).unmap_and_free(range, pieces)
+    }
 }
 
 /// Logs every call of the wrapped domain, with its arguments and outcome, as a `tracing` event

@@ -54,7 +54,8 @@
 //! - `exporter.rs`: [`check_exporter`] for [`MemoryExporter`](crate::MemoryExporter).
 //! - `platform.rs`: [`check_platform`], [`check_importer`]: what the negotiator relies on.
 //! - `domain_batch.rs`: [`check_batching`]: `map_pieces` all or nothing, `unmap_gather` +
-//!   `iotlb_sync` and `flush_all` leave nothing usable.
+//!   `iotlb_sync` and `flush_all` leave nothing usable; [`check_unmap_and_free`]: the same of
+//!   the one-call teardown, which counts the bytes it unmapped.
 //! - `domain_piece.rs`: [`check_map_piece`] (a piece maps as `map_attrs` would), and
 //!   [`check_map_by_file`] for domains that map by file, given a file holding the memory.
 //! - `domain_faults.rs`: [`check_map_under_faults`]: a map failed at each of its steps in turn
@@ -80,7 +81,7 @@ mod suite;
 mod violation;
 
 pub use domain::{stress_domain, StressConfig, StressReport};
-pub use domain_batch::check_batching;
+pub use domain_batch::{check_batching, check_unmap_and_free};
 pub use domain_faults::{check_map_under_faults, ArmFault, FaultyDomain};
 pub use domain_flush::{check_flush, check_iova_reuse};
 pub use domain_iova::check_iova_alloc;

@@ -85,6 +85,7 @@ pub const TRANSLATED_CHECKS: &[(&str, DomainCheck)] = &[
     ),
     ("IOVA allocation", domain_iova::check_iova_alloc),
     ("batching", domain_batch::check_batching),
+    ("unmap_and_free", domain_batch::check_unmap_and_free),
     ("map_piece", domain_piece::check_map_piece),
 ];
 // Injected faults at every step need the implementation's injection point, so they are not in

@@ -2,7 +2,7 @@
 //! nothing: every error path gives back what it took.
 
 use super::domain_cache::DomainRef;
-use super::registry::{unmap_flush_free, MappedPieces, Resources};
+use super::registry::{MappedPieces, Resources};
 use super::sg::{merge_inline, split, Segments};
 use super::{Plan, Strategy};
 use crate::access::Access;
@@ -207,7 +207,7 @@ fn map_exact(
 
 /// Gives back a whole `map_into` (unmap, flush, free) when a later step fails.
 fn undo_map(domain: &dyn IommuDomain, mapped: &Mapped) {
-    if let Err(err) = unmap_flush_free(domain, mapped.range, &mapped.pieces) {
+    if let Err(err) = domain.unmap_and_free(mapped.range, &mapped.pieces) {
         tracing::warn!(%err, "rollback of an IOMMU map failed");
     }
 }

@@ -13,8 +13,7 @@ use crate::pci::PciAddr;
 use crate::slab::Slab;
 use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::traits::{
-    DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, IotlbGather,
-    MemoryExporter,
+    DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, MemoryExporter,
 };
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -52,7 +51,12 @@ impl Resources {
         };
         let mut unmapped = 0;
         if let Some(iova) = self.iova {
-            keep(unmap_flush_free(&**self.domain, iova, &self.mapped).map(|n| unmapped = n));
+            let domain: &dyn IommuDomain = &**self.domain;
+            keep(
+                domain
+                    .unmap_and_free(iova, &self.mapped)
+                    .map(|n| unmapped = n),
+            );
         }
         if let Some((host, g)) = &self.bounce {
             keep(host.release(g));
@@ -60,41 +64,6 @@ impl Resources {
         keep(exporter.release(&self.grant));
         first.map_or(Ok(unmapped), Err)
     }
-}
-
-/// Unmaps the `mapped` pieces of an IOVA allocation (each as it was mapped) into one IOTLB
-/// gather, syncs it once (Linux's `iommu_unmap_fast` + `iommu_iotlb_sync`), flushes, then frees
-/// the allocation: the order Linux's strict `__iommu_dma_unmap` keeps. Every step runs even if
-/// an earlier one failed, and the first error is returned. The free happens even if the flush
-/// failed: the domain's contract is never to hand a range out again before a flush covering it
-/// has succeeded. Returns the bytes unmapped.
-pub(crate) fn unmap_flush_free(
-    domain: &dyn IommuDomain,
-    iova: AddrRange<Iova>,
-    mapped: &[(Iova, u64)],
-) -> Result<u64> {
-    let mut first: Option<crate::Error> = None;
-    let mut unmapped = 0u64;
-    let mut gather = IotlbGather::default();
-    for &(at, len) in mapped {
-        match domain.unmap_gather(at, len, &mut gather) {
-            Ok(n) => unmapped += n,
-            Err(e) => {
-                first.get_or_insert(e);
-            }
-        }
-    }
-    // One step at a time, not an array of their results: an `Error` is large, and the array
-    // was copied on every unmap.
-    let mut keep = |step: Result<()>| {
-        if let Err(e) = step {
-            first.get_or_insert(e);
-        }
-    };
-    keep(domain.iotlb_sync(&gather));
-    keep(domain.flush());
-    keep(domain.free_iova(iova.start(), iova.len()));
-    first.map_or(Ok(unmapped), Err)
 }
 
 #[derive(Debug)]

@@ -43,6 +43,7 @@ impl ChunkList {
     }
 
     /// Appends a chunk (after the last: keep them in offset order).
+    #[inline]
     pub fn push(&mut self, chunk: Chunk) {
         self.0.push(chunk);
     }

@@ -207,6 +207,54 @@ pub trait IommuDomain: Send + Sync + fmt::Debug {
         let _ = gather;
         Ok(())
     }
+
+    /// Gives back what [`alloc_iova`](Self::alloc_iova) and [`map_pieces`](Self::map_pieces)
+    /// set up (Linux's `__iommu_dma_unmap`): unmaps each of `pieces` (`(iova, len)`, one
+    /// [`unmap_gather`](Self::unmap_gather) each, as they were mapped), syncs the gather once,
+    /// [`flush`](Self::flush)es, and frees the allocation `range`. Every step runs even if an
+    /// earlier one failed, and the first error is returned; otherwise the bytes unmapped.
+    /// Afterwards the pieces translate as after those steps taken one by one.
+    ///
+    /// The default takes the steps through this trait's methods
+    /// ([`unmap_and_free_in_steps`]); a domain may do them in one pass. Wrappers that observe
+    /// the steps keep the default, so that they see each of them.
+    fn unmap_and_free(&self, range: AddrRange<Iova>, pieces: &[(Iova, u64)]) -> Result<u64> {
+        unmap_and_free_in_steps(self, range, pieces)
+    }
+}
+
+/// [`IommuDomain::unmap_and_free`] as its steps: every piece's
+/// [`unmap_gather`](IommuDomain::unmap_gather), one [`iotlb_sync`](IommuDomain::iotlb_sync),
+/// [`flush`](IommuDomain::flush), [`free_iova`](IommuDomain::free_iova) of `range`. The free
+/// happens even if a step before it failed: the domain's contract is never to hand a range out
+/// again before a flush covering it has succeeded.
+pub fn unmap_and_free_in_steps<D: IommuDomain + ?Sized>(
+    domain: &D,
+    range: AddrRange<Iova>,
+    pieces: &[(Iova, u64)],
+) -> Result<u64> {
+    let mut first: Option<Error> = None;
+    let mut unmapped = 0u64;
+    let mut gather = IotlbGather::default();
+    for &(at, len) in pieces {
+        match domain.unmap_gather(at, len, &mut gather) {
+            Ok(n) => unmapped += n,
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    // One step at a time, not an array of their results: an `Error` is large, and the array
+    // was copied on every unmap.
+    let mut keep = |step: Result<()>| {
+        if let Err(e) = step {
+            first.get_or_insert(e);
+        }
+    };
+    keep(domain.iotlb_sync(&gather));
+    keep(domain.flush());
+    keep(domain.free_iova(range.start(), range.len()));
+    first.map_or(Ok(unmapped), Err)
 }
 
 /// One piece of a [`IommuDomain::map_pieces`] call, or the argument of

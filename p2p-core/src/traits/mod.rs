@@ -12,8 +12,8 @@ mod platform;
 
 pub use chunks::{ChunkList, ChunkListIter};
 pub use domain::{
-    check_iova_range, check_map_args, DomainKind, IommuDomain, IotlbGather, MapAttrs, MapPiece,
-    ReservedKind, ReservedRegion, Translation,
+    check_iova_range, check_map_args, unmap_and_free_in_steps, DomainKind, IommuDomain,
+    IotlbGather, MapAttrs, MapPiece, ReservedKind, ReservedRegion, Translation,
 };
 pub use exporter::{
     check_grant_access, Chunk, ExportGrant, ExporterId, ExporterInfo, FileSlice, IntoDynExporter,
