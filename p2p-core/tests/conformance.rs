@@ -223,3 +223,32 @@ fn conformance_refuses_a_one_call_export_whose_chunks_are_not_those_of_chunks() 
     let v = check_exporter(&e, None).expect_err("the one-call chunks are shifted");
     assert!(v.to_string().contains("export_with_chunks"), "{v}");
 }
+
+/// Host RAM whose id changes on every call.
+#[derive(Debug)]
+struct DriftingId(TestHostMemory, std::sync::atomic::AtomicU64);
+
+impl MemoryExporter for DriftingId {
+    fn id(&self) -> ExporterId {
+        ExporterId(self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+    fn info(&self) -> ExporterInfo {
+        self.0.info()
+    }
+    fn export(&self, range: AddrRange<Offset>, pin: bool) -> Result<ExportGrant> {
+        self.0.export(range, pin)
+    }
+    fn release(&self, grant: &ExportGrant) -> Result<()> {
+        self.0.release(grant)
+    }
+    fn chunks(&self, grant: &ExportGrant) -> Result<ChunkList> {
+        self.0.chunks(grant)
+    }
+}
+
+#[test]
+fn conformance_refuses_an_exporter_whose_id_changes() {
+    let e = DriftingId(TestHostMemory::new(1 << 30, 1 << 20), 1.into());
+    let v = check_exporter(&e, None).expect_err("the id moves on every call");
+    assert!(v.to_string().contains("MemoryExporter::id"), "{v}");
+}

@@ -13,6 +13,8 @@ const PAGE: u64 = SZ_4K;
 /// Single-page exports tried before concluding the exporter has no window to fill.
 const WINDOW_PROBE: u64 = 4096;
 
+const ID: &str = "MemoryExporter::id answers the same on every call: the registry indexes \
+                  mappings by it";
 const EXACT: &str = "MemoryExporter::export reserves exactly the range asked: the grant has that \
                      range, this exporter's id and the pin asked";
 const CHUNKS: &str = "MemoryExporter::chunks are in offset order, page aligned (offset, length, \
@@ -35,7 +37,7 @@ const ALLOCATE: &str = "MemoryExporter::allocate reserves len fresh bytes: a ran
 const REVOKE: &str = "after a revoke, MemoryExporter::export and allocate fail with \
                       Error::Revoked, and a grant made before can still be released";
 
-/// Runs every exporter check on `e` and returns the first violation: exact grants and their
+/// Runs every exporter check on `e` and returns the first violation: a stable id, exact grants and their
 /// chunks, out-of-bounds and unknown grants, pin rules, fresh allocations, the full window, and
 /// revocation. `revoke`, when the implementation can be revoked, revokes it (that check runs
 /// last, as nothing can be exported after it). The window is probed with up to 4096 single-page
@@ -45,6 +47,14 @@ pub fn check_exporter(
     e: &dyn MemoryExporter,
     revoke: Option<&dyn Fn()>,
 ) -> std::result::Result<(), Violation> {
+    let (first, again) = (e.id(), e.id());
+    if first != again {
+        return Err(Violation::new(
+            ID,
+            "id() twice",
+            format!("{first} then {again}"),
+        ));
+    }
     check_exact_grants(e)?;
     check_bounds_and_unknown(e)?;
     check_pin_rules(e)?;

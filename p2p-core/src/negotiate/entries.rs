@@ -10,7 +10,7 @@ use super::{MappingEvent, Sequence};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
 use crate::slab::Slab;
-use crate::traits::{DmaImporter, MemoryExporter};
+use crate::traits::{DmaImporter, ExporterId, MemoryExporter};
 use std::sync::Arc;
 
 /// Where an entry is: its slot and its mapping id. A key whose id no longer matches its slot's
@@ -27,6 +27,8 @@ pub(crate) struct Entry {
     /// The mapping's id (unique in the registry).
     pub id: u64,
     pub exporter: Arc<dyn MemoryExporter>,
+    /// `exporter.id()`, which the registry's index reads on every insert, remove and walk.
+    pub exporter_id: ExporterId,
     pub importer: Arc<dyn DmaImporter>,
     pub range: AddrRange<Offset>,
     pub access: Access,
@@ -45,6 +47,7 @@ impl Entry {
     /// taken at the new place).
     pub fn building(
         id: u64,
+        exporter_id: ExporterId,
         (exporter, importer): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
         range: AddrRange<Offset>,
         access: Access,
@@ -53,6 +56,7 @@ impl Entry {
         Self {
             id,
             exporter,
+            exporter_id,
             importer,
             range,
             access,
@@ -69,7 +73,7 @@ impl Entry {
         MappingEvent {
             mapping: self.id,
             importer: self.importer.device(),
-            exporter: self.exporter.id(),
+            exporter: self.exporter_id,
             range: self.range,
             segments: res.segments.to_vec(),
             access: self.access,
@@ -139,12 +143,11 @@ mod tests {
 
     fn entry(id: u64) -> Entry {
         let importer = TestImporter::new("0000:01:00.0".parse().unwrap(), ImporterCaps::default());
+        let exporter = TestHostMemory::new(1 << 20, 1 << 16);
         Entry::building(
             id,
-            (
-                Arc::new(TestHostMemory::new(1 << 20, 1 << 16)),
-                Arc::new(importer),
-            ),
+            exporter.id(),
+            (Arc::new(exporter), Arc::new(importer)),
             AddrRange::new(Offset(0), 4096).unwrap(),
             Access::READ,
             Arc::default(),

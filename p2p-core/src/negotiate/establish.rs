@@ -2,27 +2,32 @@
 //! nothing: every error path gives back what it took.
 
 use super::domain_cache::DomainRef;
+use super::pair::Pair;
 use super::registry::{MappedPieces, Resources};
 use super::sg::{merge_inline, split, Segments};
 use super::{Plan, Strategy};
 use crate::access::Access;
 use crate::addr::{AddrRange, Address, DmaAddr, Iova, Offset};
 use crate::error::{Error, Result};
+use crate::pci::PciAddr;
 use crate::traits::{
-    Chunk, ChunkList, DmaImporter, DomainKind, ExportGrant, IommuDomain, MapAttrs, MapPiece,
+    Chunk, ChunkList, DomainKind, ExportGrant, ImporterCaps, IommuDomain, MapAttrs, MapPiece,
     MemoryExporter, Platform,
 };
 use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 
-/// Builds the resources of a mapping of `range` under `plan`, in the importer's `domain`.
+/// Builds the resources of a mapping of `range` under `plan`, for an importer with `caps` (those
+/// the plan was made for), in its `domain`.
 pub(crate) fn build(
     platform: &dyn Platform,
     plan: &Plan,
-    (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
+    pair: Pair<'_>,
+    caps: ImporterCaps,
     range: AddrRange<Offset>,
     domain: DomainRef,
 ) -> Result<Box<Resources>> {
+    let exporter = pair.exporter;
     if let Strategy::Refused(why) = &plan.strategy {
         // Refused plans touch nothing: no grant, no IOVA.
         return Err(Error::Refused {
@@ -40,7 +45,14 @@ pub(crate) fn build(
                 tracing::info!(exporter = %plan.exporter, importer = %plan.importer, %range, %err, "grant refused");
             }
         })?;
-    let built = with_grant(platform, plan, &grant, chunks, importer, &**domain);
+    let built = with_grant(
+        platform,
+        plan,
+        &grant,
+        chunks,
+        (pair.device, caps),
+        &**domain,
+    );
     match built {
         // Boxed here, where it is built: the registry keeps it boxed, and a `Resources` moved
         // through the `Result`s on the way is a copy of a few hundred bytes each time.
@@ -76,15 +88,18 @@ type Built = (
     Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
 );
 
+/// The set-up after the grant: the importer is its address and capabilities.
+type Importer = (PciAddr, ImporterCaps);
+
 fn with_grant(
     platform: &dyn Platform,
     plan: &Plan,
     grant: &ExportGrant,
     chunks: ChunkList,
-    importer: &dyn DmaImporter,
+    importer: Importer,
     domain: &dyn IommuDomain,
 ) -> Result<Built> {
-    let caps = importer.caps();
+    let caps = importer.1;
     let len = grant.range.len();
     let (iova, pieces, bounce) = match &plan.strategy {
         Strategy::Direct | Strategy::Identity => {
@@ -94,7 +109,7 @@ fn with_grant(
         Strategy::ViaIommu => {
             // One contiguous IOVA range: split, not merged.
             let (mapped, (start, len)) =
-                map_exact(domain, &chunks, grant, len, importer, plan.access)?;
+                map_exact(domain, &chunks, grant, len, caps.dma_mask, plan.access)?;
             return Ok((Some(mapped), split(start, len, caps.max_segment), None));
         }
         Strategy::Bounce => {
@@ -104,7 +119,7 @@ fn with_grant(
                 .chunks(&bgrant)
                 .and_then(|hchunks| match domain.kind() {
                     DomainKind::Translated => {
-                        map_exact(domain, &hchunks, &bgrant, len, importer, plan.access)
+                        map_exact(domain, &hchunks, &bgrant, len, caps.dma_mask, plan.access)
                             .map(|(m, p)| (Some(m), smallvec![p]))
                     }
                     DomainKind::Identity => bus_pieces(&hchunks, importer)
@@ -178,10 +193,10 @@ fn map_exact(
     chunks: &[Chunk],
     grant: &ExportGrant,
     len: u64,
-    importer: &dyn DmaImporter,
+    dma_mask: u64,
     access: Access,
 ) -> Result<(Mapped, (DmaAddr, u64))> {
-    let (mapped, total) = map_into(domain, chunks, importer, access)?;
+    let (mapped, total) = map_into(domain, chunks, dma_mask, access)?;
     let first = chunks.first().map_or(grant.range.start().0, |c| c.offset.0);
     let err = match grant.range.start().0.checked_sub(first) {
         Some(skip) if skip <= total && total - skip >= len => {
@@ -219,15 +234,15 @@ fn release_quietly(exporter: &dyn MemoryExporter, grant: &ExportGrant) {
 }
 
 /// Bus addresses of the chunks, each checked against the importer's DMA mask.
-fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Pieces> {
-    let mask = importer.caps().dma_mask;
+fn bus_pieces(chunks: &[Chunk], (device, caps): Importer) -> Result<Pieces> {
+    let mask = caps.dma_mask;
     chunks
         .iter()
         .map(|c| {
             let r = AddrRange::new(c.bus, c.len)?;
             match r.last() {
                 Some(last) if last.0 > mask => Err(Error::DmaMaskExceeded {
-                    device: importer.device(),
+                    device,
                     addr: last.0,
                     mask,
                 }),
@@ -237,14 +252,14 @@ fn bus_pieces(chunks: &[Chunk], importer: &dyn DmaImporter) -> Result<Pieces> {
         .collect()
 }
 
-/// Maps the chunks' CPU physical pages into one contiguous IOVA range below the importer's mask;
+/// Maps the chunks' CPU physical pages into one contiguous IOVA range below `dma_mask`;
 /// returns it with its length. The chunks are mapped back to back by one `map_pieces` (each
 /// chunk one piece, with MMIO attributes for device memory), so that each can be unmapped as it
 /// was mapped.
 fn map_into(
     domain: &dyn IommuDomain,
     chunks: &[Chunk],
-    importer: &dyn DmaImporter,
+    dma_mask: u64,
     access: Access,
 ) -> Result<(Mapped, u64)> {
     let Some(page) = domain.page_sizes().min_page() else {
@@ -254,11 +269,7 @@ fn map_into(
         });
     };
     let total = checked_total(chunks, page)?;
-    let limit = domain
-        .aperture()
-        .last()
-        .map_or(0, |a| a.0)
-        .min(importer.caps().dma_mask);
+    let limit = domain.aperture().last().map_or(0, |a| a.0).min(dma_mask);
     let iova = domain.alloc_iova(total, limit)?;
     let range = match AddrRange::new(iova, total) {
         Ok(range) => range,

@@ -47,6 +47,7 @@ mod invalidation;
 mod mapping;
 mod negotiator;
 mod observer;
+mod pair;
 mod plan;
 mod plan_cache;
 mod policy;

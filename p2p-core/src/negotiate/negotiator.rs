@@ -1,6 +1,7 @@
 //! The negotiator: plans (cached), establishes mappings, and runs the invalidation protocol.
 
 use super::domain_cache::DomainRef;
+use super::pair::Pair;
 use super::plan_cache::{CacheStats, PlanCache};
 use super::registry::{Entry, Key, Registry, Resources, State};
 use super::{decide, establish, Facts, Mapping, Plan, Policy, ReasonList, Sequence, Strategy};
@@ -10,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::pci::PciAddr;
 use crate::topology::Topology;
 use crate::traits::{
-    DmaImporter, ExporterId, ImporterFlags, IntoDynExporter, IntoDynImporter, InvalidationKind,
-    MemoryExporter, Platform,
+    DmaImporter, ExporterId, ImporterCaps, ImporterFlags, IntoDynExporter, IntoDynImporter,
+    InvalidationKind, MemoryExporter, Platform,
 };
 use std::sync::Arc;
 
@@ -85,13 +86,18 @@ impl Negotiator {
         E: MemoryExporter + ?Sized,
         I: DmaImporter + ?Sized,
     {
-        let key = (self.facts(exporter, importer, access)?, *policy);
+        let facts = self.facts(exporter, importer, access)?;
+        self.plan_for_facts(facts, policy, self.platform.topology_generation())
+    }
+
+    /// The plan for `facts` under `policy`, from the cache when it holds one for topology
+    /// `generation` (the current one, read by the caller).
+    fn plan_for_facts(&self, facts: Facts, policy: &Policy, generation: u64) -> Result<Arc<Plan>> {
         // The topology itself only on a miss: a hit needs only its generation.
-        self.cache.get_or_make(
-            self.platform.topology_generation(),
-            key,
-            |(facts, policy)| self.plan(&self.platform.topology(), facts, policy),
-        )
+        self.cache
+            .get_or_make(generation, (facts, *policy), |(facts, policy)| {
+                self.plan(&self.platform.topology(), facts, policy)
+            })
     }
 
     /// The plan computed from scratch, bypassing the cache.
@@ -115,12 +121,25 @@ impl Negotiator {
         E: MemoryExporter + ?Sized,
         I: DmaImporter + ?Sized,
     {
+        let device = importer.device();
         Ok(Facts {
             exporter: exporter.id(),
             info: exporter.info(),
-            importer: importer.device(),
+            importer: device,
             caps: importer.caps(),
-            domain: self.platform.domain_kind(importer.device())?,
+            domain: self.platform.domain_kind(device)?,
+            access,
+        })
+    }
+
+    /// [`facts`](Self::facts) of a pair whose identities are known.
+    fn pair_facts(&self, pair: Pair<'_>, access: Access) -> Result<Facts> {
+        Ok(Facts {
+            exporter: pair.id,
+            info: pair.exporter.info(),
+            importer: pair.device,
+            caps: pair.importer.caps(),
+            domain: self.platform.domain_kind(pair.device)?,
             access,
         })
     }
@@ -161,11 +180,14 @@ impl Negotiator {
         let owned = (exporter.clone().into_dyn(), importer.clone().into_dyn());
         // On the devices themselves: an `Arc` of an exporter may be an exporter too.
         let (exporter, importer) = ((**exporter).as_dyn(), (**importer).as_dyn());
-        let _span = tracing::debug_span!("establish", exporter = %exporter.id(), importer = %importer.device(), %range).entered();
-        if plan.exporter != exporter.id() || plan.importer != importer.device() {
+        let pair = Pair::new(exporter, importer);
+        let _span =
+            tracing::debug_span!("establish", exporter = %pair.id, importer = %pair.device, %range)
+                .entered();
+        if plan.exporter != pair.id || plan.importer != pair.device {
             return Err(Error::PlanMismatch {
                 plan: format!("{} -> {}", plan.exporter, plan.importer),
-                given: format!("{} -> {}", exporter.id(), importer.device()),
+                given: format!("{} -> {}", pair.id, pair.device),
             });
         }
         check_range(exporter, range)?;
@@ -179,7 +201,7 @@ impl Negotiator {
             });
         }
         let shared = Arc::new(plan.clone());
-        self.register_and_publish(owned, (exporter, importer), range, plan.access, |_| {
+        self.register_and_publish(owned, pair, range, plan.access, |_| {
             let now = exporter.info().residency;
             if now != plan.residency {
                 return Err(Error::StalePlan {
@@ -188,7 +210,7 @@ impl Negotiator {
                     now: now.to_string(),
                 });
             }
-            Ok(shared.clone())
+            Ok((shared.clone(), importer.caps()))
         })
     }
 
@@ -211,72 +233,84 @@ impl Negotiator {
         // The registry's references are the only ones taken: the rest of the call borrows.
         let owned = (exporter.clone().into_dyn(), importer.clone().into_dyn());
         // On the devices themselves: an `Arc` of an exporter may be an exporter too.
-        let (exporter, importer) = ((**exporter).as_dyn(), (**importer).as_dyn());
-        check_range(exporter, range)?;
+        let pair = Pair::new((**exporter).as_dyn(), (**importer).as_dyn());
+        if range.is_empty() {
+            return Err(empty_range());
+        }
         // The plan depends on where the memory is, so it is made after each attempt's
         // read_begin (the cache makes that cheap): a plan made before the registration could
-        // describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
-        self.register_and_publish(owned, (exporter, importer), range, access, |_| {
-            self.cached_plan(exporter, importer, access, policy)
+        // describe a place the memory left meanwhile (loom_protocol's establish_vs_move). The
+        // range is checked against the size those facts give (a refusal then leaves nothing:
+        // the entry is removed).
+        self.register_and_publish(owned, pair, range, access, |generation| {
+            let facts = self.pair_facts(pair, access)?;
+            let caps = facts.caps;
+            check_bounds(facts.info.size, range)?;
+            Ok((self.plan_for_facts(facts, policy, generation)?, caps))
         })
     }
 
     /// Registers a building entry for `range` (which takes `owned`: the devices the registry
-    /// keeps), then runs [`publish`](Self::publish) with a plan from `plan_for(attempt)` each
-    /// time, on the same devices borrowed. On failure the entry is gone.
+    /// keeps), then runs [`publish`](Self::publish) with a plan, and the importer's capabilities
+    /// it was made for, from `plan_for(generation)` each time (the topology generation to plan
+    /// in: the registration's for the first attempt, read again for the others), on the same
+    /// devices borrowed (`pair`). On failure the entry is gone.
     fn register_and_publish(
         &self,
         owned: (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
-        (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
+        pair: Pair<'_>,
         range: AddrRange<Offset>,
         access: Access,
-        mut plan_for: impl FnMut(u32) -> Result<Arc<Plan>>,
+        mut plan_for: impl FnMut(u64) -> Result<(Arc<Plan>, ImporterCaps)>,
     ) -> Result<Mapping> {
         let id = self.registry.next_id();
         let generation = self.platform.topology_generation();
+        let shard = self.registry.shard(pair.id);
         let (key, seq, mut domain) = {
-            let mut inner = self.registry.shard_for(exporter.id()).lock();
+            let mut inner = shard.lock();
             let seq = inner.fresh_sequence();
-            let key = inner.insert(Entry::building(id, owned, range, access, seq.clone()))?;
-            (key, seq, inner.domains.get(importer.device(), generation))
+            let entry = Entry::building(id, pair.id, owned, range, access, seq.clone());
+            let key = inner.insert(entry)?;
+            (key, seq, inner.domains.get(pair.device, generation))
         };
-        let published = self.publish(key, &seq, exporter, |attempt| {
-            self.build(
-                plan_for(attempt)?,
-                (exporter, importer),
-                range,
-                domain.take(),
-            )
+        let published = self.publish(key, &seq, pair, |attempt| {
+            let generation = match attempt {
+                0 => generation,
+                _ => self.platform.topology_generation(),
+            };
+            let (plan, caps) = plan_for(generation)?;
+            self.build(plan, pair, caps, range, domain.take())
         });
         match published {
             Ok(_) => Ok(Mapping {
                 key,
-                exporter: exporter.id(),
-                shard: self.registry.shard(exporter.id()).clone(),
+                exporter: pair.id,
+                shard: shard.clone(),
                 seq,
                 range,
             }),
             Err(e) => {
-                self.registry.shard_for(exporter.id()).lock().remove(key);
+                shard.lock().remove(key);
                 Err(e)
             }
         }
     }
 
-    /// One attempt's set-up: `plan`'s resources for `range`, in the importer's domain (`domain`,
-    /// if the caller has it already, or the shard's).
+    /// One attempt's set-up: `plan`'s resources for `range`, for an importer with `caps`, in
+    /// its domain (`domain`, if the caller has it already, or the shard's).
     fn build(
         &self,
         plan: Arc<Plan>,
-        (exporter, importer): (&dyn MemoryExporter, &dyn DmaImporter),
+        pair: Pair<'_>,
+        caps: ImporterCaps,
         range: AddrRange<Offset>,
         domain: Option<DomainRef>,
     ) -> Result<(Arc<Plan>, Box<Resources>)> {
         let domain = match domain {
             Some(d) => d,
-            None => self.domain_ref(exporter.id(), importer.device())?,
+            None => self.domain_ref(pair.id, pair.device)?,
         };
-        let res = establish::build(&*self.platform, &plan, (exporter, importer), range, domain)?;
+        let res = establish::build(&*self.platform, &plan, pair, caps, range, domain)?;
         Ok((plan, res))
     }
 
@@ -302,14 +336,15 @@ impl Negotiator {
         &self,
         key: Key,
         seq: &Sequence,
-        exporter: &dyn MemoryExporter,
+        pair: Pair<'_>,
         mut build: impl FnMut(u32) -> Result<(Arc<Plan>, Box<Resources>)>,
     ) -> Result<Arc<Plan>> {
         let id = key.id;
+        let shard = self.registry.shard(pair.id);
         for attempt in 0..MAX_ATTEMPTS {
             let begin = seq.read_begin();
             let (plan, res) = build(attempt)?;
-            let mut inner = self.registry.shard_for(exporter.id()).lock();
+            let mut inner = shard.lock();
             let entry = inner.entries.get_mut(key);
             let still_there = entry.is_some();
             if let Some(e) = entry.filter(|_| !seq.read_retry(begin)) {
@@ -322,14 +357,14 @@ impl Negotiator {
                 self.registry.notify_established(&inner, key);
                 drop(inner);
                 if let Some((importer, bytes, segments)) = listened {
-                    tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %exporter.id(), %importer, bytes, segments, pinned = plan.pin, "established");
+                    tracing::debug!(mapping = id, strategy = %plan.strategy, exporter = %pair.id, %importer, bytes, segments, pinned = plan.pin, "established");
                 }
                 return Ok(plan);
             }
             drop(inner);
             // The memory was invalidated while we built: what we built may point at its old
             // place. Give it back and read the new place.
-            if let Err(err) = res.teardown(exporter) {
+            if let Err(err) = res.teardown(pair.exporter) {
                 tracing::warn!(mapping = id, %err, "giving back a set-up that raced an invalidation failed");
             }
             if !still_there {
@@ -342,10 +377,8 @@ impl Negotiator {
             );
         }
         Err(Error::Contended {
-            exporter: exporter.id(),
-            range: self
-                .registry
-                .shard_for(exporter.id())
+            exporter: pair.id,
+            range: shard
                 .lock()
                 .entries
                 .get(key)
@@ -401,9 +434,13 @@ impl Negotiator {
             e.state = State::Building;
             (e.exporter.clone(), e.importer.clone(), e.access)
         };
-        let published = self.publish(mapping.key, &mapping.seq, &*exporter, |_| {
-            let plan = self.cached_plan(&*exporter, &*importer, access, policy)?;
-            self.build(plan, (&*exporter, &*importer), mapping.range, None)
+        let pair = Pair::new(&*exporter, &*importer);
+        let published = self.publish(mapping.key, &mapping.seq, pair, |_| {
+            let facts = self.pair_facts(pair, access)?;
+            let caps = facts.caps;
+            let generation = self.platform.topology_generation();
+            let plan = self.plan_for_facts(facts, policy, generation)?;
+            self.build(plan, pair, caps, mapping.range, None)
         });
         match &published {
             Ok(plan) => {
@@ -433,11 +470,20 @@ const MAX_ATTEMPTS: u32 = 64;
 
 fn check_range(exporter: &dyn MemoryExporter, range: AddrRange<Offset>) -> Result<()> {
     if range.is_empty() {
-        return Err(Error::EmptyRange {
-            what: "exporter range",
-        });
+        return Err(empty_range());
     }
-    let whole = AddrRange::new(Offset(0), exporter.info().size)?;
+    check_bounds(exporter.info().size, range)
+}
+
+fn empty_range() -> Error {
+    Error::EmptyRange {
+        what: "exporter range",
+    }
+}
+
+/// `range` inside an exporter's `0..size`.
+fn check_bounds(size: u64, range: AddrRange<Offset>) -> Result<()> {
+    let whole = AddrRange::new(Offset(0), size)?;
     if !whole.contains_range(&range) {
         return Err(Error::OutOfBounds {
             kind: "offset",

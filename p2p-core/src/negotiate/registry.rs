@@ -175,7 +175,7 @@ impl Inner {
     /// its builder waits in `read_begin` instead of reading memory that is moving. Fails only
     /// if the shard holds 2^32 entries.
     pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
-        let exporter = entry.exporter.id();
+        let exporter = entry.exporter_id;
         let Some(slot) = self.entries.next_slot() else {
             return Err(crate::Error::TooManyMappings {
                 exporter,
@@ -279,9 +279,9 @@ impl Inner {
                 }
             }
             (None, Some(o)) => {
-                self.heads.insert(e.exporter.id(), Some(o));
+                self.heads.insert(e.exporter_id, Some(o));
             }
-            (None, None) => self.emptied(e.exporter.id()),
+            (None, None) => self.emptied(e.exporter_id),
         }
         if Arc::strong_count(&e.seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
             self.spare.push(e.seq.clone());
@@ -315,7 +315,7 @@ impl Inner {
         // mappings or run forever.
         let mut steps = self.entries.len();
         while let Some((slot, e)) = at.and_then(|s| self.entries.at(s).map(|e| (s, e))) {
-            if steps == 0 || e.exporter.id() != exporter {
+            if steps == 0 || e.exporter_id != exporter {
                 debug_assert!(
                     false,
                     "{exporter}'s list reaches slot {slot}: a broken link"
@@ -485,7 +485,7 @@ impl Registry {
 fn info(e: &Entry) -> MappingInfo {
     MappingInfo {
         id: e.id,
-        exporter: e.exporter.id(),
+        exporter: e.exporter_id,
         range: e.range,
         importer: e.importer.device(),
         pinned: e.pinned,

@@ -228,7 +228,8 @@ pub struct Chunk {
 ///   reset, dma-buf revoke) force it with [`Negotiator::begin_forced_revoke`](crate::negotiate::Negotiator::begin_forced_revoke):
 ///   pinned mappings die too.
 pub trait MemoryExporter: Send + Sync + fmt::Debug {
-    /// Its id.
+    /// Its id: the same on every call for the exporter's life (the registry indexes mappings by
+    /// it, and a set-up asks once).
     fn id(&self) -> ExporterId;
     /// What it is and where its memory is now.
     fn info(&self) -> ExporterInfo;

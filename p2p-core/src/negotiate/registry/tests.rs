@@ -60,6 +60,7 @@ fn emptied_exporters_are_swept_from_the_index() {
         let devices = (exporter.clone(), importer.clone());
         Entry::building(
             id,
+            exporter.id(),
             devices,
             range(page),
             crate::Access::READ,
@@ -115,7 +116,14 @@ proptest::proptest! {
             if insert || model.is_empty() {
                 let range = AddrRange::new(Offset(page * 4096), 4096).unwrap();
                 let devices = (exporters[which].clone(), importer.clone());
-                let e = Entry::building(n as u64 + 1, devices, range, crate::Access::READ, Arc::default());
+                let e = Entry::building(
+                    n as u64 + 1,
+                    exporters[which].id(),
+                    devices,
+                    range,
+                    crate::Access::READ,
+                    Arc::default(),
+                );
                 model.push((inner.insert(e).unwrap(), which, page));
             } else {
                 let (key, _, _) = model.remove(pick % model.len());
