@@ -117,8 +117,11 @@ pub use crate::export::DeviceMemory as TestExporter;
 /// Host RAM for tests: [`HostRam`](crate::export::HostRam) under the name the doubles share.
 pub use crate::export::HostRam as TestHostMemory;
 
-/// An importer that records the invalidations it gets and can be told to fail them.
+/// An importer that records the invalidations it gets and can be told to fail them. Aligned to
+/// 128 bytes, as a driver's per-device state would be: every mapping writes its reference count,
+/// and two importers allocated one after the other would otherwise share a cache line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct TestImporter {
     device: PciAddr,
     caps: ImporterCaps,

@@ -14,7 +14,12 @@ use parking_lot::Mutex;
 /// A memory BAR of a device (a GPU's VRAM aperture, an NVMe CMB, a p2pmem window). Its chunks
 /// carry both addresses: the CPU physical address an IOMMU maps, and the bus address a switch
 /// routes and an identity domain programs, which differ by the host bridge's window offset.
+///
+/// Aligned to 128 bytes (a pair of cache lines): every mapping writes its grant book and its
+/// reference count, and two exporters allocated one after the other, each mapped by its own
+/// thread, would otherwise share a line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct BarExporter {
     id: ExporterId,
     device: PciAddr,

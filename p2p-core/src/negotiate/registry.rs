@@ -361,12 +361,20 @@ pub struct Registry {
     shards: Box<[Arc<Shard>]>,
     /// Mapping ids are handed to threads in blocks of [`ID_BLOCK`]: one shared increment per
     /// block rather than per mapping. Within a thread they are in order of registration, so the
-    /// same program gives the same ids (a machine's event log is reproducible).
-    next_id: AtomicU64,
+    /// same program gives the same ids (a machine's event log is reproducible). On lines of its
+    /// own: every thread reads `shards` on every map and drop, and a block taken here would
+    /// otherwise take that line from every other thread's cache.
+    next_id: IdCounter,
     /// Tells this registry's blocks apart from another registry's in a thread's cache.
     serial: u64,
     pub(crate) observer: Option<Arc<dyn MappingObserver>>,
 }
+
+/// The registry's next mapping id, alone on a 128-byte pair of cache lines (adjacent-line
+/// prefetching pairs lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct IdCounter(AtomicU64);
 
 /// Ids a thread takes from a registry at once.
 const ID_BLOCK: u64 = 64;
@@ -390,7 +398,7 @@ impl Registry {
                     })
                 })
                 .collect(),
-            next_id: AtomicU64::new(0),
+            next_id: IdCounter::default(),
             serial: NEXT_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             observer,
         }
@@ -415,7 +423,7 @@ impl Registry {
                 ids.set((serial, next + 1, end));
                 return next;
             }
-            let first = self.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed) + 1;
+            let first = self.next_id.0.fetch_add(ID_BLOCK, Ordering::Relaxed) + 1;
             ids.set((self.serial, first + 1, first + ID_BLOCK));
             first
         })
