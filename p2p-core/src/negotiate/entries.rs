@@ -5,12 +5,14 @@
 //! A set-up and a drop each insert and remove one entry, and publish, invalidate and the handle's
 //! accessors each look one up: by slot that is an index and a compare.
 
+use super::importers::{ImporterSlot, LetGo};
 use super::registry::{Resources, State};
 use super::{MappingEvent, Sequence};
 use crate::access::Access;
 use crate::addr::{AddrRange, Offset};
+use crate::pci::PciAddr;
 use crate::slab::Slab;
-use crate::traits::{DmaImporter, ExporterId, MemoryExporter};
+use crate::traits::{ExporterId, MemoryExporter};
 use std::sync::Arc;
 
 /// Where an entry is: its slot and its mapping id. A key whose id no longer matches its slot's
@@ -29,7 +31,13 @@ pub(crate) struct Entry {
     pub exporter: Arc<dyn MemoryExporter>,
     /// `exporter.id()`, which the registry's index reads on every insert, remove and walk.
     pub exporter_id: ExporterId,
-    pub importer: Arc<dyn DmaImporter>,
+    /// Where the shard holds the importer (see the `importers` module).
+    pub importer: ImporterSlot,
+    /// The importer's address.
+    pub device: PciAddr,
+    /// The importers removing this entry let go (see the `importers` module): dropped with the
+    /// entry, after the shard's lock is released.
+    pub released: LetGo,
     pub range: AddrRange<Offset>,
     pub access: Access,
     pub pinned: bool,
@@ -47,8 +55,8 @@ impl Entry {
     /// taken at the new place).
     pub fn building(
         id: u64,
-        exporter_id: ExporterId,
-        (exporter, importer): (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
+        (exporter, exporter_id): (Arc<dyn MemoryExporter>, ExporterId),
+        (importer, device): (ImporterSlot, PciAddr),
         range: AddrRange<Offset>,
         access: Access,
         seq: Arc<Sequence>,
@@ -58,6 +66,8 @@ impl Entry {
             exporter,
             exporter_id,
             importer,
+            device,
+            released: [None, None],
             range,
             access,
             pinned: false,
@@ -72,7 +82,7 @@ impl Entry {
     pub fn event(&self, res: &Resources) -> MappingEvent {
         MappingEvent {
             mapping: self.id,
-            importer: self.importer.device(),
+            importer: self.device,
             exporter: self.exporter_id,
             range: self.range,
             segments: res.segments.to_vec(),
@@ -138,16 +148,27 @@ impl Entries {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::negotiate::importers::{Holds, Importers, Lend};
     use crate::testing::{TestHostMemory, TestImporter};
-    use crate::traits::ImporterCaps;
+    use crate::traits::{DmaImporter, ImporterCaps};
 
     fn entry(id: u64) -> Entry {
-        let importer = TestImporter::new("0000:01:00.0".parse().unwrap(), ImporterCaps::default());
+        let nic: Arc<dyn DmaImporter> = Arc::new(TestImporter::new(
+            "0000:01:00.0".parse().unwrap(),
+            ImporterCaps::default(),
+        ));
+        let share = || nic.clone();
+        let lent = Lend {
+            importer: &*nic,
+            share: &share,
+        };
+        let slot = Importers::default().hold(&lent, &Holds::default());
         let exporter = TestHostMemory::new(1 << 20, 1 << 16);
+        let id_of = exporter.id();
         Entry::building(
             id,
-            exporter.id(),
-            (Arc::new(exporter), Arc::new(importer)),
+            (Arc::new(exporter), id_of),
+            (slot, nic.device()),
             AddrRange::new(Offset(0), 4096).unwrap(),
             Access::READ,
             Arc::default(),

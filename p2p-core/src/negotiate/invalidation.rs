@@ -146,7 +146,7 @@ impl Negotiator {
                 .filter_map(|&k| inner.entries.get(k))
                 .find(|e| e.pinned);
             if let (Some(e), false) = (pinned, force) {
-                let importer = e.importer.device();
+                let importer = e.device;
                 tracing::info!(%exporter, %range, %importer, "invalidation refused: pinned");
                 return Err(Error::Pinned {
                     exporter,
@@ -195,10 +195,12 @@ impl Negotiator {
     ) -> Result<()> {
         let (importer, seq) = {
             let inner = self.registry.shard_for(exporter).lock();
-            match inner.entries.get(key) {
-                Some(e) if matches!(e.state, State::Live(_)) => {
-                    (e.importer.clone(), e.seq.current())
-                }
+            let live = inner
+                .entries
+                .get(key)
+                .filter(|e| matches!(e.state, State::Live(_)));
+            match (live, inner.importer_of(key)) {
+                (Some(e), Some(importer)) => (importer, e.seq.current()),
                 _ => return Ok(()),
             }
         };

@@ -191,7 +191,7 @@ impl Drop for Mapping {
         let entry = inner.remove(self.key);
         drop(inner);
         let Some(e) = entry else { return };
-        tracing::debug!(mapping = self.key.id, exporter = %e.exporter_id, importer = %e.importer.device(), live = matches!(e.state, State::Live(_)), "dropped");
+        tracing::debug!(mapping = self.key.id, exporter = %e.exporter_id, importer = %e.device, live = matches!(e.state, State::Live(_)), "dropped");
         if let State::Live(res) = e.state {
             if let Err(err) = res.teardown(&*e.exporter) {
                 tracing::warn!(mapping = self.key.id, %err, "teardown of a dropped mapping failed");

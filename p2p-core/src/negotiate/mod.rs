@@ -43,6 +43,7 @@ mod decide;
 mod domain_cache;
 mod entries;
 mod establish;
+mod importers;
 mod invalidation;
 mod mapping;
 mod negotiator;

@@ -1,6 +1,7 @@
 //! The negotiator: plans (cached), establishes mappings, and runs the invalidation protocol.
 
 use super::domain_cache::DomainRef;
+use super::importers::Lend;
 use super::pair::Pair;
 use super::plan_cache::{CacheStats, PlanCache};
 use super::registry::{Entry, Key, Registry, Resources, State};
@@ -165,7 +166,11 @@ impl Negotiator {
     /// plan fails with [`Error::Refused`] and touches nothing.
     ///
     /// Takes the devices shared (`&Arc<MyExporter>` or `&Arc<dyn MemoryExporter>`): the
-    /// registry keeps them until the mapping is dropped, to tear it down.
+    /// registry keeps them until the mapping is dropped, to tear it down. It keeps each importer
+    /// by one reference however many mappings use it, so that threads mapping through one
+    /// importer do not all write its reference count; it keeps that reference after the last
+    /// mapping while you still hold the importer, and lets it go within the registry shard's
+    /// next few drops once you do not (or with the negotiator).
     pub fn establish<E, I>(
         &self,
         plan: &Plan,
@@ -177,7 +182,8 @@ impl Negotiator {
         E: IntoDynExporter + ?Sized,
         I: IntoDynImporter + ?Sized,
     {
-        let owned = (exporter.clone().into_dyn(), importer.clone().into_dyn());
+        let owned = exporter.clone().into_dyn();
+        let share = || importer.clone().into_dyn();
         // On the devices themselves: an `Arc` of an exporter may be an exporter too.
         let (exporter, importer) = ((**exporter).as_dyn(), (**importer).as_dyn());
         let pair = Pair::new(exporter, importer);
@@ -201,7 +207,7 @@ impl Negotiator {
             });
         }
         let shared = Arc::new(plan.clone());
-        self.register_and_publish(owned, pair, range, plan.access, |_| {
+        self.register_and_publish((owned, &share), pair, range, plan.access, |_| {
             let now = exporter.info().residency;
             if now != plan.residency {
                 return Err(Error::StalePlan {
@@ -230,8 +236,10 @@ impl Negotiator {
         E: IntoDynExporter + ?Sized,
         I: IntoDynImporter + ?Sized,
     {
-        // The registry's references are the only ones taken: the rest of the call borrows.
-        let owned = (exporter.clone().into_dyn(), importer.clone().into_dyn());
+        // The registry's references are the only ones taken (of the importer, only if its shard
+        // holds none yet): the rest of the call borrows.
+        let owned = exporter.clone().into_dyn();
+        let share = || importer.clone().into_dyn();
         // On the devices themselves: an `Arc` of an exporter may be an exporter too.
         let pair = Pair::new((**exporter).as_dyn(), (**importer).as_dyn());
         if range.is_empty() {
@@ -242,7 +250,7 @@ impl Negotiator {
         // describe a place the memory left meanwhile (loom_protocol's establish_vs_move). The
         // range is checked against the size those facts give (a refusal then leaves nothing:
         // the entry is removed).
-        self.register_and_publish(owned, pair, range, access, |generation| {
+        self.register_and_publish((owned, &share), pair, range, access, |generation| {
             let facts = self.pair_facts(pair, access)?;
             let caps = facts.caps;
             check_bounds(facts.info.size, range)?;
@@ -250,14 +258,15 @@ impl Negotiator {
         })
     }
 
-    /// Registers a building entry for `range` (which takes `owned`: the devices the registry
-    /// keeps), then runs [`publish`](Self::publish) with a plan, and the importer's capabilities
+    /// Registers a building entry for `range` (which takes the exporter the registry keeps, and
+    /// holds the importer in the shard, taking a reference with `share` only if the shard holds
+    /// none yet), then runs [`publish`](Self::publish) with a plan, and the importer's capabilities
     /// it was made for, from `plan_for(generation)` each time (the topology generation to plan
     /// in: the registration's for the first attempt, read again for the others), on the same
     /// devices borrowed (`pair`). On failure the entry is gone.
     fn register_and_publish(
         &self,
-        owned: (Arc<dyn MemoryExporter>, Arc<dyn DmaImporter>),
+        (exporter, share): (Arc<dyn MemoryExporter>, &dyn Fn() -> Arc<dyn DmaImporter>),
         pair: Pair<'_>,
         range: AddrRange<Offset>,
         access: Access,
@@ -269,7 +278,16 @@ impl Negotiator {
         let (key, seq, mut domain) = {
             let mut inner = shard.lock();
             let seq = inner.fresh_sequence();
-            let entry = Entry::building(id, pair.id, owned, range, access, seq.clone());
+            let lent = Lend {
+                importer: pair.importer,
+                share,
+            };
+            let importer = (
+                inner.importers.hold(&lent, &self.registry.holds),
+                pair.device,
+            );
+            let exporter = (exporter, pair.id);
+            let entry = Entry::building(id, exporter, importer, range, access, seq.clone());
             let key = inner.insert(entry)?;
             (key, seq, inner.domains.get(pair.device, generation))
         };
@@ -290,7 +308,9 @@ impl Negotiator {
                 range,
             }),
             Err(e) => {
-                shard.lock().remove(key);
+                // Dropped after the lock is released: it may hold the last reference to a device.
+                let removed = shard.lock().remove(key);
+                drop(removed);
                 Err(e)
             }
         }
@@ -351,7 +371,7 @@ impl Negotiator {
                 // What the debug line says, read only if someone listens; it is written after
                 // the lock is released.
                 let listened = tracing::enabled!(tracing::Level::DEBUG)
-                    .then(|| (e.importer.device(), e.range.len(), res.segments.len()));
+                    .then(|| (e.device, e.range.len(), res.segments.len()));
                 e.pinned = plan.pin;
                 e.state = State::Live(res);
                 self.registry.notify_established(&inner, key);
@@ -401,15 +421,15 @@ impl Negotiator {
         }
         let (exporter, importer, access) = {
             let mut inner = self.registry.shard_for(mapping.exporter).lock();
-            let e = inner
-                .entries
-                .get_mut(mapping.key)
-                .ok_or(Error::Invalidated(mapping.key.id))?;
+            let importer = inner.importer_of(mapping.key);
+            let (Some(e), Some(importer)) = (inner.entries.get_mut(mapping.key), importer) else {
+                return Err(Error::Invalidated(mapping.key.id));
+            };
             match e.state {
                 State::Live(_) => {
-                    let (exp, imp, acc) = (e.exporter.clone(), e.importer.clone(), e.access);
+                    let (exp, acc) = (e.exporter.clone(), e.access);
                     drop(inner);
-                    return self.negotiate(&*exp, &*imp, acc, policy);
+                    return self.negotiate(&*exp, &*importer, acc, policy);
                 }
                 State::Invalidated(InvalidationKind::Revoke) => {
                     return Err(Error::CannotRefault {
@@ -425,14 +445,14 @@ impl Negotiator {
                 }
                 State::Invalidated(InvalidationKind::Move) => {}
             }
-            if !e.importer.caps().flags.contains(ImporterFlags::ODP) {
+            if !importer.caps().flags.contains(ImporterFlags::ODP) {
                 return Err(Error::CannotRefault {
                     mapping: mapping.key.id,
                     reason: "the importer has no ODP",
                 });
             }
             e.state = State::Building;
-            (e.exporter.clone(), e.importer.clone(), e.access)
+            (e.exporter.clone(), importer, e.access)
         };
         let pair = Pair::new(&*exporter, &*importer);
         let published = self.publish(mapping.key, &mapping.seq, pair, |_| {

@@ -4,6 +4,7 @@
 use super::domain_cache::{DomainCache, DomainRef};
 use super::entries::Entries;
 pub(crate) use super::entries::{Entry, Key};
+use super::importers::{Holds, Importers};
 use super::sg::Segments;
 use super::FxHasher;
 use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
@@ -160,6 +161,8 @@ pub(crate) struct Inner {
     spare: Vec<Arc<Sequence>>,
     /// The importers' domains, wrapped once for this shard's mappings.
     pub domains: DomainCache,
+    /// The importers this shard's entries use, each held once (see the `importers` module).
+    pub importers: Importers,
 }
 
 /// Exporters without mappings a shard keeps in its index before sweeping them out.
@@ -173,10 +176,11 @@ impl Inner {
     /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
     /// held odd until that invalidation ends (Linux defers such an insertion the same way), so
     /// its builder waits in `read_begin` instead of reading memory that is moving. Fails only
-    /// if the shard holds 2^32 entries.
+    /// if the shard holds 2^32 entries; the entry's hold on its importer is then let go.
     pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
         let exporter = entry.exporter_id;
         let Some(slot) = self.entries.next_slot() else {
+            entry.released = self.importers.release(entry.importer);
             return Err(crate::Error::TooManyMappings {
                 exporter,
                 limit: Slab::<Entry>::CAPACITY,
@@ -260,14 +264,25 @@ impl Inner {
         self.spare.pop().unwrap_or_default()
     }
 
+    /// The importer of the entry at `key`, shared (for a call outside the lock).
+    pub fn importer_of(&self, key: Key) -> Option<Arc<dyn DmaImporter>> {
+        let e = self.entries.get(key)?;
+        self.importers.get(e.importer).cloned()
+    }
+
     /// Removes entry `key`. The caller holds one reference to its sequence besides the entry's
     /// (the mapping handle, or the set-up that failed); when no other exists, no running
     /// invalidation holds it (each holds one), so it is even and goes to the spares. New
     /// references are taken only under this lock, from entries, so none can appear after the
     /// check; a stale count can only be too high, which frees a sequence that could have been
     /// reused.
+    ///
+    /// Lets go of the entry's hold on its importer: the importer comes out in the entry's
+    /// `released` if that was the shard's last reason to keep it (see the `importers` module),
+    /// to be dropped with the entry after the lock is released.
     pub fn remove(&mut self, key: Key) -> Option<Entry> {
-        let e = self.entries.remove(key)?;
+        let mut e = self.entries.remove(key)?;
+        e.released = self.importers.release(e.importer);
         let (newer, older) = (e.newer, e.older);
         if let Some(o) = older.and_then(|o| self.entries.at_mut(o)) {
             o.newer = newer;
@@ -368,6 +383,8 @@ pub struct Registry {
     /// Tells this registry's blocks apart from another registry's in a thread's cache.
     serial: u64,
     pub(crate) observer: Option<Arc<dyn MappingObserver>>,
+    /// The importers the shards hold, each once (see the `importers` module).
+    pub(crate) holds: Holds,
 }
 
 /// The registry's next mapping id, alone on a 128-byte pair of cache lines (adjacent-line
@@ -401,6 +418,7 @@ impl Registry {
             next_id: IdCounter::default(),
             serial: NEXT_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             observer,
+            holds: Holds::default(),
         }
     }
 
@@ -495,7 +513,7 @@ fn info(e: &Entry) -> MappingInfo {
         id: e.id,
         exporter: e.exporter_id,
         range: e.range,
-        importer: e.importer.device(),
+        importer: e.device,
         pinned: e.pinned,
         live: matches!(e.state, State::Live(_)),
     }

@@ -2,7 +2,32 @@
 //! exporter index against a model.
 
 use super::*;
+use crate::negotiate::importers::{Holds, Lend};
 use std::collections::HashSet;
+
+/// A building entry of `range` for `exporter` and `importer`, the importer held in `inner`'s
+/// table as a set-up holds it.
+fn building(
+    inner: &mut Inner,
+    id: u64,
+    (exporter, importer): (&Arc<dyn MemoryExporter>, &Arc<dyn DmaImporter>),
+    range: AddrRange<Offset>,
+) -> Entry {
+    let share = || importer.clone();
+    let lent = Lend {
+        importer: &**importer,
+        share: &share,
+    };
+    let slot = inner.importers.hold(&lent, &Holds::default());
+    Entry::building(
+        id,
+        (exporter.clone(), exporter.id()),
+        (slot, importer.device()),
+        range,
+        crate::Access::READ,
+        Arc::default(),
+    )
+}
 
 /// Several threads take ids from two registries, interleaved (so each thread's block cache
 /// keeps switching registry): after join, every id is unique in its registry, and each
@@ -56,26 +81,27 @@ fn emptied_exporters_are_swept_from_the_index() {
         crate::traits::ImporterCaps::default(),
     ));
     let range = |page: u64| AddrRange::new(Offset(page * 4096), 4096).unwrap();
-    let entry = |id, exporter: &Arc<dyn MemoryExporter>, page| {
-        let devices = (exporter.clone(), importer.clone());
-        Entry::building(
-            id,
-            exporter.id(),
-            devices,
-            range(page),
-            crate::Access::READ,
-            Arc::default(),
-        )
-    };
     let mut inner = Inner::default();
+    let entry = |inner: &mut Inner, id, exporter: &Arc<dyn MemoryExporter>, page| {
+        building(inner, id, (exporter, &importer), range(page))
+    };
     let keeper: Arc<dyn MemoryExporter> = Arc::new(TestHostMemory::new(1 << 20, 0));
     let kept = [
-        inner.insert(entry(1, &keeper, 0)).unwrap(),
-        inner.insert(entry(2, &keeper, 3)).unwrap(),
+        {
+            let e = entry(&mut inner, 1, &keeper, 0);
+            inner.insert(e)
+        }
+        .unwrap(),
+        {
+            let e = entry(&mut inner, 2, &keeper, 3);
+            inner.insert(e)
+        }
+        .unwrap(),
     ];
     for n in 0..500u64 {
         let e: Arc<dyn MemoryExporter> = Arc::new(TestHostMemory::new(1 << 20, 0));
-        let k = inner.insert(entry(10 + n, &e, n % 7)).unwrap();
+        let built = entry(&mut inner, 10 + n, &e, n % 7);
+        let k = inner.insert(built).unwrap();
         assert_eq!(inner.overlapping(e.id(), &range(n % 7)), [k]);
         assert!(inner.remove(k).is_some());
         assert!(inner.overlapping(e.id(), &range(n % 7)).is_empty());
@@ -115,15 +141,7 @@ proptest::proptest! {
         for (n, (which, page, insert, pick)) in ops.into_iter().enumerate() {
             if insert || model.is_empty() {
                 let range = AddrRange::new(Offset(page * 4096), 4096).unwrap();
-                let devices = (exporters[which].clone(), importer.clone());
-                let e = Entry::building(
-                    n as u64 + 1,
-                    exporters[which].id(),
-                    devices,
-                    range,
-                    crate::Access::READ,
-                    Arc::default(),
-                );
+                let e = building(&mut inner, n as u64 + 1, (&exporters[which], &importer), range);
                 model.push((inner.insert(e).unwrap(), which, page));
             } else {
                 let (key, _, _) = model.remove(pick % model.len());
