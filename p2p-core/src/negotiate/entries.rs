@@ -5,7 +5,7 @@
 //! A set-up and a drop each insert and remove one entry, and publish, invalidate and the handle's
 //! accessors each look one up: by slot that is an index and a compare.
 
-use super::importers::{ImporterSlot, LetGo};
+use super::importers::ImporterSlot;
 use super::registry::{Resources, State};
 use super::{MappingEvent, Sequence};
 use crate::access::Access;
@@ -35,9 +35,6 @@ pub(crate) struct Entry {
     pub importer: ImporterSlot,
     /// The importer's address.
     pub device: PciAddr,
-    /// The importers removing this entry let go (see the `importers` module): dropped with the
-    /// entry, after the shard's lock is released.
-    pub released: LetGo,
     pub range: AddrRange<Offset>,
     pub access: Access,
     pub pinned: bool,
@@ -67,7 +64,6 @@ impl Entry {
             exporter_id,
             importer,
             device,
-            released: [None, None],
             range,
             access,
             pinned: false,

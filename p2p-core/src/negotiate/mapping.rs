@@ -197,5 +197,7 @@ impl Drop for Mapping {
                 tracing::warn!(mapping = self.key.id, %err, "teardown of a dropped mapping failed");
             }
         }
+        // Last, and outside the lock: an importer no one else holds any more goes here.
+        drop(e.released);
     }
 }

@@ -4,7 +4,7 @@
 use super::domain_cache::{DomainCache, DomainRef};
 use super::entries::Entries;
 pub(crate) use super::entries::{Entry, Key};
-use super::importers::{Holds, Importers};
+use super::importers::{Holds, Importers, LetGo};
 use super::sg::Segments;
 use super::FxHasher;
 use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
@@ -65,6 +65,18 @@ impl Resources {
         keep(exporter.release(&self.grant));
         first.map_or(Ok(unmapped), Err)
     }
+}
+
+/// What removing an entry hands back, to be torn down and dropped after the shard's lock is
+/// released (the last reference to a device may be in it).
+#[derive(Debug)]
+pub(crate) struct Removed {
+    pub exporter: Arc<dyn MemoryExporter>,
+    pub exporter_id: ExporterId,
+    pub device: PciAddr,
+    pub state: State,
+    /// The importers the removal let go (see the `importers` module).
+    pub released: LetGo,
 }
 
 #[derive(Debug)]
@@ -180,7 +192,8 @@ impl Inner {
     pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
         let exporter = entry.exporter_id;
         let Some(slot) = self.entries.next_slot() else {
-            entry.released = self.importers.release(entry.importer);
+            // The caller holds the importer: letting go of this hold drops nothing.
+            drop(self.importers.release(entry.importer));
             return Err(crate::Error::TooManyMappings {
                 exporter,
                 limit: Slab::<Entry>::CAPACITY,
@@ -277,12 +290,12 @@ impl Inner {
     /// check; a stale count can only be too high, which frees a sequence that could have been
     /// reused.
     ///
-    /// Lets go of the entry's hold on its importer: the importer comes out in the entry's
-    /// `released` if that was the shard's last reason to keep it (see the `importers` module),
-    /// to be dropped with the entry after the lock is released.
-    pub fn remove(&mut self, key: Key) -> Option<Entry> {
-        let mut e = self.entries.remove(key)?;
-        e.released = self.importers.release(e.importer);
+    /// The sequence is moved to the spares, not cloned: the entry's reference becomes the
+    /// spare's. Lets go of the entry's hold on its importer: what that lets go comes out in the
+    /// [`Removed`] (see the `importers` module), to be dropped after the lock is released.
+    pub fn remove(&mut self, key: Key) -> Option<Removed> {
+        let e = self.entries.remove(key)?;
+        let released = self.importers.release(e.importer);
         let (newer, older) = (e.newer, e.older);
         if let Some(o) = older.and_then(|o| self.entries.at_mut(o)) {
             o.newer = newer;
@@ -298,10 +311,24 @@ impl Inner {
             }
             (None, None) => self.emptied(e.exporter_id),
         }
-        if Arc::strong_count(&e.seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
-            self.spare.push(e.seq.clone());
+        let Entry {
+            exporter,
+            exporter_id,
+            device,
+            state,
+            seq,
+            ..
+        } = e;
+        if Arc::strong_count(&seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
+            self.spare.push(seq);
         }
-        Some(e)
+        Some(Removed {
+            exporter,
+            exporter_id,
+            device,
+            state,
+            released,
+        })
     }
 
     /// `exporter`'s list is empty: its head becomes `None`, and once the `None`s are more than
