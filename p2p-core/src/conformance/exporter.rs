@@ -63,6 +63,14 @@ pub fn check_exporter(
     if let Some(revoke) = revoke {
         check_revoke(e, revoke)?;
     }
+    let after = e.id();
+    if after != first {
+        return Err(Violation::new(
+            ID,
+            "id() after the other checks",
+            format!("{first} then {after}"),
+        ));
+    }
     Ok(())
 }
 

@@ -144,7 +144,7 @@ impl Entries {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::negotiate::importers::{Holds, Importers, Lend};
+    use crate::negotiate::importers::{Importers, Lend};
     use crate::testing::{TestHostMemory, TestImporter};
     use crate::traits::{DmaImporter, ImporterCaps};
 
@@ -158,7 +158,7 @@ mod tests {
             importer: &*nic,
             share: &share,
         };
-        let slot = Importers::default().hold(&lent, &Holds::default());
+        let slot = Importers::default().hold(&lent);
         let exporter = TestHostMemory::new(1 << 20, 1 << 16);
         let id_of = exporter.id();
         Entry::building(

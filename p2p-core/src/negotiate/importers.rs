@@ -8,23 +8,23 @@
 //! two with importers of their own ran at 1.9 times. Here a shard counts its entries of an
 //! importer in a plain integer under its lock.
 //!
-//! The registry holds each importer by one reference ([`Held`]), which the shards that use it
-//! share: [`Holds`] finds it when a shard first needs it. A shard keeps its share while any of
-//! its entries uses the importer, and after that while someone besides the registry still
-//! references the importer (its caller, who will likely map through it again: mapping and
-//! dropping one page at a time then writes no shared count at all). Once only the registry's
-//! reference is left, no new one can appear (a set-up takes its reference from its caller), so
-//! the shards let go: each removal of an entry looks at that entry's importer and at one other,
-//! in turn, so a shard lets go within as many removals as it has importers. The importer goes
-//! with the last share, or with the registry. A shard's `remove` hands the shares it let go out
-//! in the removed entry, so that an importer is dropped after the shard's lock is released.
+//! The library holds each importer by one reference ([`Held`]), which the shards that use it
+//! share, in every negotiator of the process: [`HOLDS`] finds it when a shard first needs it.
+//! A shard keeps its share while any of its entries uses the importer, and after that while
+//! someone besides the library still references the importer (its caller, who will likely map
+//! through it again: mapping and dropping one page at a time then writes no shared count at
+//! all). Once only the library's reference is left, no new one can appear (a set-up takes its
+//! reference from its caller), so the shards let go: each removal of an entry looks at that
+//! entry's importer and at one other, in turn, so a shard lets go within as many removals as it
+//! has importers; [`Importers::let_go_of_unused`] looks at them all. The importer goes with the
+//! last share, or with the negotiators that hold one. What a shard lets go leaves it in a
+//! [`LetGo`], dropped after the shard's lock is released.
 
 use super::FxHasher;
-use crate::sync::Mutex;
 use crate::traits::DmaImporter;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 /// The registry's one reference to an importer, shared by the shards that use it.
 #[derive(Debug)]
@@ -36,40 +36,42 @@ impl Held {
         Arc::as_ptr(&self.0).cast::<()>() as usize
     }
 
-    /// Whether only the registry references the importer (its callers let go, and no call
+    /// Whether only the library references the importer (its callers let go, and no call
     /// outside a shard's lock holds it): then nothing can reference it again.
     fn only_held_here(&self) -> bool {
         Arc::strong_count(&self.0) == 1
     }
 }
 
-/// The registry's [`Held`] importers by identity, for a shard that needs one it does not hold
-/// yet (the first mapping of an importer in a shard: rare).
-#[derive(Debug, Default)]
-pub(crate) struct Holds(Mutex<HashMap<usize, Weak<Held>, BuildHasherDefault<FxHasher>>>);
+/// The library's [`Held`] importers by identity, for a shard that needs one it has no share of
+/// yet (the first mapping of an importer in a shard: rare). One for the process, so that two
+/// negotiators mapping through one importer hold it once between them: "only the library
+/// references it" then means its callers let go. Not part of the invalidation protocol (a
+/// lookup table of weak references), so a plain `std` mutex.
+type Holds = Mutex<HashMap<usize, Weak<Held>, BuildHasherDefault<FxHasher>>>;
 
-/// Dead entries a [`Holds`] keeps before sweeping them out.
+static HOLDS: LazyLock<Holds> = LazyLock::new(Holds::default);
+
+/// Dead entries [`HOLDS`] may keep before they are swept out.
 const DEAD_HOLDS_KEPT: usize = 32;
 
-impl Holds {
-    /// The registry's hold of `lent`'s importer, made (taking a reference from its caller) if
-    /// it has none.
-    fn share(&self, lent: &Lend<'_>) -> Arc<Held> {
-        let mut map = self.0.lock();
-        if let Some(held) = map.get(&lent.identity()).and_then(Weak::upgrade) {
-            return held;
-        }
-        if map.len() > DEAD_HOLDS_KEPT {
-            map.retain(|_, w| w.strong_count() > 0);
-        }
-        let held = Arc::new(Held((lent.share)()));
-        map.insert(lent.identity(), Arc::downgrade(&held));
-        held
+/// The library's hold of `lent`'s importer, made (taking a reference from its caller) if it has
+/// none.
+fn held_for(lent: &Lend<'_>) -> Arc<Held> {
+    let mut map = HOLDS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(held) = map.get(&lent.identity()).and_then(Weak::upgrade) {
+        return held;
     }
+    if map.len() > DEAD_HOLDS_KEPT {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    let held = Arc::new(Held((lent.share)()));
+    map.insert(lent.identity(), Arc::downgrade(&held));
+    held
 }
 
 /// An importer as a set-up names it: borrowed, with a way to take a reference on it should the
-/// registry hold none yet.
+/// library hold none yet.
 pub(crate) struct Lend<'a> {
     pub importer: &'a dyn DmaImporter,
     pub share: &'a dyn Fn() -> Arc<dyn DmaImporter>,
@@ -106,9 +108,9 @@ pub(crate) struct Importers {
 pub(crate) type LetGo = [Option<Arc<Held>>; 2];
 
 impl Importers {
-    /// Holds `lent`'s importer for one more entry and returns its slot; `holds` is asked only if
-    /// this shard has no share of it yet.
-    pub fn hold(&mut self, lent: &Lend<'_>, holds: &Holds) -> ImporterSlot {
+    /// Holds `lent`'s importer for one more entry and returns its slot; [`HOLDS`] is asked only
+    /// if this shard has no share of it yet.
+    pub fn hold(&mut self, lent: &Lend<'_>) -> ImporterSlot {
         let me = lent.identity();
         let mut free = None;
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -122,7 +124,7 @@ impl Importers {
             }
         }
         let share = Some(Share {
-            held: holds.share(lent),
+            held: held_for(lent),
             entries: 1,
         });
         match free {
@@ -144,17 +146,36 @@ impl Importers {
     }
 
     /// Drops one entry's hold on `slot`, then lets go of the share in `slot` and of the one in
-    /// the next slot in turn, each if no entry uses it and only the registry still references
+    /// the next slot in turn, each if no entry uses it and only the library still references
     /// its importer. Returns what it let go, for the caller to drop outside the lock.
     #[inline]
     pub fn release(&mut self, slot: ImporterSlot) -> LetGo {
         let at = slot.0 as usize;
-        if let Some(Some(s)) = self.slots.get_mut(at) {
-            s.entries = s.entries.saturating_sub(1);
-        }
+        self.unhold(slot);
         let other = self.next_look;
         self.next_look = (other + 1) % self.slots.len().max(1);
         [self.let_go_if_unused(at), self.let_go_if_unused(other)]
+    }
+
+    /// Drops one entry's hold on `slot` and nothing more (for a caller that holds the importer,
+    /// so its share stays).
+    pub fn unhold(&mut self, slot: ImporterSlot) {
+        let share = self.slots.get_mut(slot.0 as usize).and_then(Option::as_mut);
+        debug_assert!(
+            share.as_ref().is_some_and(|s| s.entries > 0),
+            "a hold let go of twice"
+        );
+        if let Some(s) = share {
+            s.entries = s.entries.saturating_sub(1);
+        }
+    }
+
+    /// Lets go of every share no entry uses whose importer only the library still references;
+    /// returns them, for the caller to drop outside the lock.
+    pub fn let_go_of_unused(&mut self) -> Vec<Arc<Held>> {
+        (0..self.slots.len())
+            .filter_map(|at| self.let_go_if_unused(at))
+            .collect()
     }
 
     fn let_go_if_unused(&mut self, at: usize) -> Option<Arc<Held>> {
@@ -195,34 +216,32 @@ mod tests {
         l.iter().all(Option::is_none)
     }
 
-    /// Holds `i` in shard `t` of a registry whose holds are `holds`, as a set-up does.
-    fn hold(t: &mut Importers, holds: &Holds, i: &Arc<dyn DmaImporter>) -> ImporterSlot {
+    /// Holds `i` in shard `t`, as a set-up does.
+    fn hold(t: &mut Importers, i: &Arc<dyn DmaImporter>) -> ImporterSlot {
         let share = || i.clone();
         let lent = Lend {
             importer: &**i,
             share: &share,
         };
-        t.hold(&lent, holds)
+        t.hold(&lent)
     }
 
     #[test]
     fn one_reference_however_many_entries_and_shards() {
-        let holds = Holds::default();
         let (mut s1, mut s2) = (Importers::default(), Importers::default());
         let a = nic(1);
-        let x = hold(&mut s1, &holds, &a);
-        assert_eq!(hold(&mut s1, &holds, &a), x, "one slot per importer");
-        hold(&mut s2, &holds, &a);
-        assert_eq!(Arc::strong_count(&a), 2, "the caller's and the registry's");
+        let x = hold(&mut s1, &a);
+        assert_eq!(hold(&mut s1, &a), x, "one slot per importer");
+        hold(&mut s2, &a);
+        assert_eq!(Arc::strong_count(&a), 2, "the caller's and the library's");
         assert!(Arc::ptr_eq(s1.get(x).unwrap(), &a));
     }
 
     #[test]
     fn kept_while_its_caller_holds_it_and_let_go_by_every_shard_after() {
-        let holds = Holds::default();
         let (mut s1, mut s2) = (Importers::default(), Importers::default());
         let a = nic(1);
-        let (x1, x2) = (hold(&mut s1, &holds, &a), hold(&mut s2, &holds, &a));
+        let (x1, x2) = (hold(&mut s1, &a), hold(&mut s2, &a));
         assert!(none(s1.release(x1)), "unused, but its caller holds it");
         assert!(none(s2.release(x2)));
         assert_eq!((s1.len(), s2.len()), (1, 1));
@@ -231,51 +250,60 @@ mod tests {
         // Each shard lets go at its next removal (of another importer's entry here); the
         // importer goes with the last share.
         let b = nic(2);
-        let y1 = hold(&mut s1, &holds, &b);
+        let y1 = hold(&mut s1, &b);
         let gone = s1.release(y1);
         assert_eq!(gone.iter().flatten().count(), 1);
         drop(gone);
         assert!(weak.upgrade().is_some(), "shard 2 still has its share");
-        let y2 = hold(&mut s2, &holds, &b);
-        drop(s2.release(y2));
+        assert_eq!(s2.let_go_of_unused().len(), 1, "looked at every slot");
         assert!(weak.upgrade().is_none());
         assert_eq!(
             (s1.len(), s2.len()),
-            (1, 1),
+            (1, 0),
             "b is kept: its caller holds it"
         );
     }
 
     #[test]
     fn an_importer_only_its_last_entry_held_goes_with_it_and_its_slot_is_reused() {
-        let holds = Holds::default();
         let mut t = Importers::default();
-        let s = hold(&mut t, &holds, &nic(1));
+        let s = hold(&mut t, &nic(1));
         let gone = t.release(s);
         assert_eq!(gone.iter().flatten().count(), 1, "nobody else holds it");
         drop(gone);
         assert_eq!(t.len(), 0);
         let b = nic(2);
-        let again = hold(&mut t, &holds, &b);
+        let again = hold(&mut t, &b);
         assert_eq!(again, s, "the free slot is reused");
         assert_eq!(t.get(again).unwrap().device(), b.device());
+        t.unhold(again);
+        let again = hold(&mut t, &b);
+        assert!(none(t.release(again)), "unhold kept the share");
     }
 
-    /// A new importer at the address of one that was dropped gets a hold of its own.
+    /// Importers held and then all dropped leave dead weak references in the table, which the
+    /// next new hold sweeps out once there are more than [`DEAD_HOLDS_KEPT`].
     #[test]
-    fn a_dead_hold_is_not_shared_with_a_newcomer() {
-        let holds = Holds::default();
+    fn dead_holds_are_swept_out() {
+        let many: Vec<Arc<dyn DmaImporter>> = (0..DEAD_HOLDS_KEPT as u8 + 8).map(nic).collect();
         let mut t = Importers::default();
-        for bus in 0..(DEAD_HOLDS_KEPT as u8 + 8) {
-            let i = nic(bus);
-            let s = hold(&mut t, &holds, &i);
-            assert_eq!(t.get(s).unwrap().device(), i.device());
-            drop(i);
+        let slots: Vec<ImporterSlot> = many.iter().map(|i| hold(&mut t, i)).collect();
+        let keys: Vec<usize> = slots
+            .iter()
+            .map(|&s| t.get(s).map_or(0, |i| Arc::as_ptr(i).cast::<()>() as usize))
+            .collect();
+        drop(many);
+        for s in slots {
             drop(t.release(s));
         }
-        assert!(
-            holds.0.lock().len() <= DEAD_HOLDS_KEPT + 1,
-            "dead holds swept"
-        );
+        assert_eq!(t.len(), 0, "each went with its last entry");
+        let fresh = nic(99);
+        hold(&mut t, &fresh);
+        let map = HOLDS.lock().unwrap_or_else(PoisonError::into_inner);
+        let dead = keys
+            .iter()
+            .filter(|k| map.get(k).is_some_and(|w| w.strong_count() == 0))
+            .count();
+        assert_eq!(dead, 0, "dead holds left in the table");
     }
 }

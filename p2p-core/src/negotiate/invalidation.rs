@@ -193,16 +193,18 @@ impl Negotiator {
         force: bool,
         report: &mut InvalidationReport,
     ) -> Result<()> {
-        let (importer, seq) = {
+        let (importer, device, seq) = {
             let inner = self.registry.shard_for(exporter).lock();
             let live = inner
                 .entries
                 .get(key)
                 .filter(|e| matches!(e.state, State::Live(_)));
-            match (live, inner.importer_of(key)) {
-                (Some(e), Some(importer)) => (importer, e.seq.current()),
-                _ => return Ok(()),
-            }
+            let Some(e) = live else { return Ok(()) };
+            // A live entry holds its importer (see the `importers` module); were it missing, the
+            // mapping is still torn down below, as a forced revoke's unacknowledged one is.
+            let importer = inner.importer_of(key);
+            debug_assert!(importer.is_some(), "a live entry without its importer");
+            (importer, e.device, e.seq.current())
         };
         let id = key.id;
         let notice = Invalidation {
@@ -212,16 +214,20 @@ impl Negotiator {
             kind,
             seq,
         };
-        if let Err(err) = importer.invalidate(&notice) {
-            if !force {
+        let told = match &importer {
+            Some(importer) => importer.invalidate(&notice),
+            None => Err(Error::Invalidated(id)),
+        };
+        if let Err(err) = told {
+            if !force && importer.is_some() {
                 return Err(Error::InvalidateFailed {
-                    device: importer.device(),
+                    device,
                     range: range.to_string(),
                     reason: err.to_string(),
                 });
             }
             // A reset does not wait for a device that cannot stop: its DMA will fault.
-            tracing::warn!(mapping = id, importer = %importer.device(), %err, "importer did not acknowledge a forced revoke");
+            tracing::warn!(mapping = id, importer = %device, %err, "importer did not acknowledge a forced revoke");
             report.unacknowledged += 1;
         }
         let taken = {

@@ -166,11 +166,15 @@ impl Negotiator {
     /// plan fails with [`Error::Refused`] and touches nothing.
     ///
     /// Takes the devices shared (`&Arc<MyExporter>` or `&Arc<dyn MemoryExporter>`): the
-    /// registry keeps them until the mapping is dropped, to tear it down. It keeps each importer
-    /// by one reference however many mappings use it, so that threads mapping through one
-    /// importer do not all write its reference count; it keeps that reference after the last
-    /// mapping while you still hold the importer, and lets it go within the registry shard's
-    /// next few drops once you do not (or with the negotiator).
+    /// registry keeps them until the mapping is dropped, to tear it down. Each importer is kept
+    /// by one reference however many mappings (in any negotiator) use it, so that threads
+    /// mapping through one importer do not all write its reference count. That reference stays
+    /// after the last mapping while you still hold the importer, and goes in the course of the
+    /// registry's next drops once you do not, at
+    /// [`Registry::let_go_of_unused_importers`](super::Registry::let_go_of_unused_importers),
+    /// or with the negotiator: an importer whose `Drop` must run at once (a hot-unplugged
+    /// device) is let go with that call, and an importer should reach its negotiator through a
+    /// `Weak`, not own it.
     pub fn establish<E, I>(
         &self,
         plan: &Plan,
@@ -242,18 +246,15 @@ impl Negotiator {
         let share = || importer.clone().into_dyn();
         // On the devices themselves: an `Arc` of an exporter may be an exporter too.
         let pair = Pair::new((**exporter).as_dyn(), (**importer).as_dyn());
-        if range.is_empty() {
-            return Err(empty_range());
-        }
+        // Before registering: a range out of bounds is refused at once, never waiting behind an
+        // invalidation of the memory.
+        check_range(pair.exporter, range)?;
         // The plan depends on where the memory is, so it is made after each attempt's
         // read_begin (the cache makes that cheap): a plan made before the registration could
-        // describe a place the memory left meanwhile (loom_protocol's establish_vs_move). The
-        // range is checked against the size those facts give (a refusal then leaves nothing:
-        // the entry is removed).
+        // describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
         self.register_and_publish((owned, &share), pair, range, access, |generation| {
             let facts = self.pair_facts(pair, access)?;
             let caps = facts.caps;
-            check_bounds(facts.info.size, range)?;
             Ok((self.plan_for_facts(facts, policy, generation)?, caps))
         })
     }
@@ -262,8 +263,9 @@ impl Negotiator {
     /// holds the importer in the shard, taking a reference with `share` only if the shard holds
     /// none yet), then runs [`publish`](Self::publish) with a plan, and the importer's capabilities
     /// it was made for, from `plan_for(generation)` each time (the topology generation to plan
-    /// in: the registration's for the first attempt, read again for the others), on the same
-    /// devices borrowed (`pair`). On failure the entry is gone.
+    /// in, read after the attempt's `read_begin`, which may have waited out an invalidation that
+    /// changed the topology), on the same devices borrowed (`pair`). On failure the entry is
+    /// gone.
     fn register_and_publish(
         &self,
         (exporter, share): (Arc<dyn MemoryExporter>, &dyn Fn() -> Arc<dyn DmaImporter>),
@@ -282,22 +284,18 @@ impl Negotiator {
                 importer: pair.importer,
                 share,
             };
-            let importer = (
-                inner.importers.hold(&lent, &self.registry.holds),
-                pair.device,
-            );
+            let importer = (inner.importers.hold(&lent), pair.device);
             let exporter = (exporter, pair.id);
             let entry = Entry::building(id, exporter, importer, range, access, seq.clone());
             let key = inner.insert(entry)?;
             (key, seq, inner.domains.get(pair.device, generation))
         };
-        let published = self.publish(key, &seq, pair, |attempt| {
-            let generation = match attempt {
-                0 => generation,
-                _ => self.platform.topology_generation(),
-            };
-            let (plan, caps) = plan_for(generation)?;
-            self.build(plan, pair, caps, range, domain.take())
+        let published = self.publish(key, &seq, pair, |_| {
+            let now = self.platform.topology_generation();
+            let (plan, caps) = plan_for(now)?;
+            // The shard's domain from the registration, if the topology has not changed since.
+            let domain = domain.take().filter(|_| now == generation);
+            self.build(plan, pair, caps, range, domain)
         });
         match published {
             Ok(_) => Ok(Mapping {
@@ -488,22 +486,17 @@ impl Negotiator {
 /// this bounds only a pathological stream of them.
 const MAX_ATTEMPTS: u32 = 64;
 
+/// `range` non-empty and inside the exporter's memory. Not inlined: inlined into `map`, with its
+/// errors, it made the set-up's frame larger and the map + drop measurably slower (a third
+/// slower in one build, for the same instructions).
+#[inline(never)]
 fn check_range(exporter: &dyn MemoryExporter, range: AddrRange<Offset>) -> Result<()> {
     if range.is_empty() {
-        return Err(empty_range());
+        return Err(Error::EmptyRange {
+            what: "exporter range",
+        });
     }
-    check_bounds(exporter.info().size, range)
-}
-
-fn empty_range() -> Error {
-    Error::EmptyRange {
-        what: "exporter range",
-    }
-}
-
-/// `range` inside an exporter's `0..size`.
-fn check_bounds(size: u64, range: AddrRange<Offset>) -> Result<()> {
-    let whole = AddrRange::new(Offset(0), size)?;
+    let whole = AddrRange::new(Offset(0), exporter.info().size)?;
     if !whole.contains_range(&range) {
         return Err(Error::OutOfBounds {
             kind: "offset",

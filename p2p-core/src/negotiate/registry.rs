@@ -4,7 +4,7 @@
 use super::domain_cache::{DomainCache, DomainRef};
 use super::entries::Entries;
 pub(crate) use super::entries::{Entry, Key};
-use super::importers::{Holds, Importers, LetGo};
+use super::importers::{Importers, LetGo};
 use super::sg::Segments;
 use super::FxHasher;
 use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
@@ -192,8 +192,9 @@ impl Inner {
     pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
         let exporter = entry.exporter_id;
         let Some(slot) = self.entries.next_slot() else {
-            // The caller holds the importer: letting go of this hold drops nothing.
-            drop(self.importers.release(entry.importer));
+            // The caller holds the importer, so the shard keeps its share: nothing is dropped
+            // under the lock.
+            self.importers.unhold(entry.importer);
             return Err(crate::Error::TooManyMappings {
                 exporter,
                 limit: Slab::<Entry>::CAPACITY,
@@ -410,8 +411,6 @@ pub struct Registry {
     /// Tells this registry's blocks apart from another registry's in a thread's cache.
     serial: u64,
     pub(crate) observer: Option<Arc<dyn MappingObserver>>,
-    /// The importers the shards hold, each once (see the `importers` module).
-    pub(crate) holds: Holds,
 }
 
 /// The registry's next mapping id, alone on a 128-byte pair of cache lines (adjacent-line
@@ -445,7 +444,6 @@ impl Registry {
             next_id: IdCounter::default(),
             serial: NEXT_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             observer,
-            holds: Holds::default(),
         }
     }
 
@@ -503,6 +501,24 @@ impl Registry {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Lets go now of every importer no mapping here uses and nobody else references any more.
+    ///
+    /// The registry keeps an importer after its last mapping while its caller still holds it
+    /// (so that a thread mapping and dropping through it does not write its reference count),
+    /// and lets it go in the course of later drops once only the library holds it. Call this
+    /// after dropping a device whose `Drop` must run now (a hot-unplugged NIC), or when no
+    /// more mappings will be dropped. Returns how many holds it let go (an importer is held once
+    /// by each registry shard that mapped it); an importer another negotiator still holds lives
+    /// on until that one lets go too.
+    pub fn let_go_of_unused_importers(&self) -> usize {
+        let mut gone = Vec::new();
+        for shard in self.shards.iter() {
+            gone.extend(shard.lock().importers.let_go_of_unused());
+        }
+        // Dropped here, outside every shard's lock: the last share drops the importer.
+        gone.len()
     }
 
     /// The mappings of `exporter` that overlap `range`, by id.

@@ -2,7 +2,7 @@
 //! exporter index against a model.
 
 use super::*;
-use crate::negotiate::importers::{Holds, Lend};
+use crate::negotiate::importers::Lend;
 use std::collections::HashSet;
 
 /// A building entry of `range` for `exporter` and `importer`, the importer held in `inner`'s
@@ -18,7 +18,7 @@ fn building(
         importer: &**importer,
         share: &share,
     };
-    let slot = inner.importers.hold(&lent, &Holds::default());
+    let slot = inner.importers.hold(&lent);
     Entry::building(
         id,
         (exporter.clone(), exporter.id()),
