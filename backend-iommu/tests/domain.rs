@@ -9,6 +9,9 @@ use p2p_core::testing::{TestExporter, TestHostMemory, TestImporter};
 use p2p_core::topology::presets;
 use std::sync::Arc;
 
+mod common;
+use common::SoftPlatform;
+
 const RW: Access = Access::READ.union(Access::WRITE);
 
 #[test]
@@ -142,25 +145,6 @@ fn two_threads_map_and_unmap_disjoint_ranges_correctly() {
         (1 << 48) - reserved,
         "no IOVA space lost, threads' caches included"
     );
-}
-
-#[derive(Debug)]
-struct SoftPlatform {
-    topology: Arc<Topology>,
-    nic: Arc<SoftIommu<VtdSecondLevel>>,
-    host: Arc<TestHostMemory>,
-}
-
-impl Platform for SoftPlatform {
-    fn topology(&self) -> Arc<Topology> {
-        self.topology.clone()
-    }
-    fn domain(&self, _device: PciAddr) -> Result<Arc<dyn IommuDomain>> {
-        Ok(self.nic.clone())
-    }
-    fn host_memory(&self) -> Arc<dyn MemoryExporter> {
-        self.host.clone()
-    }
 }
 
 #[test]

@@ -56,15 +56,16 @@ pub(crate) fn build(
     match built {
         // Boxed here, where it is built: the registry keeps it boxed, and a `Resources` moved
         // through the `Result`s on the way is a copy of a few hundred bytes each time.
-        Ok((mapped, segments, bounce)) => Ok(Box::new(Resources {
+        Ok((mapped, segments, bounce)) => Ok(Resources {
             strategy: plan.strategy.clone(),
             grant,
             bounce,
-            domain,
+            domain: Some(domain),
             iova: mapped.as_ref().map(|m| m.range),
             mapped: mapped.map(|m| m.pieces).unwrap_or_default(),
             segments,
-        })),
+        }
+        .boxed()),
         Err(e) => {
             release_quietly(exporter, &grant);
             Err(e)

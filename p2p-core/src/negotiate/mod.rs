@@ -54,6 +54,7 @@ mod plan_cache;
 mod policy;
 pub mod protocol;
 mod registry;
+mod resources;
 mod seq;
 mod sg;
 

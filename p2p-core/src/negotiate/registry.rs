@@ -1,71 +1,22 @@
 //! The mapping registry: every live mapping, indexed by exporter, and the resources each
 //! holds (grant, IOVA range, bounce buffer).
 
-use super::domain_cache::{DomainCache, DomainRef};
+use super::domain_cache::DomainCache;
 use super::entries::Entries;
 pub(crate) use super::entries::{Entry, Key};
 use super::importers::{Importers, LetGo};
-use super::sg::Segments;
+pub(crate) use super::resources::{MappedPieces, Resources};
 use super::FxHasher;
-use super::{MappingEvent, MappingObserver, Sequence, Strategy, TeardownCause};
-use crate::addr::{AddrRange, Iova, Offset};
+use super::{MappingEvent, MappingObserver, Sequence, TeardownCause};
+use crate::addr::{AddrRange, Offset};
 use crate::error::Result;
 use crate::pci::PciAddr;
 use crate::slab::Slab;
 use crate::sync::{AtomicU64, Mutex, Ordering};
-use crate::traits::{
-    DmaImporter, ExportGrant, ExporterId, InvalidationKind, IommuDomain, MemoryExporter,
-};
-use smallvec::SmallVec;
+use crate::traits::{DmaImporter, ExporterId, InvalidationKind, MemoryExporter};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
-
-/// The pieces of an IOVA range mapped one `map` call each: one for a one-chunk mapping, held
-/// inline.
-pub(crate) type MappedPieces = SmallVec<[(Iova, u64); 1]>;
-
-/// What an established mapping holds; [`Resources::teardown`] gives all of it back.
-#[derive(Debug)]
-pub(crate) struct Resources {
-    pub strategy: Strategy,
-    pub grant: ExportGrant,
-    pub bounce: Option<(Arc<dyn MemoryExporter>, ExportGrant)>,
-    /// The importer's domain, as its shard wraps it (see the `domain_cache` module).
-    pub domain: DomainRef,
-    pub iova: Option<AddrRange<Iova>>,
-    /// The pieces of `iova` mapped by one `map` call each (one per chunk), unmapped the same way
-    /// (as dma-debug expects every unmap to match its map).
-    pub mapped: MappedPieces,
-    pub segments: Segments,
-}
-
-impl Resources {
-    /// Unmaps, flushes, frees the IOVA range and releases the grants. Every step runs even if
-    /// an earlier one failed; the first error is returned. Returns the bytes unmapped.
-    pub fn teardown(self: Box<Self>, exporter: &dyn MemoryExporter) -> Result<u64> {
-        let mut first: Option<crate::Error> = None;
-        let mut keep = |r: Result<()>| {
-            if let Err(e) = r {
-                first.get_or_insert(e);
-            }
-        };
-        let mut unmapped = 0;
-        if let Some(iova) = self.iova {
-            let domain: &dyn IommuDomain = &**self.domain;
-            keep(
-                domain
-                    .unmap_and_free(iova, &self.mapped)
-                    .map(|n| unmapped = n),
-            );
-        }
-        if let Some((host, g)) = &self.bounce {
-            keep(host.release(g));
-        }
-        keep(exporter.release(&self.grant));
-        first.map_or(Ok(unmapped), Err)
-    }
-}
 
 /// What removing an entry hands back, to be torn down and dropped after the shard's lock is
 /// released (the last reference to a device may be in it).
