@@ -122,9 +122,23 @@ impl Negotiator {
         E: MemoryExporter + ?Sized,
         I: DmaImporter + ?Sized,
     {
-        let device = importer.device();
+        let identities = (exporter.id(), importer.device());
+        self.facts_known((exporter, importer), identities, access)
+    }
+
+    /// [`facts`](Self::facts) of devices whose id and address the caller already has.
+    fn facts_known<E, I>(
+        &self,
+        (exporter, importer): (&E, &I),
+        (id, device): (ExporterId, PciAddr),
+        access: Access,
+    ) -> Result<Facts>
+    where
+        E: MemoryExporter + ?Sized,
+        I: DmaImporter + ?Sized,
+    {
         Ok(Facts {
-            exporter: exporter.id(),
+            exporter: id,
             info: exporter.info(),
             importer: device,
             caps: importer.caps(),
@@ -133,16 +147,22 @@ impl Negotiator {
         })
     }
 
-    /// [`facts`](Self::facts) of a pair whose identities are known.
-    fn pair_facts(&self, pair: Pair<'_>, access: Access) -> Result<Facts> {
-        Ok(Facts {
-            exporter: pair.id,
-            info: pair.exporter.info(),
-            importer: pair.device,
-            caps: pair.importer.caps(),
-            domain: self.platform.domain_kind(pair.device)?,
+    /// The plan for `pair` now, in topology `generation`, with the importer's capabilities it was
+    /// made from (what the set-up uses).
+    fn plan_pair(
+        &self,
+        pair: Pair<'_>,
+        access: Access,
+        policy: &Policy,
+        generation: u64,
+    ) -> Result<(Arc<Plan>, ImporterCaps)> {
+        let facts = self.facts_known(
+            (pair.exporter, pair.importer),
+            (pair.id, pair.device),
             access,
-        })
+        )?;
+        let caps = facts.caps;
+        Ok((self.plan_for_facts(facts, policy, generation)?, caps))
     }
 
     fn plan(&self, topo: &Topology, facts: &Facts, policy: &Policy) -> Result<Plan> {
@@ -253,9 +273,7 @@ impl Negotiator {
         // read_begin (the cache makes that cheap): a plan made before the registration could
         // describe a place the memory left meanwhile (loom_protocol's establish_vs_move).
         self.register_and_publish((owned, &share), pair, range, access, |generation| {
-            let facts = self.pair_facts(pair, access)?;
-            let caps = facts.caps;
-            Ok((self.plan_for_facts(facts, policy, generation)?, caps))
+            self.plan_pair(pair, access, policy, generation)
         })
     }
 
@@ -454,10 +472,8 @@ impl Negotiator {
         };
         let pair = Pair::new(&*exporter, &*importer);
         let published = self.publish(mapping.key, &mapping.seq, pair, |_| {
-            let facts = self.pair_facts(pair, access)?;
-            let caps = facts.caps;
             let generation = self.platform.topology_generation();
-            let plan = self.plan_for_facts(facts, policy, generation)?;
+            let (plan, caps) = self.plan_pair(pair, access, policy, generation)?;
             self.build(plan, pair, caps, mapping.range, None)
         });
         match &published {
