@@ -8,11 +8,13 @@
 //!
 //! A frame that was ever reachable from the root is given back with
 //! [`Frames::retire`]: it is counted free at once but reused only after every thread that may
-//! still be walking through it has moved on (an epoch, as Linux frees tables after an RCU grace
-//! period or the IOTLB sync). Frames that never became reachable go back at once with
-//! [`Frames::release`].
+//! still be walking through it has moved on (the domain's grace periods, as Linux frees tables
+//! after an RCU grace period or the IOTLB sync: the `grace` module). Frames that never became
+//! reachable go back at once with [`Frames::release`].
 
-use crate::sync::{epoch, AtomicU64, Mutex, Ordering};
+use crate::grace::Grace;
+pub use crate::grace::Pin;
+use crate::sync::{spin, AtomicU64, Mutex, Ordering};
 use p2p_core::{Error, Result};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::Arc;
@@ -31,13 +33,39 @@ const MAX_FRAMES: usize = 1 << 16;
 #[cfg(loom)]
 const MAX_FRAMES: usize = 16;
 
-/// Frames given back and reusable: `clean` ones hold only zero entries; `dirty` ones are whole
-/// tables an unmap detached with their entries in place (Linux frees such a subtree without
-/// clearing it), zeroed when they are handed out again.
+/// Frames given back: `clean` ones hold only zero entries; `dirty` ones are whole tables an
+/// unmap detached with their entries in place (Linux frees such a subtree without clearing it),
+/// zeroed when they are handed out again. Both are reusable now; `limbo` holds retired frames
+/// with the epoch they were unlinked in, until a grace period has passed.
 #[derive(Debug, Default)]
 struct FreeFrames {
     clean: Vec<u32>,
     dirty: Vec<u32>,
+    limbo: Vec<(u64, Vec<Retired>)>,
+}
+
+impl FreeFrames {
+    /// Moves the retired frames whose grace period has passed to the reusable lists, advancing
+    /// the epoch as far as running walks allow (two steps free what was retired just now).
+    fn collect(&mut self, grace: &Grace) {
+        if self.limbo.is_empty() {
+            return;
+        }
+        for _ in 0..2 {
+            grace.try_advance();
+        }
+        let (passed, waiting) = std::mem::take(&mut self.limbo)
+            .into_iter()
+            .partition(|(tag, _)| grace.has_passed(*tag));
+        self.limbo = waiting;
+        for r in passed.into_iter().flat_map(|(_, frames)| frames) {
+            if r.dirty {
+                self.dirty.push(r.frame);
+            } else {
+                self.clean.push(r.frame);
+            }
+        }
+    }
 }
 
 /// Decides, at each page-table frame allocation, whether it fails (fault injection), given the
@@ -97,8 +125,10 @@ pub struct Frames {
     arena: Box<[Table]>,
     /// Frames never handed out yet start here.
     next: AtomicU32,
-    /// Frames given back, reusable now.
-    free: Arc<Mutex<FreeFrames>>,
+    /// Frames given back, reusable now or after their grace period.
+    free: Mutex<FreeFrames>,
+    /// When retired frames may be reused.
+    grace: Grace,
     live: AtomicUsize,
     /// Which frames are handed out, checked in debug builds.
     #[cfg(debug_assertions)]
@@ -122,8 +152,8 @@ impl std::fmt::Debug for Frames {
 /// Frames whose memory a new arena touches at once (256 KiB): a domain's first tables.
 const PREFAULTED: usize = 64;
 
-/// Collector runs an allocation waits for when the arena is used up and retired frames may come
-/// back (each lets the epoch advance once if no walk holds it).
+/// Collections an allocation tries when the arena is used up and retired frames may come back
+/// (between them, walks still pinned get time to end).
 const COLLECT_TRIES: usize = 8;
 
 /// `MAX_FRAMES` zeroed frames. A zeroed allocation (`calloc`): the pages are the kernel's zero
@@ -156,7 +186,8 @@ impl Frames {
             base,
             arena,
             next: AtomicU32::new(0),
-            free: Arc::default(),
+            free: Mutex::default(),
+            grace: Grace::default(),
             live: AtomicUsize::new(0),
             #[cfg(debug_assertions)]
             owned: Owned::new(),
@@ -215,17 +246,21 @@ impl Frames {
         }
     }
 
-    /// A frame from the free lists, zeroed: a clean one first, else a dirty one.
+    /// A frame from the free lists, zeroed: a clean one first, else a dirty one, collecting the
+    /// retired frames whose grace period has passed if both lists are empty.
     fn reused(&self) -> Option<u32> {
         let (f, dirty) = {
             let mut free = self.free.lock();
+            if free.clean.is_empty() && free.dirty.is_empty() {
+                free.collect(&self.grace);
+            }
             match free.clean.pop() {
                 Some(f) => (f, false),
                 None => (free.dirty.pop()?, true),
             }
         };
         if dirty {
-            // Nobody can read it any more (its epoch has passed): plain stores do.
+            // Nobody can read it any more (its grace period has passed): plain stores do.
             for e in self.table(f) {
                 e.store(0, Ordering::Relaxed);
             }
@@ -246,13 +281,13 @@ impl Frames {
             .ok()
     }
 
-    /// The arena is used up: frames retired but not yet past their epoch may come back if the
-    /// collector runs (Linux's flush-and-retry). A few collector runs, then none.
+    /// The arena is used up: frames retired but not yet past their grace period may come back
+    /// once the walks pinned before it end (Linux's flush-and-retry). A few tries, then none.
     #[cold]
     #[inline(never)]
     fn reused_after_collecting(&self) -> Option<u32> {
         (0..COLLECT_TRIES).find_map(|_| {
-            epoch::flush();
+            spin();
             self.reused()
         })
     }
@@ -291,21 +326,29 @@ impl Frames {
         }
         self.live
             .fetch_sub(frames.len(), std::sync::atomic::Ordering::AcqRel);
-        let free = self.free.clone();
-        epoch::defer(move || {
-            let mut free = free.lock();
-            for r in frames {
-                if r.dirty {
-                    free.dirty.push(r.frame);
-                } else {
-                    free.clean.push(r.frame);
-                }
-            }
-        });
-        epoch::flush();
+        // The caller unlinked them before this read: a walk pinned at this epoch or before may
+        // still hold them, one pinned later cannot reach them.
+        let tag = self.grace.epoch();
+        let mut free = self.free.lock();
+        free.limbo.push((tag, frames));
+        free.collect(&self.grace);
     }
 
-    /// Frames in use (retired frames waiting for their epoch count as free).
+    /// Pins the grace period for a walk: no frame unlinked and retired after this call is
+    /// reused while the pin lives. Every walk that reads tables without a lock holds one (the
+    /// page table's own do; a walker of its own over [`read_phys`](Self::read_phys) needs it
+    /// too). Cheap: two atomic increments on a cache line of the thread's own.
+    #[inline]
+    pub fn pin(&self) -> Pin<'_> {
+        self.grace.pin()
+    }
+
+    /// Moves every retired frame whose grace period has passed to the reusable lists.
+    pub fn collect(&self) {
+        self.free.lock().collect(&self.grace);
+    }
+
+    /// Frames in use (retired frames waiting for their grace period count as free).
     pub fn live(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -360,10 +403,9 @@ impl Frames {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
-    /// A table retired with its entries in place is handed out again zeroed, once its epoch has
-    /// passed (other tests pin too, so the wait is bounded in time, not in steps).
+    /// A table retired with its entries in place is handed out again zeroed, once its grace
+    /// period has passed.
     #[test]
     fn a_dirty_frame_is_reused_zeroed() {
         let frames = Frames::new(0x7f00_0000_0000).unwrap();
@@ -376,17 +418,30 @@ mod tests {
             dirty: true,
         }]);
         assert_eq!(frames.live(), 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !frames.free.lock().dirty.contains(&f) {
-            crossbeam_epoch::pin().flush();
-            assert!(
-                Instant::now() < deadline,
-                "the retired frame never came back"
-            );
-        }
+        assert!(
+            frames.free.lock().dirty.contains(&f),
+            "no walk is pinned: the retired frame is reusable at once"
+        );
         let g = frames.alloc(0).unwrap();
         assert_eq!(g, f, "no clean frame is free, so the dirty one is reused");
         assert!(frames.is_empty(g), "a dirty frame came back with entries");
+    }
+
+    /// A frame retired while a walk is pinned is not handed out again until the walk ends.
+    #[test]
+    fn a_frame_retired_under_a_walk_waits_for_it() {
+        let frames = Frames::new(0x7f00_0000_0000).unwrap();
+        let f = frames.alloc(0).unwrap();
+        let walk = frames.pin();
+        frames.retire(f);
+        let g = frames.alloc(0).unwrap();
+        assert_ne!(g, f, "reused under a walk that may still read it");
+        frames.collect();
+        assert!(!frames.free.lock().clean.contains(&f));
+        drop(walk);
+        frames.collect();
+        assert!(frames.free.lock().clean.contains(&f), "the walk ended");
+        assert_eq!(frames.alloc(0).unwrap(), f);
     }
 
     /// Past the end of the arena every fresh allocation fails (and keeps failing: the counter

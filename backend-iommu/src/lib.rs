@@ -20,6 +20,7 @@
 pub mod domain;
 pub mod format;
 pub mod frames;
+mod grace;
 #[allow(unsafe_code)]
 pub mod iommufd;
 pub mod iotlb;

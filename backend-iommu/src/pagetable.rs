@@ -29,7 +29,8 @@
 //!   when reused (the `detach` module).
 //! - **Unlinked tables are freed only after the flush that follows** (Linux's
 //!   `iommu_iotlb_gather` freelist, [`PageTable::release_freelist`]) and then reused only after
-//!   every walk that could still read them has ended (an epoch, see `Frames::retire`).
+//!   every walk that could still read them has ended (the domain's grace periods, see
+//!   `Frames::retire`).
 //!
 //! - **One 4 KiB page whose tables exist** (the DMA-API case) takes a fast path of the same
 //!   protocol: a walk of three entries, one compare-and-swap, and for a map the fence and the
@@ -39,7 +40,7 @@
 
 use crate::format::{index, level_size, Format, Pte};
 use crate::frames::{Frames, Retired, Table, ENTRIES};
-use crate::sync::{epoch, fence, spin, AtomicBool, Mutex, Ordering::SeqCst};
+use crate::sync::{fence, spin, AtomicBool, Mutex, Ordering::SeqCst};
 use p2p_core::access::Access;
 use p2p_core::{Error, Result};
 use std::marker::PhantomData;
@@ -162,7 +163,7 @@ impl<F: Format> PageTable<F> {
     #[inline]
     pub fn map(&self, iova: u64, phys: u64, len: u64, access: Access, mmio: bool) -> Result<()> {
         self.check_space(iova, len)?;
-        let _walking = epoch::pin();
+        let _walking = self.frames.pin();
         if len == PAGE && (iova | phys) % PAGE == 0 {
             let leaf = F::leaf(phys, 0, access, mmio);
             if self.map_page_fast(iova, leaf).is_some() {
@@ -299,7 +300,7 @@ impl<F: Format> PageTable<F> {
         if iova >> F::IAS != 0 {
             return None;
         }
-        let _walking = epoch::pin();
+        let _walking = self.frames.pin();
         let mut table_phys = self.frames.phys(self.root);
         for level in (0..=ROOT).rev() {
             let pte = self
@@ -332,7 +333,7 @@ impl<F: Format> PageTable<F> {
     pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
         self.check_space(iova, len)?;
         if len == PAGE && iova % PAGE == 0 {
-            let _walking = epoch::pin();
+            let _walking = self.frames.pin();
             if let Some(n) = self.unmap_page_fast(iova) {
                 return Ok(n);
             }
@@ -348,7 +349,7 @@ impl<F: Format> PageTable<F> {
         }
         // `unmap` checked the range lies in the 2^IAS input space: no overflow.
         let end = iova + len;
-        let _walking = epoch::pin();
+        let _walking = self.frames.pin();
         let split = |page_start: u64, page_size: u64| Error::WouldSplit {
             iova,
             len,
@@ -524,7 +525,7 @@ impl<F: Format> PageTable<F> {
     /// Unlinks every empty table (bottom up), for the freelist: the memory a long-running domain
     /// would otherwise keep for ranges it no longer maps. Safe while other threads map and walk.
     pub fn reclaim(&self) {
-        let _walking = epoch::pin();
+        let _walking = self.frames.pin();
         self.reclaim_below(self.root_table(), ROOT);
     }
 

@@ -1,5 +1,5 @@
 //! The primitives the software IOMMU's concurrency protocols use (page-table entries, the flush
-//! queue, the IOTLB's slot words, deferred reclamation), in one place so that `RUSTFLAGS="--cfg loom"` swaps them for
+//! queue, the IOTLB's slot words, the grace periods' counters), in one place so that `RUSTFLAGS="--cfg loom"` swaps them for
 //! [loom]'s model-checked versions (`backend-iommu/tests/loom_iotlb.rs`, `loom_pagetable.rs`).
 //!
 //! [loom]: https://docs.rs/loom
@@ -40,40 +40,13 @@ mod model {
     }
 }
 
-/// Deferred reclamation of page-table frames: a walk pins the current epoch for as long as it
-/// holds table references, and a retired frame is reused only after every pin that could have
-/// seen it has ended ([crossbeam-epoch], the user-space counterpart of the RCU grace period
-/// Linux waits before freeing tables). Under loom, retired frames are never reused: the models
-/// check the install / unlink protocol, and reclamation is crossbeam's.
-///
-/// [crossbeam-epoch]: https://docs.rs/crossbeam-epoch
-pub(crate) mod epoch {
-    /// Holds the epoch while alive.
-    #[cfg(not(loom))]
-    pub(crate) type Guard = crossbeam_epoch::Guard;
-    /// Holds nothing: under loom nothing is reclaimed.
+/// Under loom, a `SeqCst` fence; otherwise nothing. For a Dekker pattern written with `SeqCst`
+/// accesses alone, which the language orders totally (no thread's later load can miss another's
+/// earlier store in that order): loom models `SeqCst` accesses as acquire / release only
+/// (tokio-rs/loom#180), so without the fence it reports executions no compiler or CPU allows. The
+/// fence makes loom see the order the real accesses already have; the real code pays nothing.
+#[inline(always)]
+pub(crate) fn seq_cst_accesses_for_loom() {
     #[cfg(loom)]
-    pub(crate) type Guard = ();
-
-    /// Pins the current epoch for the duration of a walk.
-    pub(crate) fn pin() -> Guard {
-        #[cfg(not(loom))]
-        return crossbeam_epoch::pin();
-    }
-
-    /// Runs `f` once no pinned walk can still see what it frees.
-    pub(crate) fn defer(f: impl FnOnce() + Send + 'static) {
-        #[cfg(not(loom))]
-        crossbeam_epoch::pin().defer(f);
-        #[cfg(loom)]
-        drop(f);
-    }
-
-    /// Hands this thread's deferred work to the collector and lets it advance the epoch and run
-    /// what is due: without it, work waits for the thread's next 128 pins, and an unmap of a
-    /// large range retires hundreds of tables at once.
-    pub(crate) fn flush() {
-        #[cfg(not(loom))]
-        crossbeam_epoch::pin().flush();
-    }
+    fence(Ordering::SeqCst);
 }

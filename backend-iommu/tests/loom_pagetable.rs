@@ -4,7 +4,7 @@
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p backend-iommu --release --test loom_pagetable`
 //! (CI runs it; the default preemption bound is 2: each unlink scans 512 entries, and every scan
-//! is a point where loom may switch threads).
+//! is a point where loom may switch threads; 3 for the frames' grace periods, which scan nothing).
 #![cfg(loom)]
 
 use backend_iommu::{PageTable, VtdSecondLevel};
@@ -17,8 +17,13 @@ const BASE: u64 = 0x4000_0000;
 const RW: Access = Access::READ.union(Access::WRITE);
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_preempting(2, f);
+}
+
+/// [`model`] with `bound` preemptions unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+fn model_preempting(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
-    b.preemption_bound = b.preemption_bound.or(Some(2));
+    b.preemption_bound = b.preemption_bound.or(Some(bound));
     b.max_branches = 100_000;
     b.check(f);
 }
@@ -274,4 +279,62 @@ fn overlapping_unmaps_that_detach_retire_each_table_once() {
             "a table was left behind, or retired twice"
         );
     });
+}
+
+/// The grace periods of the frames (the `grace` module): a walker pins, reads the link to a
+/// table and then the table; meanwhile the table is unlinked, retired with its entries in place,
+/// and the arena asked for frames, each of which then gets a new entry. With `advancer`, a third
+/// thread retires a frame of its own at the same time, so the epoch also moves between the
+/// walker's steps and between an advance's check and its swap. The walker, if it read the link
+/// before the unlink, must still find the old entry: a frame is never handed out again while a
+/// walk that could have reached it runs. Three preemptions: the fewest that find a pin which
+/// does not re-read the epoch after counting itself (the `grace` module says why it must).
+fn frame_reuse_under_a_walk(advancer: bool) {
+    use backend_iommu::frames::{Frames, Retired};
+    use loom::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    const OLD: u64 = 0x1111_1003;
+    const NEW: u64 = 0x2222_2003;
+    model_preempting(3, move || {
+        let frames = Arc::new(Frames::new(0x7f00_0000_0000).unwrap());
+        let table = frames.alloc(0).unwrap();
+        let other = frames.alloc(0).unwrap();
+        // The arena's other frames are in use: a new table can only be a retired one.
+        while frames.alloc(0).is_ok() {}
+        frames.table(table)[0].store(OLD, SeqCst);
+        let link = Arc::new(AtomicU64::new(frames.phys(table)));
+        let walker = {
+            let (frames, link) = (frames.clone(), link.clone());
+            loom::thread::spawn(move || {
+                let _walking = frames.pin();
+                let phys = link.load(SeqCst);
+                if phys != 0 {
+                    assert_eq!(frames.read_phys(phys), OLD, "the walk read a reused frame");
+                }
+            })
+        };
+        let retire = |frame| vec![Retired { frame, dirty: true }];
+        let advancing = advancer.then(|| {
+            let frames = frames.clone();
+            loom::thread::spawn(move || frames.retire_all(retire(other)))
+        });
+        link.store(0, SeqCst);
+        frames.retire_all(retire(table));
+        while let Ok(reused) = frames.alloc(0) {
+            frames.table(reused)[0].store(NEW, SeqCst);
+        }
+        walker.join().unwrap();
+        if let Some(t) = advancing {
+            t.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_frame_is_not_reused_under_a_walk() {
+    frame_reuse_under_a_walk(false);
+}
+
+#[test]
+fn a_frame_is_not_reused_under_a_walk_that_pinned_during_an_advance() {
+    frame_reuse_under_a_walk(true);
 }

@@ -165,9 +165,7 @@ mod tests {
         t.release_freelist();
         assert_eq!(t.live_frames(), 2, "root and the level-2 table stay");
         // The detached tables come back zeroed: a new map sees only its own entries.
-        for _ in 0..64 {
-            crossbeam_epoch::pin().flush();
-        }
+        t.frames().collect();
         t.map(SZ_1G, 0x8000_0000, SZ_2M, RW, false).unwrap();
         t.map(SZ_1G + SZ_2M, 0x9000_0000, SZ_4K, RW, false).unwrap();
         assert_eq!(t.translate(SZ_1G + SZ_2M + SZ_4K), None);
@@ -207,7 +205,7 @@ mod tests {
         let va = 2 * SZ_1G - SZ_2M;
         let bits = VtdSecondLevel::leaf(0, 0, RW, false);
         let leaf = |k: usize| (0x1_0000_1000 + k as u64 * SZ_4K) | bits;
-        let pinned = crossbeam_epoch::pin();
+        let pinned = t.frames().pin();
         // The mapper, up to its fence: a new table, prefilled, installed.
         let run = Run {
             first: 0,
@@ -226,9 +224,7 @@ mod tests {
         t.release_freelist();
         assert_eq!(t.live_frames(), 2, "root and level-2 table");
         drop(pinned);
-        for _ in 0..256 {
-            crossbeam_epoch::pin().flush();
-        }
+        t.frames().collect();
         let got: Vec<u32> = (0..3).map(|_| t.frames().alloc(0).unwrap()).collect();
         assert!(
             got[0] != got[1] && got[1] != got[2] && got[0] != got[2],
@@ -243,7 +239,7 @@ mod tests {
     fn an_unmap_inside_a_detached_subtree_takes_nothing() {
         let t = table();
         t.map(SZ_1G, SZ_1G + SZ_4K, SZ_1G, RW, false).unwrap();
-        let _pinned = crossbeam_epoch::pin();
+        let _pinned = t.frames().pin();
         let late = t.walk(SZ_1G + SZ_2M);
         assert_eq!(t.unmap(SZ_1G, SZ_1G).unwrap(), SZ_1G);
         assert_eq!(t.detach_covered(&late, SZ_1G + SZ_2M, SZ_2M), None);

@@ -302,6 +302,7 @@ impl PlanCache {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     fn key() -> Key {
         use crate::traits::{DomainKind, ExporterId, ExporterInfo, ImporterCaps, Residency};
@@ -355,6 +356,25 @@ mod tests {
                 });
             });
             assert!(cache.hit_counters.lock().live.len() <= 2);
+            // A thread lets its counter go in its thread-local destructor, which may run after
+            // the scope saw it finish: wait (bounded) until only this thread's is held, so that
+            // the next thread's registration finds the exited one's to retire.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let held = || {
+                let counters = cache.hit_counters.lock();
+                counters
+                    .live
+                    .iter()
+                    .filter(|c| Arc::strong_count(c) > 1)
+                    .count()
+            };
+            while held() > 1 {
+                assert!(
+                    Instant::now() < deadline,
+                    "an exited thread's counter is held"
+                );
+                std::thread::yield_now();
+            }
         }
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses), (60, 1), "{stats:?}");
