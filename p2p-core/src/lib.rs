@@ -73,6 +73,7 @@ pub mod guide;
 #[cfg(feature = "serde")]
 mod hex;
 pub mod negotiate;
+mod own_lines;
 pub mod page;
 pub mod pci;
 pub mod rand;

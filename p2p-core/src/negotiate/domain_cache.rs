@@ -9,12 +9,16 @@
 //! A mapping keeps the domain it was made in even after the topology changes (the platform may
 //! then answer with another): its wrapper holds the platform's `Arc`.
 
+use crate::own_lines::OwnLines;
 use crate::pci::PciAddr;
 use crate::traits::IommuDomain;
 use std::sync::Arc;
 
-/// A domain as a shard hands it to mappings: this shard's wrapper of the platform's `Arc`.
-pub(crate) type DomainRef = Arc<Arc<dyn IommuDomain>>;
+/// A domain as a shard hands it to mappings: this shard's wrapper of the platform's `Arc`, on
+/// lines of its own (see the `own_lines` module): the wrapper's count is written on every map
+/// and drop, and a wrapper alone is a 32-byte block that would share a line with its
+/// neighbours on the heap.
+pub(crate) type DomainRef = Arc<OwnLines<Arc<dyn IommuDomain>>>;
 
 /// One shard's domains, for the topology generation they were looked up in.
 #[derive(Debug, Default)]
@@ -52,7 +56,7 @@ impl DomainCache {
         if let Some(known) = self.get(device, generation) {
             return known;
         }
-        let wrapped: DomainRef = Arc::new(domain);
+        let wrapped: DomainRef = Arc::new(OwnLines(domain));
         self.domains.push((device, wrapped.clone()));
         wrapped
     }

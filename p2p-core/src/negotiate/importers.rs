@@ -87,7 +87,11 @@ impl Lend<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ImporterSlot(u32);
 
+/// On 128-byte lines of its own (see the `own_lines` module): its count is written on every map
+/// and drop by the thread mapping this shard's exporter, and the slots' buffer is a small heap
+/// block next to whatever else its allocating thread got.
 #[derive(Debug)]
+#[repr(align(128))]
 struct Share {
     held: Arc<Held>,
     /// The shard's entries using it.

@@ -210,7 +210,12 @@ impl fmt::Display for Reason {
 }
 
 /// The negotiator's answer for one (exporter, importer, access, policy).
+///
+/// Aligned to 128 bytes: every mapping holds its plan's `Arc`, so the count in front of a plan
+/// is written on every map and drop by the threads mapping that pair, and must not share a line
+/// with another plan, which other threads' mappings write.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[repr(align(128))]
 pub struct Plan {
     /// The exporter it was made for.
     pub exporter: ExporterId,

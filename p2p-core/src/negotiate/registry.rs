@@ -10,6 +10,7 @@ use super::FxHasher;
 use super::{MappingEvent, MappingObserver, Sequence, TeardownCause};
 use crate::addr::{AddrRange, Offset};
 use crate::error::Result;
+use crate::own_lines::OwnLines;
 use crate::pci::PciAddr;
 use crate::slab::Slab;
 use crate::sync::{AtomicU64, Mutex, Ordering};
@@ -113,7 +114,7 @@ pub(crate) struct Inner {
     /// An exporter whose last mapping went keeps its key with `None`, so that mapping and
     /// dropping one page at a time changes a value instead of inserting and removing a key;
     /// the `None`s are swept out when they outnumber the rest (see [`Inner::emptied`]).
-    heads: HashMap<ExporterId, Option<u32>, BuildHasherDefault<FxHasher>>,
+    heads: HashMap<ExporterId, OwnLines<Option<u32>>, BuildHasherDefault<FxHasher>>,
     /// How many of `heads` are `None`.
     empty_heads: usize,
     /// Invalidations running now (few: one per exporter being moved or revoked).
@@ -121,7 +122,7 @@ pub(crate) struct Inner {
     next_token: u64,
     /// Sequences of removed entries that nothing else held, for new entries to take instead of
     /// allocating one each (at most [`SPARE_SEQUENCES`]).
-    spare: Vec<Arc<Sequence>>,
+    spare: Vec<OwnLines<Arc<Sequence>>>,
     /// The importers' domains, wrapped once for this shard's mappings.
     pub domains: DomainCache,
     /// The importers this shard's entries use, each held once (see the `importers` module).
@@ -167,7 +168,7 @@ impl Inner {
                 older
             }
             None => {
-                self.heads.insert(exporter, Some(slot));
+                self.heads.insert(exporter, OwnLines(Some(slot)));
                 None
             }
         };
@@ -226,7 +227,7 @@ impl Inner {
     /// one. Reusing one is sound because a sequence promises only that its value changes when an
     /// invalidation begins or ends; its starting value means nothing.
     pub fn fresh_sequence(&mut self) -> Arc<Sequence> {
-        self.spare.pop().unwrap_or_default()
+        self.spare.pop().map_or_else(Arc::default, |s| s.0)
     }
 
     /// The importer of the entry at `key`, shared (for a call outside the lock).
@@ -259,7 +260,7 @@ impl Inner {
                 }
             }
             (None, Some(o)) => {
-                self.heads.insert(e.exporter_id, Some(o));
+                self.heads.insert(e.exporter_id, OwnLines(Some(o)));
             }
             (None, None) => self.emptied(e.exporter_id),
         }
@@ -272,7 +273,7 @@ impl Inner {
             ..
         } = e;
         if Arc::strong_count(&seq) == 2 && self.spare.len() < SPARE_SEQUENCES {
-            self.spare.push(seq);
+            self.spare.push(OwnLines(seq));
         }
         Some(Removed {
             exporter,
@@ -302,7 +303,7 @@ impl Inner {
     /// id), so that invalidations tear down in the same order whatever the set-up order was.
     pub fn overlapping(&self, exporter: ExporterId, range: &AddrRange<Offset>) -> Vec<Key> {
         let mut found = Vec::new();
-        let mut at = self.heads.get(&exporter).copied().flatten();
+        let mut at = self.heads.get(&exporter).and_then(|head| head.0);
         // Every slot in the list holds an entry of this exporter: insert links it, remove
         // unlinks it. The walk still stops at another's entry and after as many steps as there
         // are entries, so that a broken link could not make it return another exporter's
@@ -358,17 +359,11 @@ pub struct Registry {
     /// same program gives the same ids (a machine's event log is reproducible). On lines of its
     /// own: every thread reads `shards` on every map and drop, and a block taken here would
     /// otherwise take that line from every other thread's cache.
-    next_id: IdCounter,
+    next_id: OwnLines<AtomicU64>,
     /// Tells this registry's blocks apart from another registry's in a thread's cache.
     serial: u64,
     pub(crate) observer: Option<Arc<dyn MappingObserver>>,
 }
-
-/// The registry's next mapping id, alone on a 128-byte pair of cache lines (adjacent-line
-/// prefetching pairs lines).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct IdCounter(AtomicU64);
 
 /// Ids a thread takes from a registry at once: a block costs a cache line fetched from the core
 /// that took the last one (about 100 ns here, 1.6 ns a mapping at 64 a block, in a profile of
@@ -395,7 +390,7 @@ impl Registry {
                     })
                 })
                 .collect(),
-            next_id: IdCounter::default(),
+            next_id: OwnLines::default(),
             serial: NEXT_REGISTRY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             observer,
         }
@@ -420,7 +415,7 @@ impl Registry {
                 ids.set((serial, next + 1, end));
                 return next;
             }
-            let first = self.next_id.0.fetch_add(ID_BLOCK, Ordering::Relaxed) + 1;
+            let first = self.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed) + 1;
             ids.set((self.serial, first + 1, first + ID_BLOCK));
             first
         })

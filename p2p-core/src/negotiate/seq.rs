@@ -9,7 +9,11 @@ use crate::sync::{yield_now, AtomicU32, AtomicU64, Ordering};
 /// The value changes only when the count goes 0 → 1 (even → odd) and 1 → 0 (odd → even), so two
 /// overlapping invalidations keep it odd until both have ended. Both changes are made under the
 /// registry lock; readers load the value without it.
+///
+/// On 128-byte lines of its own: a mapping's thread writes it on every map and drop, and
+/// sequences are small allocations that would otherwise share a line with another thread's.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct Sequence {
     value: AtomicU64,
     active: AtomicU32,
