@@ -54,15 +54,20 @@ impl FreeFrames {
         for _ in 0..2 {
             grace.try_advance();
         }
-        let (passed, waiting) = std::mem::take(&mut self.limbo)
-            .into_iter()
-            .partition(|(tag, _)| grace.has_passed(*tag));
-        self.limbo = waiting;
-        for r in passed.into_iter().flat_map(|(_, frames)| frames) {
-            if r.dirty {
-                self.dirty.push(r.frame);
-            } else {
-                self.clean.push(r.frame);
+        // In place (the order of the batches does not matter): no allocation under the lock.
+        let mut i = 0;
+        while i < self.limbo.len() {
+            if !grace.has_passed(self.limbo[i].0) {
+                i += 1;
+                continue;
+            }
+            let (_, frames) = self.limbo.swap_remove(i);
+            for r in frames {
+                if r.dirty {
+                    self.dirty.push(r.frame);
+                } else {
+                    self.clean.push(r.frame);
+                }
             }
         }
     }
@@ -153,7 +158,9 @@ impl std::fmt::Debug for Frames {
 const PREFAULTED: usize = 64;
 
 /// Collections an allocation tries when the arena is used up and retired frames may come back
-/// (between them, walks still pinned get time to end).
+/// (a spin-loop hint between them). A frame retired after the allocating walk's own pin began
+/// cannot come back before that walk ends, so such an allocation can fail with frames in limbo:
+/// the caller's map fails with `NoTableMemory` and a later one succeeds.
 const COLLECT_TRIES: usize = 8;
 
 /// `MAX_FRAMES` zeroed frames. A zeroed allocation (`calloc`): the pages are the kernel's zero
@@ -337,7 +344,8 @@ impl Frames {
     /// Pins the grace period for a walk: no frame unlinked and retired after this call is
     /// reused while the pin lives. Every walk that reads tables without a lock holds one (the
     /// page table's own do; a walker of its own over [`read_phys`](Self::read_phys) needs it
-    /// too). Cheap: two atomic increments on a cache line of the thread's own.
+    /// too). Cheap: an increment and, when it ends, a decrement of a counter on the thread's stripe,
+    /// and two reads of the epoch's line, which only a retirement writes.
     #[inline]
     pub fn pin(&self) -> Pin<'_> {
         self.grace.pin()

@@ -19,8 +19,10 @@
 //!   again (else an advance that had already looked at that counter could pass it by).
 //! - **An advance** from `e` reads every stripe's counter for the parity of `e - 1` and moves the
 //!   epoch only if all are zero.
-//! - Threads are spread over [`STRIPES`] cache lines by the order they first pinned: two threads
-//!   share a counter only past that many, and then only contend, never err.
+//! - Threads are spread over [`STRIPES`] cache lines round the order they first pinned any
+//!   domain (a process-wide count that never goes down): two threads alive at once share a
+//!   counter only if more than that many threads have pinned in between, and then they only
+//!   contend, never err.
 //!
 //! Every step is `SeqCst`: a pin's count and the walk's first read of a table entry on one side,
 //! the unlink and the advance's read of the counters on the other, are the Dekker pattern (the

@@ -287,8 +287,9 @@ fn overlapping_unmaps_that_detach_retire_each_table_once() {
 /// thread retires a frame of its own at the same time, so the epoch also moves between the
 /// walker's steps and between an advance's check and its swap. The walker, if it read the link
 /// before the unlink, must still find the old entry: a frame is never handed out again while a
-/// walk that could have reached it runs. Three preemptions: the fewest that find a pin which
-/// does not re-read the epoch after counting itself (the `grace` module says why it must).
+/// walk that could have reached it runs. Three preemptions by default (a few seconds); CI runs
+/// the `advancer` model at five as well, the fewest that find a pin which does not re-read the
+/// epoch after counting itself (the `grace` module says why it must).
 fn frame_reuse_under_a_walk(advancer: bool) {
     use backend_iommu::frames::{Frames, Retired};
     use loom::sync::atomic::{AtomicU64, Ordering::SeqCst};

@@ -140,7 +140,7 @@ impl Inner {
     /// Registers an entry. If a running invalidation covers its range, the entry's sequence is
     /// held odd until that invalidation ends (Linux defers such an insertion the same way), so
     /// its builder waits in `read_begin` instead of reading memory that is moving. Fails only
-    /// if the shard holds 2^32 entries; the entry's hold on its importer is then let go.
+    /// if the shard holds 2^32 − 1 entries; the entry's hold on its importer is then let go.
     pub fn insert(&mut self, mut entry: Entry) -> Result<Key> {
         let exporter = entry.exporter_id;
         let Some(slot) = self.entries.next_slot() else {

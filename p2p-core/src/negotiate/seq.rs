@@ -10,8 +10,9 @@ use crate::sync::{yield_now, AtomicU32, AtomicU64, Ordering};
 /// overlapping invalidations keep it odd until both have ended. Both changes are made under the
 /// registry lock; readers load the value without it.
 ///
-/// On 128-byte lines of its own: a mapping's thread writes it on every map and drop, and
-/// sequences are small allocations that would otherwise share a line with another thread's.
+/// On 128-byte lines of its own: the count of its `Arc` is written on every map and drop, and
+/// its fields by invalidations, and sequences are small allocations that would otherwise share
+/// a line with another thread's.
 #[derive(Debug)]
 #[repr(align(128))]
 pub struct Sequence {
