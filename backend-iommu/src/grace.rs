@@ -19,10 +19,10 @@
 //!   again (else an advance that had already looked at that counter could pass it by).
 //! - **An advance** from `e` reads every stripe's counter for the parity of `e - 1` and moves the
 //!   epoch only if all are zero.
-//! - Threads are spread over [`STRIPES`] cache lines round the order they first pinned any
-//!   domain (a process-wide count that never goes down): two threads alive at once share a
-//!   counter only if more than that many threads have pinned in between, and then they only
-//!   contend, never err.
+//! - Threads are spread over [`STRIPES`] cache lines round the order they first asked for a
+//!   shard of anything (`sync::thread_ordinal`, a process-wide count that never goes down): two
+//!   threads alive at once share a counter only if more than that many threads asked in
+//!   between, and then they only contend, never err.
 //!
 //! Every step is `SeqCst`: a pin's count and the walk's first read of a table entry on one side,
 //! the unlink and the advance's read of the counters on the other, are the Dekker pattern (the
@@ -139,16 +139,11 @@ fn parity(epoch: u64) -> usize {
     (epoch & 1) as usize
 }
 
-/// This thread's stripe: threads in the order they first pinned any domain, round the stripes.
+/// This thread's stripe: threads in the order they first asked for a shard, round the stripes.
 #[cfg(not(loom))]
 #[inline]
 fn stripe_of_this_thread() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-    static THREADS: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = THREADS.fetch_add(1, Relaxed) % STRIPES;
-    }
-    STRIPE.with(|s| *s)
+    crate::sync::thread_ordinal() % STRIPES
 }
 
 #[cfg(loom)]

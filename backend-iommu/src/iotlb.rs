@@ -79,23 +79,9 @@ pub struct IotlbStats {
     shards: [StatShard; STAT_SHARDS],
 }
 
-static NEXT_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard, `usize::MAX` until first used. Const-initialised and assigned on
-    /// first use by hand: a lazily initialised thread-local checks its state on every access.
-    static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
 impl IotlbStats {
     fn mine(&self) -> &StatShard {
-        let index = THREAD_INDEX.with(|i| {
-            if i.get() == usize::MAX {
-                i.set(NEXT_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STAT_SHARDS);
-            }
-            i.get()
-        });
-        &self.shards[index]
+        &self.shards[crate::sync::thread_ordinal() % STAT_SHARDS]
     }
 }
 

@@ -259,9 +259,9 @@ impl<F: Format> PageTable<F> {
                 }
             }
             // Store (our entries) then load (the path): with the unlinker's store (its mark) then
-            // load (the table), a Dekker pattern. The language orders the SeqCst accesses alone
-            // totally, which would do; the fence keeps the pattern visible to loom, which models
-            // SeqCst accesses as acquire / release only (tokio-rs/loom#180).
+            // load (the table), a Dekker pattern: a full fence on both sides makes the order
+            // explicit, also to loom, which models SeqCst accesses as acquire / release only
+            // (tokio-rs/loom#180).
             fence(SeqCst);
             if self.path_intact(&d.path, level) {
                 *done += n as u64 * size;

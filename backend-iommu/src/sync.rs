@@ -40,6 +40,27 @@ mod model {
     }
 }
 
+/// This thread's ordinal: threads numbered from 0 in the order they first asked. For spreading
+/// what threads write over shards (`thread_ordinal() % SHARDS`): two threads share a shard only
+/// if more than `SHARDS` threads asked in between. Plain std atomics, also under loom: a
+/// placement, not part of any protocol.
+#[inline]
+pub(crate) fn thread_ordinal() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        // Const-initialised and assigned on first use by hand: a lazily initialised
+        // thread-local checks its state on every access.
+        static ORDINAL: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+    ORDINAL.with(|o| {
+        if o.get() == usize::MAX {
+            o.set(NEXT.fetch_add(1, Relaxed));
+        }
+        o.get()
+    })
+}
+
 /// Under loom, a `SeqCst` fence; otherwise nothing. For a Dekker pattern written with `SeqCst`
 /// accesses alone, which the language orders totally (no thread's later load can miss another's
 /// earlier store in that order): loom models `SeqCst` accesses as acquire / release only
